@@ -1,0 +1,6 @@
+"""Command line of the offline side: `python -m export {train,onnx,verify} ...`."""
+
+from export.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,202 @@
+"""SA-RNN: a recurrent cell whose coordinator decides, per step and neuron, whether to update.
+
+The math follows shared/design.md section 1:
+
+    a_t = W_x x_t + w_d * h_{t-1} + b                 coordinator (w_d: one weight per neuron)
+    p_t = clamp((alpha a_t + 1) / 2, 0, 1)            hard sigmoid, slope alpha annealed
+    u_t = round(p_t), gradient straight through       training gate (round(0.5) = 0: tie = no update)
+    u_t = [a_t > (2 tau - 1) / alpha]                 inference gate (tau = 0.5: exactly [a_t > 0])
+    s_t = s_{t-1} + u_t (cell(x_t, s_{t-1}) - s_{t-1})
+    logits_t = W_o h_t + b_o
+
+Input projections of all T steps are computed before the time loop; the loop only does the
+recurrent part. The candidate uses the weights and gate order of torch.nn.GRUCell, LSTMCell and
+RNNCell, so a model with every gate open equals the plain torch cell.
+"""
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+CELLS = ("gru", "lstm", "rnn")
+GATES = {"gru": 3, "lstm": 4, "rnn": 1}
+
+
+@dataclass
+class ModelConfig:
+    """Shape and kind of an SA-RNN (or its dense baseline)."""
+
+    cell: str = "gru"
+    n_features: int = 6
+    hidden: int = 128
+    n_classes: int = 7
+    selective: bool = True
+    coord_bias_init: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.cell not in CELLS:
+            raise ValueError(f"unknown cell {self.cell!r}; expected one of {', '.join(CELLS)}")
+        for field in ("n_features", "hidden", "n_classes"):
+            if getattr(self, field) <= 0:
+                raise ValueError(f"{field} must be positive, got {getattr(self, field)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Output:
+    """What a forward pass returns: logits [B,T,C], gates u [B,T,H], coordinator a [B,T,H]."""
+
+    logits: Tensor
+    updates: Tensor
+    coordinator: Tensor
+    state: Tensor
+
+
+def slope(epoch: int) -> float:
+    """Annealed hard-sigmoid slope: alpha_e = min(5, 1 + 0.04 e)."""
+    return min(5.0, 1.0 + 0.04 * epoch)
+
+
+def gate_threshold(tau: float, alpha: float) -> float:
+    """Coordinator value above which p = hard_sigmoid(alpha a) exceeds tau."""
+    return (2.0 * tau - 1.0) / alpha
+
+
+class SARNN(nn.Module):
+    """Selective-activation RNN with a per-step classification head."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        f, h = config.n_features, config.hidden
+        cell_cls = {"gru": nn.GRUCell, "lstm": nn.LSTMCell, "rnn": nn.RNNCell}[config.cell]
+        self.cell = cell_cls(f, h)
+        self.coord_x = nn.Linear(f, h)
+        self.coord_d = nn.Parameter(torch.zeros(h))
+        nn.init.constant_(self.coord_x.bias, config.coord_bias_init)
+        self.head = nn.Linear(h, config.n_classes)
+        self.register_buffer("mean", torch.zeros(f))
+        self.register_buffer("std", torch.ones(f))
+        self.alpha = 1.0
+
+    @property
+    def state_size(self) -> int:
+        return 2 * self.config.hidden if self.config.cell == "lstm" else self.config.hidden
+
+    def set_normalisation(self, mean: Tensor, std: Tensor) -> None:
+        """Store per-feature statistics of the training data; inputs are raw sensor units."""
+        self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-6))
+
+    def initial_state(self, batch: int) -> Tensor:
+        return torch.zeros(batch, self.state_size)
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.ndim != 3:
+            raise ValueError(f"x must be [batch, steps, features], got shape {tuple(x.shape)}")
+        if x.shape[2] != self.config.n_features:
+            raise ValueError(f"expected {self.config.n_features} features, got {x.shape[2]}")
+        if not torch.isfinite(x).all():
+            raise ValueError("x contains NaN or infinite values")
+
+    def _candidate(self, gx: Tensor, h: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """One step of the plain cell from the precomputed input projection gx."""
+        gh = h @ self.cell.weight_hh.T + self.cell.bias_hh
+        kind = self.config.cell
+        if kind == "gru":
+            xr, xz, xn = gx.chunk(3, dim=1)
+            hr, hz, hn = gh.chunk(3, dim=1)
+            r = torch.sigmoid(xr + hr)
+            z = torch.sigmoid(xz + hz)
+            n = torch.tanh(xn + r * hn)
+            return (1 - z) * n + z * h, None
+        if kind == "lstm":
+            i, f, g, o = (gx + gh).chunk(4, dim=1)
+            c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            return torch.sigmoid(o) * torch.tanh(c_new), c_new
+        return torch.tanh(gx + gh), None
+
+    def forward(
+        self,
+        x: Tensor,
+        state: Tensor | None = None,
+        *,
+        deterministic: bool = False,
+        threshold: float = 0.5,
+        force_gate: float | None = None,
+    ) -> Output:
+        """Run T steps. `deterministic` applies u = [a > (2 tau - 1) / alpha] (inference);
+        otherwise u = round(hard_sigmoid) with a straight-through gradient. `force_gate`
+        (0 or 1) overrides every gate, for tests."""
+        self._check_input(x)
+        batch, steps, _ = x.shape
+        hidden = self.config.hidden
+        state = self.initial_state(batch) if state is None else state
+        h = state[:, :hidden]
+        c = state[:, hidden:] if self.config.cell == "lstm" else None
+        xn = (x - self.mean) / self.std
+        gx_all = (xn @ self.cell.weight_ih.T + self.cell.bias_ih).unbind(1)
+        ax_all = self.coord_x(xn).unbind(1)
+        cut = gate_threshold(threshold, self.alpha)
+        hs, us, as_ = [], [], []
+        for t in range(steps):
+            a = ax_all[t] + self.coord_d * h
+            if not self.config.selective or force_gate is not None:
+                u = torch.full_like(a, 1.0 if force_gate is None else float(force_gate))
+            elif deterministic:
+                u = (a > cut).to(a.dtype)
+            else:
+                p = torch.clamp((self.alpha * a + 1) / 2, 0, 1)
+                u = p + (torch.round(p) - p).detach()
+            h_new, c_new = self._candidate(gx_all[t], h, c)
+            if self.config.selective or force_gate is not None:
+                h = h + u * (h_new - h)
+                if c is not None:
+                    c = c + u * (c_new - c)
+            else:
+                h, c = h_new, c_new
+            hs.append(h)
+            us.append(u)
+            as_.append(a)
+        hseq = torch.stack(hs, 1)
+        final = h if c is None else torch.cat([h, c], 1)
+        return Output(self.head(hseq), torch.stack(us, 1), torch.stack(as_, 1), final)
+
+
+def budget_loss(updates: Tensor, lam: float) -> Tensor:
+    """lambda times the mean gate value over batch, steps and neurons."""
+    return lam * updates.mean()
+
+
+def save_checkpoint(model: SARNN, path: str, extra: dict) -> None:
+    """Write weights, config, slope and whatever metadata `extra` carries."""
+    torch.save(
+        {
+            "format": "sarnn-checkpoint/1",
+            "config": model.config.to_dict(),
+            "alpha": model.alpha,
+            "state_dict": model.state_dict(),
+            **extra,
+        },
+        path,
+    )
+
+
+def load_checkpoint(path: str) -> tuple[SARNN, dict]:
+    """Read a checkpoint written by `save_checkpoint`; raise ValueError on anything else."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"{path} is not a readable torch checkpoint: {exc}") from exc
+    if not isinstance(blob, dict) or blob.get("format") != "sarnn-checkpoint/1":
+        raise ValueError(f"{path} is not an sarnn checkpoint (missing format 'sarnn-checkpoint/1')")
+    model = SARNN(ModelConfig(**blob["config"]))
+    model.load_state_dict(blob["state_dict"])
+    model.alpha = float(blob["alpha"])
+    model.eval()
+    return model, blob

@@ -1,0 +1,80 @@
+"""Compute accounting: the one place that turns update counts into multiply-adds.
+
+Sessions, responses, metrics and the dashboard all report numbers from these functions.
+A step of a dense cell computes every gate row for every neuron; the selective cell always
+computes its coordinator (H x F input weights plus one diagonal weight per neuron) and then
+only the gate rows of the neurons it updates.
+"""
+
+from dataclasses import dataclass
+
+GATES_PER_CELL = {"gru": 3, "lstm": 4, "rnn": 1}
+
+
+@dataclass(frozen=True)
+class CellCost:
+    """Multiply-adds per step of one sequence for a cell of a given shape."""
+
+    cell: str
+    n_features: int
+    hidden: int
+
+    @property
+    def per_neuron(self) -> int:
+        """Multiply-adds to update one neuron: its gate rows over input and state."""
+        return GATES_PER_CELL[self.cell] * (self.n_features + self.hidden)
+
+    @property
+    def coordinator(self) -> int:
+        """Multiply-adds of the coordinator: W_x x plus the diagonal w_d * h."""
+        return self.hidden * (self.n_features + 1)
+
+    @property
+    def dense_step(self) -> int:
+        """Multiply-adds of one step of the plain dense cell."""
+        return self.hidden * self.per_neuron
+
+    def selective(self, updates: int, steps: int = 1) -> int:
+        """Multiply-adds the selective cell spends for `updates` neuron updates over `steps`."""
+        return steps * self.coordinator + updates * self.per_neuron
+
+    def dense(self, steps: int) -> int:
+        """Multiply-adds a dense cell spends over `steps`."""
+        return steps * self.dense_step
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Totals of one chunk, session or model."""
+
+    steps: int
+    updates: int
+    hidden: int
+    macs_dense: int
+    macs_selective: int
+
+    @property
+    def slots(self) -> int:
+        """Neuron slots: steps x H."""
+        return self.steps * self.hidden
+
+    @property
+    def update_rate(self) -> float:
+        """Updates / (steps x H); 0 when nothing ran."""
+        return self.updates / self.slots if self.slots else 0.0
+
+    @property
+    def macs_saved(self) -> int:
+        """Multiply-adds the selective cell did not spend."""
+        return self.macs_dense - self.macs_selective
+
+
+def usage(cost: CellCost, steps: int, updates: int) -> Usage:
+    """Account `steps` steps with `updates` neuron updates in total."""
+    return Usage(
+        steps=steps,
+        updates=updates,
+        hidden=cost.hidden,
+        macs_dense=cost.dense(steps),
+        macs_selective=cost.selective(updates, steps),
+    )

@@ -1,0 +1,81 @@
+"""The model card: what `models/<name>/model.json` says about the graph beside it."""
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sarnn_serve.accounting import GATES_PER_CELL, CellCost
+
+CARD_FORMAT = "sarnn-chunk/1"
+GRAPH_INPUTS = ("x", "state", "lengths", "threshold")
+GRAPH_OUTPUTS = ("logits", "updates", "state_out")
+
+
+class TrainingInfo(BaseModel):
+    """How the weights were made: enough to reproduce them."""
+
+    dataset: str
+    recipe: str = Field(description="The command that trains this model.")
+    seed: int
+    lam: float
+    steps: int = Field(description="Optimiser steps taken.")
+    train_subjects: list[int] = []
+    test_subjects: list[int] = []
+
+
+class Evaluation(BaseModel):
+    """Held-out figures of the trained model."""
+
+    streaming_accuracy: float
+    last_step_accuracy: float
+    update_rate: float
+
+
+class ExportInfo(BaseModel):
+    """Which tools wrote the graph."""
+
+    exporter: str
+    opset: int
+    onnx_version: str
+    torch_version: str
+
+
+class ModelCard(BaseModel):
+    """Self-description of one exported SA-RNN chunk graph."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: str = CARD_FORMAT
+    name: str
+    version: str
+    cell: str = Field(pattern="^(gru|lstm|rnn)$")
+    n_features: int = Field(gt=0)
+    hidden: int = Field(gt=0)
+    n_classes: int = Field(gt=0)
+    feature_names: list[str]
+    class_labels: list[str]
+    sample_rate_hz: float | None = None
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    alpha: float = Field(gt=0, description="Final hard-sigmoid slope; sets the gate's threshold.")
+    selective: bool = True
+    training: TrainingInfo
+    evaluation: Evaluation
+    export: ExportInfo | None = None
+
+    @property
+    def state_size(self) -> int:
+        """Length of the flat state vector: H, or 2H (h then c) for an LSTM."""
+        return 2 * self.hidden if self.cell == "lstm" else self.hidden
+
+    @property
+    def cost(self) -> CellCost:
+        """Per-step multiply-add model of this cell."""
+        return CellCost(self.cell, self.n_features, self.hidden)
+
+    def cost_summary(self) -> dict[str, float]:
+        """Dense and selective multiply-adds per step at the evaluated update rate."""
+        cost = self.cost
+        updates = self.evaluation.update_rate * self.hidden
+        return {
+            "dense_macs_per_step": cost.dense_step,
+            "selective_macs_per_step": cost.coordinator + updates * cost.per_neuron,
+            "gates_per_neuron": GATES_PER_CELL[self.cell],
+        }
