@@ -1,0 +1,141 @@
+"""Export a trained checkpoint into a self-describing model directory.
+
+    models/<name>/model.onnx     the chunk graph (export.onnx_graph)
+    models/<name>/model.json     the model card (sarnn_serve.card.ModelCard)
+    models/<name>/verify.json    parity report against the checkpoint (export.verify)
+    + checkpoint.pt, metrics.json and plots copied from beside the checkpoint
+
+Everything is written into a temporary sibling directory and renamed into place only after the
+checker and the parity check pass, so a failed export leaves nothing half-written behind.
+"""
+
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from export.model import SARNN, load_checkpoint
+from export.onnx_graph import OPSET, CellWeights, build_chunk_graph
+from sarnn_serve.card import ExportInfo, ModelCard, TrainingInfo
+from sarnn_serve.card import Evaluation as CardEvaluation
+
+COMPANIONS = ("checkpoint.pt", "metrics.json", "curves.png", "raster.png")
+
+
+def cell_weights(model: SARNN) -> CellWeights:
+    """The model's parameters as numpy arrays for the graph builder."""
+    sd = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in model.state_dict().items()}
+    return CellWeights(
+        cell=model.config.cell,
+        weight_ih=sd["cell.weight_ih"],
+        weight_hh=sd["cell.weight_hh"],
+        bias_ih=sd["cell.bias_ih"],
+        bias_hh=sd["cell.bias_hh"],
+        coord_w=sd["coord_x.weight"],
+        coord_b=sd["coord_x.bias"],
+        coord_d=sd["coord_d"],
+        head_w=sd["head.weight"],
+        head_b=sd["head.bias"],
+        mean=sd["mean"],
+        std=sd["std"],
+        alpha=float(model.alpha),
+    )
+
+
+def build_model(model: SARNN) -> onnx.ModelProto:
+    """Chunk graph of `model`, passing onnx's full checker."""
+    if not model.config.selective:
+        raise ValueError("the checkpoint is a dense baseline; export an SA-RNN checkpoint")
+    proto = build_chunk_graph(
+        cell_weights(model),
+        metadata={"cell": model.config.cell, "hidden": str(model.config.hidden)},
+    )
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def make_card(model: SARNN, blob: dict, name: str, graph_bytes: bytes) -> ModelCard:
+    """Model card from the checkpoint's metadata; version is a hash of the graph."""
+    metrics = blob.get("metrics", {})
+    test = metrics.get("test", {})
+    ds = metrics.get("dataset", {})
+    train_cfg = blob.get("train_config", {})
+    cfg = model.config
+    return ModelCard(
+        name=name,
+        version=hashlib.sha256(graph_bytes).hexdigest()[:12],
+        cell=cfg.cell,
+        n_features=cfg.n_features,
+        hidden=cfg.hidden,
+        n_classes=cfg.n_classes,
+        feature_names=blob.get("feature_names") or [f"f{i}" for i in range(cfg.n_features)],
+        class_labels=blob.get("class_labels") or [str(i) for i in range(cfg.n_classes)],
+        sample_rate_hz=blob.get("sample_rate_hz"),
+        alpha=float(model.alpha),
+        training=TrainingInfo(
+            dataset=blob.get("dataset", "unknown"),
+            recipe=metrics.get("recipe", ""),
+            seed=int(train_cfg.get("seed", 0)),
+            lam=float(train_cfg.get("lam", 0.0)),
+            steps=int(train_cfg.get("epochs", 0)) * int(train_cfg.get("batches_per_epoch", 0)),
+            train_subjects=ds.get("train_subjects", []),
+            test_subjects=ds.get("test_subjects", []),
+        ),
+        evaluation=CardEvaluation(
+            streaming_accuracy=float(test.get("streaming_accuracy", float("nan"))),
+            last_step_accuracy=float(test.get("last_step_accuracy", float("nan"))),
+            update_rate=float(test.get("update_rate", float("nan"))),
+        ),
+        export=ExportInfo(
+            exporter="export.onnx_graph (onnx.helper, Scan over time)",
+            opset=OPSET,
+            onnx_version=onnx.__version__,
+            torch_version=torch.__version__,
+        ),
+    )
+
+
+def export_model(checkpoint: Path, out: Path, name: str | None = None, force: bool = False) -> Path:
+    """Write the model directory `out` from `checkpoint`; verify it before it appears."""
+    from export.verify import verify
+
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} exists; pass --force to replace it")
+    model, blob = load_checkpoint(str(checkpoint))
+    proto = build_model(model)
+    graph_bytes = proto.SerializeToString()
+    card = make_card(model, blob, name or out.name, graph_bytes)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)
+    try:
+        (tmp / "model.onnx").write_bytes(graph_bytes)
+        (tmp / "model.json").write_text(card.model_dump_json(indent=2) + "\n")
+        for companion in COMPANIONS:
+            src = checkpoint.parent / companion
+            if src.is_file() and src.resolve() != (tmp / companion).resolve():
+                shutil.copy2(src, tmp / companion)
+        report = verify(checkpoint, tmp)
+        (tmp / "verify.json").write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+        print(report.summary())
+        if not report.ok:
+            raise ValueError("parity check failed; nothing written (see the report above)")
+        if out.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            out.rename(trash / out.name)
+            tmp.rename(out)
+            shutil.rmtree(trash)
+        else:
+            tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    print(f"exported {card.name} version {card.version} -> {out}")
+    return out
