@@ -1,0 +1,1 @@
+"""HTTP and WebSocket transports over the data plane (no state, no model logic here)."""

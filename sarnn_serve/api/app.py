@@ -1,0 +1,71 @@
+"""create_app: load models once in the lifespan, wire store, engine, data plane and routers."""
+
+import logging
+import sys
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from sarnn_serve import logs
+from sarnn_serve.api import dashboard, errors, health, models, sessions, stream
+from sarnn_serve.api.limits import BodyLimit, RequestMetrics
+from sarnn_serve.metrics import Monitor, PromMetrics
+from sarnn_serve.registry import Registry
+from sarnn_serve.service import DataPlane
+from sarnn_serve.settings import Settings
+from sarnn_serve.store import SessionStore
+from sarnn_serve.store.memory import MemoryStore
+
+log = logging.getLogger("sarnn.app")
+
+
+def make_store(settings: Settings) -> SessionStore:
+    """The configured session store."""
+    if settings.store == "redis":
+        from sarnn_serve.store.redis import RedisStore
+
+        return RedisStore(settings.redis_url, settings.redis_prefix, settings.max_sessions)
+    return MemoryStore(settings.max_sessions)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The ASGI app; models load when the lifespan starts (a bad model stops start-up)."""
+    settings = settings or Settings()
+    prom = PromMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logs.configure(settings.log_level)
+        sys.setswitchinterval(settings.switch_interval_s)
+        registry = Registry.load(
+            settings.model_dir, settings.ort_intra_op_threads, settings.ort_inter_op_threads
+        )
+        monitor = Monitor(prom, {n: m.card.hidden for n, m in registry.models.items()})
+        executor = ThreadPoolExecutor(settings.engine_threads, thread_name_prefix="ort")
+        plane = DataPlane(settings, registry, make_store(settings), monitor, executor)
+        await plane.start()
+        app.state.plane, app.state.monitor = plane, monitor
+        log.info("ready", extra={"models": registry.names(), "store": settings.store})
+        try:
+            yield
+        finally:
+            await plane.stop()
+            executor.shutdown(wait=False)
+
+    app = FastAPI(
+        title="sarnn-serve",
+        version="0.1.0",
+        description="Selective-activation RNNs over HTTP and WebSocket, with per-step update "
+        "counts and compute accounting.",
+        lifespan=lifespan,
+    )
+    app.state.prom = prom
+    app.state.settings = settings
+    errors.install(app)
+    for module in (sessions, models, stream, health, dashboard):
+        app.include_router(module.router)
+    app.add_middleware(RequestMetrics, metrics=prom)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,35 @@
+"""REST routes for models: list, card, stateless prediction, live stats."""
+
+from fastapi import APIRouter
+
+from sarnn_serve.api.deps import Plane
+from sarnn_serve.api.errors import ERROR_RESPONSES
+from sarnn_serve.schemas import PredictRequest, PredictResponse
+
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES)
+
+
+@router.get("")
+async def list_models(dp: Plane) -> list[dict]:
+    """Every served model with its card."""
+    return [dp.describe(dp.registry.get(name)) for name in dp.registry.names()]
+
+
+@router.get("/{name}")
+async def get_model(name: str, dp: Plane) -> dict:
+    """The model card: cell, sizes, labels, training recipe, evaluation, cost per step."""
+    return dp.describe(dp.registry.get(name))
+
+
+@router.get("/{name}/stats")
+async def model_stats(name: str, dp: Plane) -> dict:
+    """Update rate and savings overall and over the last minute, steps/s, active sessions."""
+    return dp.model_stats(name)
+
+
+@router.post("/{name}/predict", response_model=PredictResponse)
+async def predict(name: str, body: PredictRequest, dp: Plane) -> dict:
+    """Classify whole sequences from a zero state (nothing is stored)."""
+    return await dp.predict(
+        name, body.inputs, body.threshold, body.include_steps, body.include_mask
+    )

@@ -1,0 +1,65 @@
+"""`sarnn-serve`: run the server (default) or replay recorded data into one."""
+
+import argparse
+import os
+import sys
+
+from sarnn_serve.settings import Settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    overrides = {
+        k: v
+        for k, v in {
+            "host": args.host,
+            "port": args.port,
+            "model_dir": args.model_dir,
+            "workers": args.workers,
+        }.items()
+        if v is not None
+    }
+    settings = Settings(**overrides)
+    kwargs = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "ws_max_size": settings.ws_max_message_bytes,
+        "ws_per_message_deflate": False,
+        "access_log": False,
+    }
+    if settings.workers > 1:
+        for key, value in overrides.items():
+            os.environ[f"SARNN_{key.upper()}"] = str(value)
+        uvicorn.run(
+            "sarnn_serve.api.app:create_app", factory=True, workers=settings.workers, **kwargs
+        )
+    else:
+        from sarnn_serve.api.app import create_app
+
+        uvicorn.run(create_app(settings), **kwargs)
+    return 0
+
+
+COMMANDS = ("serve", "replay")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sarnn-serve", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    s = sub.add_parser("serve", help="serve the models under --model-dir (the default command)")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.add_argument("--model-dir")
+    s.add_argument("--workers", type=int)
+    s.set_defaults(func=_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
+        argv = ["serve", *argv]
+    args = build_parser().parse_args(argv)
+    return args.func(args)

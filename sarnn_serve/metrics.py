@@ -1,0 +1,168 @@
+"""Prometheus metrics and the per-model live stats: both fed by `Monitor.record_usage`,
+so /metrics, /v1/models/{name}/stats, sessions and the dashboard report the same numbers."""
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+from sarnn_serve.accounting import Usage
+
+disable_created_metrics()
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+WINDOW_S = 60
+
+
+class PromMetrics:
+    """The Prometheus series of one app (own registry, so several apps can live in a test)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ("model",)) -> Counter:
+            return Counter(name, doc, labels, registry=r)
+
+        self.steps = counter("sarnn_steps", "Steps processed.")
+        self.updates = counter("sarnn_neuron_updates", "Neuron updates (u = 1).")
+        self.slots = counter("sarnn_neuron_slots", "Neuron slots: steps x hidden size.")
+        self.macs_dense = counter(
+            "sarnn_macs_dense", "Multiply-adds a dense cell would have spent."
+        )
+        self.macs_selective = counter(
+            "sarnn_macs_selective", "Multiply-adds the selective cell spent."
+        )
+        self.sessions_created = counter("sarnn_sessions_created", "Sessions created.")
+        self.sessions_deleted = counter("sarnn_sessions_deleted", "Sessions deleted by clients.")
+        self.sessions_expired = counter("sarnn_sessions_expired", "Sessions expired when idle.")
+        self.sessions_evicted = counter(
+            "sarnn_sessions_evicted", "Sessions evicted (least recently used) at the limit."
+        )
+        self.active_sessions = Gauge(
+            "sarnn_active_sessions", "Live sessions.", ("model",), registry=r
+        )
+        self.requests = counter(
+            "sarnn_requests", "Requests by endpoint and status.", ("endpoint", "status")
+        )
+        self.errors = counter("sarnn_errors", "Errors by reason.", ("reason",))
+        self.request_seconds = Histogram(
+            "sarnn_request_duration_seconds",
+            "Whole request (or WebSocket message) handling time.",
+            ("endpoint",),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "sarnn_inference_duration_seconds",
+            "Time of one onnxruntime call (a batch of chunks).",
+            ("model",),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+
+
+@dataclass
+class _Second:
+    at: int
+    steps: int = 0
+    updates: int = 0
+    macs_dense: int = 0
+    macs_selective: int = 0
+
+
+class ModelStats:
+    """Totals since start and per-second buckets over the last minute for one model."""
+
+    def __init__(self, hidden: int, clock=time.time) -> None:
+        self.hidden = hidden
+        self.clock = clock
+        self.started = clock()
+        self.total = _Second(0)
+        self.recent: deque[_Second] = deque()
+
+    def add(self, u: Usage) -> None:
+        now = int(self.clock())
+        if not self.recent or self.recent[-1].at != now:
+            self.recent.append(_Second(now))
+        for bucket in (self.total, self.recent[-1]):
+            bucket.steps += u.steps
+            bucket.updates += u.updates
+            bucket.macs_dense += u.macs_dense
+            bucket.macs_selective += u.macs_selective
+        self._trim(now)
+
+    def _trim(self, now: int) -> None:
+        while self.recent and self.recent[0].at <= now - WINDOW_S:
+            self.recent.popleft()
+
+    def snapshot(self) -> dict:
+        """Overall and last-minute update rate, savings and throughput."""
+        now = self.clock()
+        self._trim(int(now))
+        window = min(WINDOW_S, max(1.0, now - self.started))
+        last = _Second(0)
+        for b in self.recent:
+            last.steps += b.steps
+            last.updates += b.updates
+            last.macs_dense += b.macs_dense
+            last.macs_selective += b.macs_selective
+
+        def rate(b: _Second) -> float:
+            return b.updates / (b.steps * self.hidden) if b.steps else 0.0
+
+        def saving(b: _Second) -> float:
+            return 1 - b.macs_selective / b.macs_dense if b.macs_dense else 0.0
+
+        return {
+            "steps": self.total.steps,
+            "updates": self.total.updates,
+            "update_rate": rate(self.total),
+            "macs_dense": self.total.macs_dense,
+            "macs_selective": self.total.macs_selective,
+            "macs_saved": self.total.macs_dense - self.total.macs_selective,
+            "saving": saving(self.total),
+            "last_minute": {
+                "steps": last.steps,
+                "update_rate": rate(last),
+                "saving": saving(last),
+                "steps_per_s": last.steps / window,
+            },
+        }
+
+
+class Monitor:
+    """One accounting sink: every processed chunk goes through `record_usage`."""
+
+    def __init__(self, prom: PromMetrics, hidden_sizes: dict[str, int]) -> None:
+        self.prom = prom
+        self.active = dict.fromkeys(hidden_sizes, 0)
+        self.stats = {name: ModelStats(h) for name, h in hidden_sizes.items()}
+
+    def record_usage(self, model: str, u: Usage) -> None:
+        p = self.prom
+        p.steps.labels(model).inc(u.steps)
+        p.updates.labels(model).inc(u.updates)
+        p.slots.labels(model).inc(u.slots)
+        p.macs_dense.labels(model).inc(u.macs_dense)
+        p.macs_selective.labels(model).inc(u.macs_selective)
+        self.stats[model].add(u)
+
+    def set_active(self, model: str, count: int) -> None:
+        self.active[model] = max(0, count)
+        self.prom.active_sessions.labels(model).set(self.active[model])
+
+    def session_created(self, model: str) -> None:
+        self.prom.sessions_created.labels(model).inc()
+        self.set_active(model, self.active.get(model, 0) + 1)
+
+    def session_ended(self, model: str, reason: str) -> None:
+        """A session was deleted by its client, expired or evicted."""
+        counters = {
+            "deleted": self.prom.sessions_deleted,
+            "expired": self.prom.sessions_expired,
+            "evicted": self.prom.sessions_evicted,
+        }
+        counters[reason].labels(model).inc()
+        self.set_active(model, self.active.get(model, 0) - 1)

@@ -1,0 +1,122 @@
+"""Load every model directory under the model dir and check each card against its graph."""
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydantic import ValidationError
+
+from sarnn_serve.card import CARD_FORMAT, GRAPH_INPUTS, GRAPH_OUTPUTS, ModelCard
+from sarnn_serve.engine import Engine
+from sarnn_serve.errors import ModelLoadError, ModelNotFound
+
+log = logging.getLogger("sarnn.registry")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to serve: its card and its engine."""
+
+    card: ModelCard
+    engine: Engine
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+
+def _read_card(path: Path) -> ModelCard:
+    try:
+        card = ModelCard.model_validate_json(path.read_text())
+    except FileNotFoundError as exc:
+        raise ModelLoadError(f"{path}: model card missing") from exc
+    except ValidationError as exc:
+        raise ModelLoadError(f"{path}: invalid model card: {exc}") from exc
+    if card.format != CARD_FORMAT:
+        raise ModelLoadError(f"{path}: card format {card.format!r}, expected {CARD_FORMAT!r}")
+    if len(card.feature_names) != card.n_features or len(card.class_labels) != card.n_classes:
+        raise ModelLoadError(
+            f"{path}: feature_names/class_labels do not match n_features/n_classes"
+        )
+    return card
+
+
+def _check_graph(card: ModelCard, engine: Engine, path: Path) -> None:
+    """Names and static sizes of the graph must be what the card says."""
+    if set(engine.inputs) != set(GRAPH_INPUTS) or set(engine.outputs) != set(GRAPH_OUTPUTS):
+        raise ModelLoadError(
+            f"{path}: graph inputs {sorted(engine.inputs)} / outputs {sorted(engine.outputs)}; "
+            f"expected {list(GRAPH_INPUTS)} / {list(GRAPH_OUTPUTS)}"
+        )
+    expected = {
+        ("x", 2): card.n_features,
+        ("state", 1): card.state_size,
+        ("logits", 2): card.n_classes,
+        ("updates", 2): card.hidden,
+        ("state_out", 1): card.state_size,
+    }
+    shapes = {**{k: v.shape for k, v in engine.inputs.items()}}
+    shapes.update({k: v.shape for k, v in engine.outputs.items()})
+    for (name, axis), size in expected.items():
+        got = shapes[name][axis] if len(shapes[name]) > axis else None
+        if got != size:
+            raise ModelLoadError(
+                f"{path}: {name} has size {got} on axis {axis} but the card says {size}"
+            )
+    probe = engine.run(
+        np.zeros((1, 2, card.n_features), np.float32), np.zeros((1, card.state_size), np.float32)
+    )
+    if probe.logits.shape != (1, 2, card.n_classes) or probe.updates.shape != (1, 2, card.hidden):
+        raise ModelLoadError(f"{path}: a probe run returned shapes unlike the card's")
+
+
+def load_model(
+    directory: Path, intra_op_threads: int = 1, inter_op_threads: int = 1
+) -> LoadedModel:
+    """Load one model directory; ModelLoadError names the bad file."""
+    card = _read_card(directory / "model.json")
+    graph = directory / "model.onnx"
+    if not graph.is_file():
+        raise ModelLoadError(f"{graph}: graph missing")
+    try:
+        engine = Engine(graph, intra_op_threads, inter_op_threads)
+    except Exception as exc:
+        raise ModelLoadError(f"{graph}: onnxruntime cannot load it: {exc}") from exc
+    _check_graph(card, engine, graph)
+    return LoadedModel(card, engine)
+
+
+class Registry:
+    """The models this process serves, by name."""
+
+    def __init__(self, models: dict[str, LoadedModel]) -> None:
+        self.models = models
+
+    @classmethod
+    def load(cls, model_dir: Path, intra_op_threads: int = 1, inter_op_threads: int = 1):
+        """Every subdirectory holding a model.json; refuse an empty or missing model dir."""
+        if not model_dir.is_dir():
+            raise ModelLoadError(f"{model_dir}: model directory does not exist")
+        models: dict[str, LoadedModel] = {}
+        for directory in sorted(p for p in model_dir.iterdir() if (p / "model.json").exists()):
+            model = load_model(directory, intra_op_threads, inter_op_threads)
+            if model.name in models:
+                raise ModelLoadError(f"{directory}: model name {model.name!r} used twice")
+            models[model.name] = model
+            log.info(
+                "model loaded",
+                extra={"model": model.name, "version": model.card.version, "dir": str(directory)},
+            )
+        if not models:
+            raise ModelLoadError(f"{model_dir}: no model directories (with model.json) found")
+        return cls(models)
+
+    def get(self, name: str) -> LoadedModel:
+        try:
+            return self.models[name]
+        except KeyError:
+            raise ModelNotFound(name, sorted(self.models)) from None
+
+    def names(self) -> list[str]:
+        return sorted(self.models)

@@ -1,0 +1,108 @@
+"""Request and response bodies of the HTTP API (they also document it at /docs)."""
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Step = list[Number]
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Machine-readable reason, e.g. seq_conflict.")
+    message: str
+    field: str | None = Field(None, description="The request field at fault, when there is one.")
+    expected_seq: int | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class SessionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str | None = Field(None, description="Model name; the only model if omitted.")
+    threshold: float | None = Field(
+        None, gt=0, lt=1, description="Gate threshold tau in (0, 1); default from the card."
+    )
+    idle_timeout_s: float | None = Field(
+        None, gt=0, le=7 * 24 * 3600, description="Idle time before expiry (default 900 s)."
+    )
+
+
+class Usage(BaseModel):
+    steps: int
+    updates: int = Field(description="Neuron updates (u = 1) summed over steps.")
+    update_rate: float = Field(description="updates / (steps x H).")
+    macs_dense: int = Field(description="Multiply-adds a dense cell spends.")
+    macs_selective: int = Field(description="Multiply-adds the selective cell spends.")
+    macs_saved: int
+
+
+class SessionSummary(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    id: str
+    model: str
+    model_version: str
+    threshold: float
+    idle_timeout_s: float
+    created: float = Field(description="Unix time.")
+    last_seen: float = Field(description="Unix time.")
+    next_seq: int = Field(description="The seq the next chunk must carry.")
+    steps: int
+    updates: int
+    update_rate: float
+    macs_dense: int
+    macs_selective: int
+    macs_saved: int
+
+
+class ChunkRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seq: int = Field(ge=0, description="0 for the first chunk; repeat the last seq to retry.")
+    inputs: list[Step] = Field(description="Steps, each a list of F raw sensor values.")
+    include_mask: bool = Field(False, description="Return each step's update mask (H of 0/1).")
+
+
+class StepResult(BaseModel):
+    index: int = Field(description="Step index within the session (or sequence).")
+    label: str
+    class_: int = Field(alias="class")
+    probabilities: list[float]
+    updates: int = Field(description="Neurons updated at this step (out of H).")
+    mask: list[int] | None = None
+
+
+class ChunkResponse(BaseModel):
+    session_id: str
+    seq: int
+    model: str
+    steps: list[StepResult]
+    chunk: Usage
+    session: SessionSummary
+    replayed: bool = Field(description="True when this answers a retry of the last seq.")
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[list[Step]] = Field(description="A batch of sequences [N][T_i][F].")
+    threshold: float | None = Field(None, gt=0, lt=1)
+    include_steps: bool = Field(True, description="Return per-step predictions.")
+    include_mask: bool = False
+
+
+class SequenceResult(BaseModel):
+    length: int
+    final: StepResult
+    steps: list[StepResult] | None = None
+    usage: Usage
+
+
+class PredictResponse(BaseModel):
+    model: str
+    sequences: list[SequenceResult]
+    usage: Usage

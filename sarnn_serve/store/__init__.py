@@ -1,0 +1,58 @@
+"""Session stores: bytes and a version number per session id, nothing about models.
+
+`MemoryStore` (one process: TTL, max sessions, LRU eviction) is the default; `RedisStore`
+shares sessions between replicas with an atomic compare-and-set per chunk.
+"""
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A session's bytes and the version they were written at (1 on creation)."""
+
+    data: bytes
+    version: int
+
+
+@dataclass(frozen=True)
+class Gone:
+    """A session the store dropped by itself: `reason` is "expired" or "evicted"."""
+
+    session_id: str
+    tag: str
+    reason: str
+
+
+class SessionStore(Protocol):
+    """What the data plane needs from a store. Missing ids raise errors.SessionNotFound with
+    the reason the store knows: unknown, expired, evicted or deleted."""
+
+    async def create(self, session_id: str, tag: str, data: bytes, ttl_s: float) -> list[Gone]:
+        """Add a session; returns the sessions evicted to make room."""
+        ...
+
+    async def load(self, session_id: str) -> Stored:
+        """Current bytes and version; counts as activity (refreshes TTL and LRU)."""
+        ...
+
+    async def compare_and_set(
+        self, session_id: str, version: int, data: bytes, ttl_s: float
+    ) -> bool:
+        """Write `data` at version+1 only if the stored version is still `version`."""
+        ...
+
+    async def delete(self, session_id: str) -> Stored:
+        """Remove a session and return what it held."""
+        ...
+
+    async def sweep(self) -> list[Gone]:
+        """Drop expired sessions; return every session dropped since the last sweep."""
+        ...
+
+    async def active(self) -> dict[str, int]:
+        """Live sessions per tag."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,228 @@
+"""Session store in Redis, shared by every replica; same semantics as `MemoryStore`.
+
+Key layout (P = `prefix`, e.g. "sarnn"):
+
+    P:s:{id}      hash {data, version, tag, ttl (ms)}; PEXPIREAT = its deadline (idle TTL,
+                  moved forward by load and compare_and_set)
+    P:lru         sorted set id -> last use (server µs, strictly increasing): LRU order and count
+    P:deadline    sorted set id -> deadline (server ms): finds sessions Redis expired by itself
+    P:tags        hash id -> tag, so an expired session can still be reported with its tag
+    P:active      hash tag -> live sessions (counts those expired but not yet swept, as MemoryStore)
+    P:gone:{id}   tombstone = "deleted" | "evicted" | "expired", kept `tombstone_ttl_s`
+
+An id whose session key is missing (or past its deadline) but which is still in P:deadline has
+expired; it is reported as "expired" at once and by exactly one sweep() across all replicas,
+which then leaves a tombstone. Every operation is one Lua script, so it is atomic across replicas
+and uses the Redis server's clock (TIME), never the replicas' clocks.
+
+Needs Redis >= 5 (scripts replicated by effects). Configure `maxmemory-policy noeviction`: a
+session key evicted by Redis under memory pressure would be reported as "expired". Scripts build
+the keys of evicted and swept sessions from the prefix, so on Redis Cluster the prefix must carry
+a hash tag (e.g. "{sarnn}") to keep every key in one slot.
+"""
+
+import redis.asyncio as aioredis
+
+from sarnn_serve.errors import SessionNotFound
+from sarnn_serve.store import Gone, Stored
+
+# KEYS[1..4] = lru, deadline, tags, active; ARGV[1] = prefix, ARGV[2] = tombstone TTL (ms).
+_PRELUDE = """
+local LRU, DEADLINE, TAGS, ACTIVE = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local PREFIX, TOMB_MS = ARGV[1], ARGV[2]
+local t = redis.call('TIME')
+local NOW = tonumber(t[1]) * 1000000 + tonumber(t[2])
+
+local function num(x) return string.format('%.0f', x) end
+local function skey(id) return PREFIX .. ':s:' .. id end
+
+local function live(id)
+  if redis.call('EXISTS', skey(id)) == 0 then return false end
+  local d = redis.call('ZSCORE', DEADLINE, id)
+  return (not d) or tonumber(d) * 1000 > NOW
+end
+
+local function why(id)
+  local r = redis.call('GET', PREFIX .. ':gone:' .. id)
+  if r then return r end
+  if redis.call('ZSCORE', DEADLINE, id) then return 'expired' end
+  return 'unknown'
+end
+
+local function touch(id, ttl_ms)
+  local score = NOW
+  local top = redis.call('ZRANGE', LRU, -1, -1, 'WITHSCORES')
+  if top[2] and tonumber(top[2]) >= score then score = tonumber(top[2]) + 1 end
+  redis.call('ZADD', LRU, num(score), id)
+  local deadline = math.floor(NOW / 1000) + ttl_ms
+  redis.call('ZADD', DEADLINE, num(deadline), id)
+  redis.call('PEXPIREAT', skey(id), num(deadline))
+end
+
+local function drop(id, reason)
+  local tag = redis.call('HGET', TAGS, id)
+  redis.call('DEL', skey(id))
+  redis.call('ZREM', LRU, id)
+  redis.call('ZREM', DEADLINE, id)
+  redis.call('HDEL', TAGS, id)
+  if tag then
+    if redis.call('HINCRBY', ACTIVE, tag, -1) <= 0 then redis.call('HDEL', ACTIVE, tag) end
+  else
+    tag = ''
+  end
+  if reason then redis.call('SET', PREFIX .. ':gone:' .. id, reason, 'PX', TOMB_MS) end
+  return tag
+end
+"""
+
+# ARGV[3..7] = id, tag, data, ttl (ms), max sessions -> flat list of evicted (id, tag, reason).
+_CREATE = """
+local id, tag, data = ARGV[3], ARGV[4], ARGV[5]
+local ttl, max = tonumber(ARGV[6]), tonumber(ARGV[7])
+if redis.call('HEXISTS', TAGS, id) == 1 or redis.call('EXISTS', skey(id)) == 1 then
+  drop(id, false)
+end
+local out = {}
+while redis.call('ZCARD', LRU) >= max and redis.call('ZCARD', LRU) > 0 do
+  local victim = redis.call('ZRANGE', LRU, 0, 0)[1]
+  local reason = live(victim) and 'evicted' or 'expired'
+  local vtag = drop(victim, reason)
+  out[#out + 1] = victim
+  out[#out + 1] = vtag
+  out[#out + 1] = reason
+end
+redis.call('HSET', skey(id), 'data', data, 'version', 1, 'tag', tag, 'ttl', ttl)
+redis.call('HSET', TAGS, id, tag)
+redis.call('HINCRBY', ACTIVE, tag, 1)
+redis.call('DEL', PREFIX .. ':gone:' .. id)
+touch(id, ttl)
+return out
+"""
+
+# ARGV[3] = id -> {1, data, version} or {0, reason}.
+_LOAD = """
+local id = ARGV[3]
+if not live(id) then return {0, why(id)} end
+local h = redis.call('HMGET', skey(id), 'data', 'version', 'ttl')
+touch(id, tonumber(h[3]))
+return {1, h[1], tonumber(h[2])}
+"""
+
+# ARGV[3..6] = id, expected version, data, ttl (ms) -> {1} wrote, {0} stale, {-1, reason}.
+_CAS = """
+local id, version, ttl = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[6])
+if not live(id) then return {-1, why(id)} end
+if tonumber(redis.call('HGET', skey(id), 'version')) ~= version then return {0} end
+redis.call('HSET', skey(id), 'data', ARGV[5], 'version', version + 1, 'ttl', ttl)
+touch(id, ttl)
+return {1}
+"""
+
+# ARGV[3] = id -> {1, data, version} or {0, reason}.
+_DELETE = """
+local id = ARGV[3]
+if not live(id) then return {0, why(id)} end
+local h = redis.call('HMGET', skey(id), 'data', 'version')
+drop(id, 'deleted')
+return {1, h[1], tonumber(h[2])}
+"""
+
+# ARGV[3] = batch size -> flat list of expired (id, tag).
+_SWEEP = """
+local ids = redis.call('ZRANGEBYSCORE', DEADLINE, '-inf', num(math.floor(NOW / 1000)),
+                       'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for _, id in ipairs(ids) do
+  local tag = drop(id, 'expired')
+  out[#out + 1] = id
+  out[#out + 1] = tag
+end
+return out
+"""
+
+
+def _str(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisStore:
+    """Sessions in Redis (see the module docstring for the key layout); one per process."""
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        max_sessions: int,
+        *,
+        tombstone_ttl_s: float = 7 * 24 * 3600.0,
+        sweep_batch: int = 1000,
+    ) -> None:
+        if max_sessions < 1:
+            raise ValueError("max_sessions must be >= 1")
+        self.max_sessions = max_sessions
+        self.prefix = prefix
+        self._redis = aioredis.Redis.from_url(url, decode_responses=False)
+        self._keys = [f"{prefix}:lru", f"{prefix}:deadline", f"{prefix}:tags", f"{prefix}:active"]
+        self._head = [prefix, _ms(tombstone_ttl_s)]
+        self._sweep_batch = sweep_batch
+        script = self._redis.register_script
+        self._create = script(_PRELUDE + _CREATE)
+        self._load = script(_PRELUDE + _LOAD)
+        self._cas = script(_PRELUDE + _CAS)
+        self._delete = script(_PRELUDE + _DELETE)
+        self._sweep = script(_PRELUDE + _SWEEP)
+
+    def _session_keys(self, session_id: str) -> list[str]:
+        return [*self._keys, f"{self.prefix}:s:{session_id}", f"{self.prefix}:gone:{session_id}"]
+
+    async def create(self, session_id: str, tag: str, data: bytes, ttl_s: float) -> list[Gone]:
+        args = [*self._head, session_id, tag, data, _ms(ttl_s), self.max_sessions]
+        flat = await self._create(keys=self._session_keys(session_id), args=args)
+        return [
+            Gone(_str(flat[i]), _str(flat[i + 1]), _str(flat[i + 2]))
+            for i in range(0, len(flat), 3)
+        ]
+
+    async def load(self, session_id: str) -> Stored:
+        res = await self._load(keys=self._session_keys(session_id), args=[*self._head, session_id])
+        if res[0] != 1:
+            raise SessionNotFound(session_id, _str(res[1]))
+        return Stored(bytes(res[1]), int(res[2]))
+
+    async def compare_and_set(
+        self, session_id: str, version: int, data: bytes, ttl_s: float
+    ) -> bool:
+        args = [*self._head, session_id, version, data, _ms(ttl_s)]
+        res = await self._cas(keys=self._session_keys(session_id), args=args)
+        if res[0] == -1:
+            raise SessionNotFound(session_id, _str(res[1]))
+        return res[0] == 1
+
+    async def delete(self, session_id: str) -> Stored:
+        keys = self._session_keys(session_id)
+        res = await self._delete(keys=keys, args=[*self._head, session_id])
+        if res[0] != 1:
+            raise SessionNotFound(session_id, _str(res[1]))
+        return Stored(bytes(res[1]), int(res[2]))
+
+    async def sweep(self) -> list[Gone]:
+        dropped: list[Gone] = []
+        while True:
+            flat = await self._sweep(keys=self._keys, args=[*self._head, self._sweep_batch])
+            dropped += [
+                Gone(_str(flat[i]), _str(flat[i + 1]), "expired") for i in range(0, len(flat), 2)
+            ]
+            if len(flat) < 2 * self._sweep_batch:
+                return dropped
+
+    async def active(self) -> dict[str, int]:
+        counts = await self._redis.hgetall(f"{self.prefix}:active")
+        return {_str(tag): int(n) for tag, n in counts.items() if int(n) > 0}
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def _ms(seconds: float) -> int:
+    """Milliseconds, at least 1 (PEXPIREAT and the deadline set work in whole ms)."""
+    return max(1, round(seconds * 1000))
