@@ -4,8 +4,8 @@ The math follows shared/design.md section 1:
 
     a_t = W_x x_t + w_d * h_{t-1} + b                 coordinator (w_d: one weight per neuron)
     p_t = clamp((alpha a_t + 1) / 2, 0, 1)            hard sigmoid, slope alpha annealed
-    u_t = round(p_t), gradient straight through       training gate (round(0.5) = 0: tie = no update)
-    u_t = [a_t > (2 tau - 1) / alpha]                 inference gate (tau = 0.5: exactly [a_t > 0])
+    u_t = round(p_t) = [a_t > 0], straight through    training gate (tie a = 0: no update)
+    u_t = [a_t > (2 tau - 1) / alpha]                 inference gate (tau = 0.5: [a_t > 0])
     s_t = s_{t-1} + u_t (cell(x_t, s_{t-1}) - s_{t-1})
     logits_t = W_o h_t + b_o
 
@@ -150,12 +150,13 @@ class SARNN(nn.Module):
                 u = (a > cut).to(a.dtype)
             else:
                 p = torch.clamp((self.alpha * a + 1) / 2, 0, 1)
-                u = p + (torch.round(p) - p).detach()
+                # forward value [a > 0] (= round(p) but exact for 0 < alpha a < 2^-24 too)
+                u = p + ((a > 0).to(a.dtype) - p).detach()
             h_new, c_new = self._candidate(gx_all[t], h, c)
             if self.config.selective or force_gate is not None:
-                h = h + u * (h_new - h)
+                h = u * h_new + (1 - u) * h  # bitwise h_new at u = 1, h at u = 0
                 if c is not None:
-                    c = c + u * (c_new - c)
+                    c = u * c_new + (1 - u) * c
             else:
                 h, c = h_new, c_new
             hs.append(h)

@@ -21,8 +21,8 @@ import torch
 
 from export.model import SARNN, load_checkpoint
 from export.onnx_graph import OPSET, CellWeights, build_chunk_graph
-from sarnn_serve.card import ExportInfo, ModelCard, TrainingInfo
 from sarnn_serve.card import Evaluation as CardEvaluation
+from sarnn_serve.card import ExportInfo, ModelCard, TrainingInfo
 
 COMPANIONS = ("checkpoint.pt", "metrics.json", "curves.png", "raster.png")
 

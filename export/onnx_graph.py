@@ -3,7 +3,7 @@
 torch's exporters cannot give a loop over a dynamic number of steps without unrolling or fixing
 T (shared/design.md 1b), so the graph is written by hand: one `Scan` over time with a small body.
 
-    x [B,T,F], state [B,S], lengths [L] (L = B, or 1 to broadcast), threshold []
+    x [B,T,F], state [B,S], lengths [L] and threshold [L] (L = B, or 1 to broadcast)
     before the loop: normalise, one MatMul for the input projections of all gates and the
                      coordinator at every step; the gate cut (2 tau - 1) / alpha and the
                      lengths mask are folded into the coordinator's input term (-inf past a
@@ -96,7 +96,12 @@ def _gru_body(w: CellWeights, init: list[TensorProto]) -> tuple[onnx.GraphProto,
     graph = helper.make_graph(
         b.nodes,
         "gru_step",
-        [_vi("h", ["B", h]), _vi("gx_rz", ["B", 2 * h]), _vi("gx_n", ["B", h]), _vi("ax", ["B", h])],
+        [
+            _vi("h", ["B", h]),
+            _vi("gx_rz", ["B", 2 * h]),
+            _vi("gx_n", ["B", h]),
+            _vi("ax", ["B", h]),
+        ],
         [_vi("h_next", ["B", h]), _vi("h_t", ["B", h]), _vi("u_t", ["B", h], TensorProto.BOOL)],
         initializer=body_init,
     )
@@ -182,7 +187,8 @@ def build_chunk_graph(w: CellWeights, metadata: dict[str, str] | None = None) ->
         _const("W_out", w.head_w.T),
         _const("b_out", w.head_b),
         _const("lengths", [LENGTHS_DEFAULT], np.int64),
-        _const("threshold", 0.5),
+        _const("threshold", [0.5]),
+        _const("axis1", [1], np.int64),
         _const("split_in", [gates_width, h], np.int64),
         _const("i0", 0, np.int64),
         _const("i1", 1, np.int64),
@@ -197,7 +203,8 @@ def build_chunk_graph(w: CellWeights, metadata: dict[str, str] | None = None) ->
     xn = g.op("Div", g.op("Sub", xt, "mean"), "std")
     proj = g.op("Add", g.op("MatMul", xn, "W_in"), "b_in")  # [T,B,G*H+H]
     gx, ax = g.op("Split", proj, "split_in", outputs=2, axis=2)
-    cut = g.op("Div", g.op("Sub", g.op("Mul", "threshold", "two"), "one"), "alpha")
+    tau = g.op("Unsqueeze", "threshold", "axis1")  # [L,1]: per row, broadcast over H
+    cut = g.op("Div", g.op("Sub", g.op("Mul", tau, "two"), "one"), "alpha")
     steps = g.op("Gather", g.op("Shape", "x"), "i1")
     t_idx = g.op("Range", "i0", steps, "i1")  # [T]
     valid = g.op(
@@ -239,7 +246,7 @@ def build_chunk_graph(w: CellWeights, metadata: dict[str, str] | None = None) ->
         _vi("x", ["B", "T", f]),
         _vi("state", ["B", s]),
         _vi("lengths", ["L"], TensorProto.INT64),
-        _vi("threshold", []),
+        _vi("threshold", ["L"]),
     ]
     outputs = [
         _vi("logits", ["B", "T", c]),

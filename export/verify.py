@@ -77,6 +77,8 @@ class Report:
 
 
 def open_session(model_dir: Path) -> ort.InferenceSession:
+    if not (model_dir / "model.onnx").is_file():
+        raise FileNotFoundError(f"{model_dir / 'model.onnx'} does not exist")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     return ort.InferenceSession(
@@ -107,8 +109,12 @@ def step_parity(model: SARNN, sess: ort.InferenceSession, x: np.ndarray, lengths
         out.near_ties += int(near.sum())
         out.flips_near += int((differ & near).sum())
         out.exact_ties += int((a == 0).sum())
-        out.max_logit_diff = max(out.max_logit_diff, float(np.abs(logits - ref.logits.numpy()).max()))
-        out.max_state_diff = max(out.max_state_diff, float(np.abs(state_out - ref.state.numpy()).max()))
+        out.max_logit_diff = max(
+            out.max_logit_diff, float(np.abs(logits - ref.logits.numpy()).max())
+        )
+        out.max_state_diff = max(
+            out.max_state_diff, float(np.abs(state_out - ref.state.numpy()).max())
+        )
         state = state.clone()
         state[live] = ref.state
     return out
@@ -131,7 +137,8 @@ def verify(checkpoint: Path, model_dir: Path, random_steps: int = 10_000, seed: 
     with torch.no_grad():
         ref = model(torch.from_numpy(x), deterministic=True).logits.argmax(-1).numpy()
     logits, _, _ = sess.run(
-        None, {"x": x, "state": np.zeros((len(x), model.state_size), np.float32), "lengths": lengths}
+        None,
+        {"x": x, "state": np.zeros((len(x), model.state_size), np.float32), "lengths": lengths},
     )
     pred = logits.argmax(-1)
     labels = np.asarray([r.label for r in data.test])

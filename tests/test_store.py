@@ -1,0 +1,440 @@
+"""One behavioural suite for every SessionStore: MemoryStore and RedisStore must both pass it.
+
+RedisStore runs against a real redis-server: the one at $SARNN_TEST_REDIS_URL if set (only keys
+under a unique per-test prefix are touched, never FLUSHALL), otherwise one started here on a free
+port of 127.0.0.1 in a temporary directory, without persistence. Redis tests are skipped only if
+neither is available. MemoryStore runs on a fake clock; RedisStore on real (short) sleeps.
+"""
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from sarnn_serve.errors import SessionNotFound
+from sarnn_serve.store import Gone, SessionStore, Stored
+from sarnn_serve.store.memory import MemoryStore
+
+REDIS_URL_ENV = "SARNN_TEST_REDIS_URL"
+LONG = 600.0  # TTL of sessions that must not expire during a test
+BLOB = bytes(range(256)) * 3  # every byte value, to check the bytes round-trip unchanged
+
+
+# --- a real Redis ------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pong(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a real Redis: $SARNN_TEST_REDIS_URL, or a redis-server started for this session."""
+    pytest.importorskip("redis", reason="redis-py is not installed (pip install .[redis])")
+    if url := os.environ.get(REDIS_URL_ENV):
+        yield url
+        return
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip(f"no Redis: redis-server is not on PATH and {REDIS_URL_ENV} is not set")
+    workdir = tmp_path_factory.mktemp("redis")
+    for _ in range(3):  # the free port may be taken between probing and binding
+        port = _free_port()
+        proc = subprocess.Popen(
+            [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(workdir), "--logfile", str(workdir / "redis.log")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while proc.poll() is None and time.monotonic() < deadline and not _pong(port):
+            time.sleep(0.02)
+        if proc.poll() is None and _pong(port):
+            break
+        proc.kill()
+        proc.wait()
+    else:
+        pytest.fail(f"redis-server did not start; see {workdir / 'redis.log'}")
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def _drop_prefix(url: str, prefix: str) -> None:
+    """Delete only this test's keys (the server may be shared)."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+# --- the stores under test --------------------------------------------------------------------
+
+
+class Backend:
+    """Opens stores of one kind that share their sessions, and lets time pass for them.
+
+    `open()` is what one replica gets: for Redis a new client on the same prefix each time (a
+    second call is a second replica), for memory the one in-process store."""
+
+    kind = ""
+
+    def open(self, max_sessions: int = 100) -> SessionStore:
+        raise NotImplementedError
+
+    async def elapse(self, seconds: float) -> None:
+        raise NotImplementedError
+
+
+class MemoryBackend(Backend):
+    kind = "memory"
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.store: MemoryStore | None = None
+
+    def open(self, max_sessions: int = 100) -> SessionStore:
+        if self.store is None:
+            self.store = MemoryStore(max_sessions, clock=lambda: self.now)
+        return self.store
+
+    async def elapse(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class RedisBackend(Backend):
+    kind = "redis"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.prefix = f"sarnn-test-{uuid.uuid4().hex[:12]}"
+        self.stores: list[SessionStore] = []
+
+    def open(self, max_sessions: int = 100) -> SessionStore:
+        from sarnn_serve.store.redis import RedisStore
+
+        store = RedisStore(self.url, self.prefix, max_sessions)
+        self.stores.append(store)
+        return store
+
+    async def elapse(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    async def close(self) -> None:
+        for store in self.stores:
+            await store.close()
+        await _drop_prefix(self.url, self.prefix)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    if request.param == "memory":
+        yield MemoryBackend()
+        return
+    redis_backend = RedisBackend(request.getfixturevalue("redis_url"))
+    try:
+        yield redis_backend
+    finally:
+        await redis_backend.close()
+
+
+async def _not_found(coro, reason: str) -> SessionNotFound:
+    with pytest.raises(SessionNotFound) as info:
+        await coro
+    assert info.value.detail["reason"] == reason
+    return info.value
+
+
+# --- behaviour every store shares -------------------------------------------------------------
+
+
+async def test_create_then_load_starts_at_version_1(backend: Backend) -> None:
+    store = backend.open()
+    assert await store.create("a", "m", BLOB, LONG) == []
+    assert await store.load("a") == Stored(BLOB, 1)
+    assert await store.load("a") == Stored(BLOB, 1)  # loading does not bump the version
+
+
+async def test_compare_and_set_at_current_version_writes(backend: Backend) -> None:
+    store = backend.open()
+    await store.create("a", "m", b"v1", LONG)
+    assert await store.compare_and_set("a", 1, b"v2", LONG) is True
+    assert await store.load("a") == Stored(b"v2", 2)
+    assert await store.compare_and_set("a", 2, b"", LONG) is True
+    assert await store.load("a") == Stored(b"", 3)
+
+
+async def test_compare_and_set_at_stale_version_changes_nothing(backend: Backend) -> None:
+    store = backend.open()
+    await store.create("a", "m", b"v1", LONG)
+    assert await store.compare_and_set("a", 1, b"v2", LONG) is True
+    assert await store.compare_and_set("a", 1, b"stale", LONG) is False
+    assert await store.compare_and_set("a", 7, b"future", LONG) is False
+    assert await store.load("a") == Stored(b"v2", 2)
+
+
+async def test_concurrent_compare_and_set_exactly_one_wins(backend: Backend) -> None:
+    replicas = [backend.open(), backend.open()]  # two Redis clients = two replicas
+    await replicas[0].create("a", "m", b"v1", LONG)
+    for version in range(1, 11):
+        results = await asyncio.gather(
+            *(
+                replicas[i % 2].compare_and_set("a", version, f"{i}@{version}".encode(), LONG)
+                for i in range(6)
+            )
+        )
+        assert results.count(True) == 1, results
+        winner = results.index(True)
+        for replica in replicas:
+            assert await replica.load("a") == Stored(f"{winner}@{version}".encode(), version + 1)
+
+
+async def test_increments_from_two_replicas_are_never_lost(backend: Backend) -> None:
+    replicas = [backend.open(), backend.open()]
+    await replicas[0].create("n", "m", b"0", LONG)
+
+    async def bump(store: SessionStore, times: int) -> None:
+        for _ in range(times):
+            while True:
+                cur = await store.load("n")
+                new = str(int(cur.data) + 1).encode()
+                if await store.compare_and_set("n", cur.version, new, LONG):
+                    break
+
+    await asyncio.gather(*(bump(replicas[i % 2], 10) for i in range(4)))
+    assert await replicas[0].load("n") == Stored(b"40", 41)
+
+
+async def test_idle_session_expires_and_sweep_reports_it_once(backend: Backend) -> None:
+    store = backend.open()
+    await store.create("old", "m1", b"x", 0.25)
+    await store.create("keep", "m1", b"y", LONG)
+    await backend.elapse(0.4)
+    err = await _not_found(store.load("old"), "expired")
+    assert err.code == "session_expired" and err.status == 404
+    await _not_found(store.compare_and_set("old", 1, b"z", LONG), "expired")
+    await _not_found(store.delete("old"), "expired")
+    assert await store.sweep() == [Gone("old", "m1", "expired")]
+    assert await store.sweep() == []
+    await _not_found(store.load("old"), "expired")  # still known as expired after the sweep
+    assert await store.load("keep") == Stored(b"y", 1)
+
+
+async def test_sweep_finds_expired_sessions_nobody_loaded(backend: Backend) -> None:
+    replicas = [backend.open(), backend.open()]
+    for i in range(5):
+        await replicas[0].create(f"s{i}", "m2" if i % 2 else "m1", b"x", 0.25)
+    await replicas[0].create("keep", "m1", b"y", LONG)
+    await backend.elapse(0.4)
+    # every replica sweeps; each expiry is reported by exactly one of them, exactly once
+    first = await asyncio.gather(*(r.sweep() for r in replicas))
+    second = await asyncio.gather(*(r.sweep() for r in replicas))
+    reported = sorted((g for batch in first + second for g in batch), key=lambda g: g.session_id)
+    assert reported == [Gone(f"s{i}", "m2" if i % 2 else "m1", "expired") for i in range(5)]
+    for i in range(5):
+        await _not_found(replicas[1].load(f"s{i}"), "expired")
+    assert await replicas[1].active() == {"m1": 1}
+
+
+async def test_load_and_compare_and_set_refresh_the_idle_ttl(backend: Backend) -> None:
+    store = backend.open()
+    await store.create("a", "m", b"x", 0.5)
+    await backend.elapse(0.3)
+    assert (await store.load("a")).version == 1
+    await backend.elapse(0.3)  # 0.6 s since creation, 0.3 s since the load
+    assert await store.compare_and_set("a", 1, b"y", 0.5) is True
+    await backend.elapse(0.3)  # 0.9 s since creation
+    assert await store.load("a") == Stored(b"y", 2)
+    assert await store.sweep() == []
+    await backend.elapse(0.7)
+    await _not_found(store.load("a"), "expired")
+
+
+async def test_compare_and_set_sets_the_new_ttl(backend: Backend) -> None:
+    store = backend.open()
+    await store.create("a", "m", b"x", LONG)
+    assert await store.compare_and_set("a", 1, b"y", 0.25) is True
+    await backend.elapse(0.4)
+    await _not_found(store.load("a"), "expired")
+
+
+async def test_max_sessions_evicts_the_least_recently_used(backend: Backend) -> None:
+    store = backend.open(max_sessions=3)
+    for sid in ("a", "b", "c"):
+        assert await store.create(sid, "m", sid.encode(), LONG) == []
+    await store.load("a")  # the oldest created is now the most recently used
+    assert await store.create("d", "m", b"d", LONG) == [Gone("b", "m", "evicted")]
+    err = await _not_found(store.load("b"), "evicted")
+    assert err.code == "session_evicted"
+    await _not_found(store.compare_and_set("b", 1, b"", LONG), "evicted")
+    assert await store.compare_and_set("c", 1, b"c2", LONG) is True  # writing is use too
+    assert await store.create("e", "m", b"e", LONG) == [Gone("a", "m", "evicted")]
+    for sid, data, version in (("c", b"c2", 2), ("d", b"d", 1), ("e", b"e", 1)):
+        assert await store.load(sid) == Stored(data, version)
+    assert await store.sweep() == []  # evictions are reported by create, not by sweep
+
+
+async def test_eviction_of_an_expired_session_reports_expired(backend: Backend) -> None:
+    store = backend.open(max_sessions=2)
+    await store.create("a", "m", b"a", 0.25)
+    await store.create("b", "m", b"b", LONG)
+    await backend.elapse(0.4)
+    assert await store.create("c", "m", b"c", LONG) == [Gone("a", "m", "expired")]
+    assert await store.sweep() == []  # already reported
+    await _not_found(store.load("a"), "expired")
+
+
+async def test_delete_returns_the_data_and_leaves_a_tombstone(backend: Backend) -> None:
+    store = backend.open()
+    await store.create("a", "m", b"v1", LONG)
+    await store.compare_and_set("a", 1, BLOB, LONG)
+    assert await store.delete("a") == Stored(BLOB, 2)
+    err = await _not_found(store.load("a"), "deleted")
+    assert err.code == "session_deleted"
+    await _not_found(store.compare_and_set("a", 2, b"", LONG), "deleted")
+    await _not_found(store.delete("a"), "deleted")
+    assert await store.sweep() == []
+    assert await store.active() == {}
+
+
+async def test_unknown_id(backend: Backend) -> None:
+    store = backend.open()
+    err = await _not_found(store.load("nope"), "unknown")
+    assert err.code == "session_not_found" and err.status == 404
+    await _not_found(store.compare_and_set("nope", 1, b"", LONG), "unknown")
+    await _not_found(store.delete("nope"), "unknown")
+
+
+async def test_an_id_can_be_created_again_after_it_is_gone(backend: Backend) -> None:
+    store = backend.open()
+    await store.create("a", "m", b"v1", LONG)
+    await store.delete("a")
+    await store.create("a", "m", b"again", LONG)
+    assert await store.load("a") == Stored(b"again", 1)
+
+
+async def test_active_counts_live_sessions_per_tag(backend: Backend) -> None:
+    store = backend.open(max_sessions=5)
+    assert await store.active() == {}
+    await store.create("a", "gru", b"", LONG)
+    await store.create("b", "gru", b"", LONG)
+    await store.create("c", "lstm", b"", LONG)
+    await store.create("d", "rnn", b"", 0.25)
+    assert await store.active() == {"gru": 2, "lstm": 1, "rnn": 1}
+    await store.delete("c")
+    assert await store.active() == {"gru": 2, "rnn": 1}
+    await backend.elapse(0.4)
+    await store.sweep()
+    assert await store.active() == {"gru": 2}
+    await store.create("e", "lstm", b"", LONG)
+    await store.create("f", "lstm", b"", LONG)
+    await store.create("g", "lstm", b"", LONG)
+    assert await store.active() == {"gru": 2, "lstm": 3}
+    assert await store.create("h", "lstm", b"", LONG) == [Gone("a", "gru", "evicted")]
+    assert await store.active() == {"gru": 1, "lstm": 4}
+
+
+# --- Redis specifics --------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def redis_pair(redis_url: str) -> AsyncIterator[tuple]:
+    """(RedisStore, raw redis.asyncio client) on a fresh prefix."""
+    import redis.asyncio as aioredis
+
+    from sarnn_serve.store.redis import RedisStore
+
+    prefix = f"sarnn-test-{uuid.uuid4().hex[:12]}"
+    store = RedisStore(redis_url, prefix, 100)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        yield store, client
+    finally:
+        await store.close()
+        await client.aclose()
+        await _drop_prefix(redis_url, prefix)
+
+
+async def test_redis_key_layout(redis_pair: tuple) -> None:
+    store, r = redis_pair
+    p = store.prefix
+    await store.create("a", "gru", b"\x00\xff", 30.0)
+    assert await r.hgetall(f"{p}:s:a") == {
+        b"data": b"\x00\xff",
+        b"version": b"1",
+        b"tag": b"gru",
+        b"ttl": b"30000",
+    }
+    assert 29_000 < await r.pttl(f"{p}:s:a") <= 30_000
+    assert await r.zrange(f"{p}:lru", 0, -1) == [b"a"]
+    assert await r.zrange(f"{p}:deadline", 0, -1) == [b"a"]
+    assert await r.hgetall(f"{p}:tags") == {b"a": b"gru"}
+    assert await r.hgetall(f"{p}:active") == {b"gru": b"1"}
+    await store.delete("a")
+    assert await r.get(f"{p}:gone:a") == b"deleted"
+    assert await r.pttl(f"{p}:gone:a") > 6 * 24 * 3600 * 1000
+    assert not await r.exists(f"{p}:s:a", f"{p}:lru", f"{p}:deadline", f"{p}:tags", f"{p}:active")
+
+
+async def test_redis_session_expired_by_redis_itself(redis_pair: tuple) -> None:
+    store, r = redis_pair
+    await store.create("a", "m", b"x", 0.1)
+    deadline = time.monotonic() + 5
+    while await r.exists(f"{store.prefix}:s:a"):  # wait for Redis to drop the key on its own
+        assert time.monotonic() < deadline, "Redis never expired the session key"
+        await asyncio.sleep(0.05)
+    await _not_found(store.load("a"), "expired")
+    assert await store.sweep() == [Gone("a", "m", "expired")]
+    assert await r.get(f"{store.prefix}:gone:a") == b"expired"
+
+
+async def test_redis_prefixes_are_isolated(redis_pair: tuple, redis_url: str) -> None:
+    from sarnn_serve.store.redis import RedisStore
+
+    store, _ = redis_pair
+    other = RedisStore(redis_url, store.prefix + "-other", 1)
+    try:
+        await store.create("a", "m", b"x", LONG)
+        await other.create("a", "m", b"y", LONG)
+        assert await other.create("b", "m", b"z", LONG) == [Gone("a", "m", "evicted")]
+        assert await store.load("a") == Stored(b"x", 1)
+        assert await store.active() == {"m": 1}
+    finally:
+        await other.close()
+        await _drop_prefix(redis_url, store.prefix + "-other")
+
+
+async def test_redis_survives_a_script_cache_flush(redis_pair: tuple) -> None:
+    store, r = redis_pair
+    await store.create("a", "m", b"x", LONG)
+    await r.script_flush()  # e.g. a Redis restart or failover: EVALSHA falls back to EVAL
+    assert await store.compare_and_set("a", 1, b"y", LONG) is True
+    assert await store.load("a") == Stored(b"y", 2)
