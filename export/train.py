@@ -95,7 +95,7 @@ def _step_loss(
         logits.reshape(-1, logits.shape[-1]), y.repeat_interleave(logits.shape[1])
     )
     loss = task + (budget_loss(out.updates, lam) if model.config.selective else 0.0)
-    return loss, float(task), float(out.updates.detach().mean())
+    return loss, float(task.detach()), float(out.updates.detach().mean())
 
 
 def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict:

@@ -109,3 +109,6 @@ def tiny_sarnn(sarnn_cell: str) -> SARNN:
 def tiny_onnx(tiny_sarnn: SARNN) -> ort.InferenceSession:
     """onnxruntime session of `tiny_sarnn`'s chunk graph."""
     return ort_session_for(tiny_sarnn)
+
+
+pytest_plugins = ["tests.service_fixtures"]

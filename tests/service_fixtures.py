@@ -1,0 +1,112 @@
+"""Fixtures for the service suites: a small exported watch model and a real uvicorn server.
+
+`served_models` trains a tiny GRU SA-RNN on the real watch data (a few seconds) and exports it
+with the real exporter into a models directory. `live_server` runs `sarnn-serve` as a separate
+process on a free loopback port and waits until /readyz answers.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+TINY_MODEL = "watch-tiny"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def served_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models directory holding one small watch model, exported and verified."""
+    from export.onnx_export import export_model
+    from export.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("served")
+    run = root / "run"
+    train(
+        TrainConfig(
+            dataset="watch",
+            hidden=16,
+            lam=2.0,
+            epochs=2,
+            batches_per_epoch=4,
+            batch_size=8,
+            window=64,
+            seed=0,
+        ),
+        run,
+        progress=False,
+    )
+    models = root / "models"
+    export_model(run / "checkpoint.pt", models / TINY_MODEL)
+    return models
+
+
+@dataclass
+class LiveServer:
+    """A running sarnn-serve process."""
+
+    url: str
+    ws_url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+def start_server(models: Path, tmp: Path, env: dict[str, str] | None = None) -> LiveServer:
+    """Start `sarnn-serve` on a free port with SARNN_* overrides in `env`; wait until ready."""
+    port = free_port()
+    log_path = tmp / f"server-{port}.log"
+    full_env = {**os.environ, "SARNN_MODEL_DIR": str(models), "SARNN_PORT": str(port)}
+    full_env.update(env or {})
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sarnn_serve.cli", "serve"],
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{log_path.read_text()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return LiveServer(url, f"ws://127.0.0.1:{port}", process, log_path)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"server not ready after 60 s:\n{log_path.read_text()}")
+
+
+def stop_server(server: LiveServer) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(10)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+
+
+@pytest.fixture(scope="module")
+def live_server(
+    served_models: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """A real uvicorn serving the tiny watch model with the in-memory store."""
+    server = start_server(served_models, tmp_path_factory.mktemp("live"))
+    yield server
+    stop_server(server)
