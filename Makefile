@@ -1,0 +1,45 @@
+# Two entry points for a new machine: `make serve` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --disable-pip-version-check -q
+
+.PHONY: serve test lint bench load system-deps train-default export-default
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+
+# Serving needs no torch: onnxruntime, numpy, fastapi, uvicorn, pydantic.
+$(VENV)/.serve: pyproject.toml | $(VENV)/bin/python
+	$(PIP) -e .
+	touch $@
+
+# Tests need everything: torch (CPU build pinned), onnx, datasets, redis, a browser driver.
+$(VENV)/.dev: pyproject.toml | $(VENV)/bin/python
+	$(PIP) -e '.[dev]'
+	touch $@ $(VENV)/.serve
+
+serve: $(VENV)/.serve
+	$(VENV)/bin/sarnn-serve serve
+
+system-deps:
+	bash scripts/system-deps.sh
+
+test: $(VENV)/.dev system-deps
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+bench: $(VENV)/.dev
+	$(PY) benchmarks/bench_onnx.py --checkpoint models/watch-gru/checkpoint.pt
+
+load: $(VENV)/.dev
+	$(PY) benchmarks/load_ws.py --spawn-server --sessions 100 --rate 50 --chunk 1 --duration 20
+
+train-default: $(VENV)/.dev
+	$(PY) -m export train --dataset watch --cell gru --hidden 128 --lam 4 --epochs 16 --seed 0 --out runs/watch-gru
+
+export-default: $(VENV)/.dev
+	$(PY) -m export onnx --checkpoint runs/watch-gru/checkpoint.pt --out models/watch-gru --force
