@@ -134,7 +134,7 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict:
             opt.zero_grad()
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            if math.isfinite(float(loss)) and math.isfinite(float(grad_norm)):
+            if math.isfinite(float(loss.detach())) and math.isfinite(float(grad_norm)):
                 opt.step()
             else:
                 skipped += 1

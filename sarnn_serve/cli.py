@@ -21,6 +21,13 @@ def _serve(args: argparse.Namespace) -> int:
         if v is not None
     }
     settings = Settings(**overrides)
+    if settings.workers > 1 and settings.store == "memory":
+        print(
+            "error: --workers > 1 needs SARNN_STORE=redis: with the memory store each worker "
+            "would hold its own sessions",
+            file=sys.stderr,
+        )
+        return 2
     kwargs = {
         "host": settings.host,
         "port": settings.port,

@@ -1,11 +1,13 @@
 """Fixtures for the service suites: a small exported watch model and a real uvicorn server.
 
 `served_models` trains a tiny GRU SA-RNN on the real watch data (a few seconds) and exports it
-with the real exporter into a models directory. `live_server` runs `sarnn-serve` as a separate
-process on a free loopback port and waits until /readyz answers.
+with the real exporter into a models directory. `redis_url` is a real redis-server
+($SARNN_TEST_REDIS_URL, or one started on a free port). `live_server` runs `sarnn-serve` as a
+separate process on a free loopback port and waits until /readyz answers.
 """
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,6 +20,7 @@ import httpx
 import pytest
 
 TINY_MODEL = "watch-tiny"
+REDIS_URL_ENV = "SARNN_TEST_REDIS_URL"
 
 
 def free_port() -> int:
@@ -110,3 +113,51 @@ def live_server(
     server = start_server(served_models, tmp_path_factory.mktemp("live"))
     yield server
     stop_server(server)
+
+
+def _pong(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a real Redis: $SARNN_TEST_REDIS_URL, or a redis-server started for this session."""
+    pytest.importorskip("redis", reason="redis-py is not installed (pip install .[redis])")
+    if url := os.environ.get(REDIS_URL_ENV):
+        yield url
+        return
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip(f"no Redis: redis-server is not on PATH and {REDIS_URL_ENV} is not set")
+    workdir = tmp_path_factory.mktemp("redis")
+    for _ in range(3):  # the free port may be taken between probing and binding
+        port = free_port()
+        proc = subprocess.Popen(
+            [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(workdir), "--logfile", str(workdir / "redis.log")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while proc.poll() is None and time.monotonic() < deadline and not _pong(port):
+            time.sleep(0.02)
+        if proc.poll() is None and _pong(port):
+            break
+        proc.kill()
+        proc.wait()
+    else:
+        pytest.fail(f"redis-server did not start; see {workdir / 'redis.log'}")
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -7,13 +7,9 @@ neither is available. MemoryStore runs on a fake clock; RedisStore on real (shor
 """
 
 import asyncio
-import os
-import shutil
-import socket
-import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -21,66 +17,8 @@ from sarnn_serve.errors import SessionNotFound
 from sarnn_serve.store import Gone, SessionStore, Stored
 from sarnn_serve.store.memory import MemoryStore
 
-REDIS_URL_ENV = "SARNN_TEST_REDIS_URL"
 LONG = 600.0  # TTL of sessions that must not expire during a test
 BLOB = bytes(range(256)) * 3  # every byte value, to check the bytes round-trip unchanged
-
-
-# --- a real Redis ------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _pong(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """URL of a real Redis: $SARNN_TEST_REDIS_URL, or a redis-server started for this session."""
-    pytest.importorskip("redis", reason="redis-py is not installed (pip install .[redis])")
-    if url := os.environ.get(REDIS_URL_ENV):
-        yield url
-        return
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip(f"no Redis: redis-server is not on PATH and {REDIS_URL_ENV} is not set")
-    workdir = tmp_path_factory.mktemp("redis")
-    for _ in range(3):  # the free port may be taken between probing and binding
-        port = _free_port()
-        proc = subprocess.Popen(
-            [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(workdir), "--logfile", str(workdir / "redis.log")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while proc.poll() is None and time.monotonic() < deadline and not _pong(port):
-            time.sleep(0.02)
-        if proc.poll() is None and _pong(port):
-            break
-        proc.kill()
-        proc.wait()
-    else:
-        pytest.fail(f"redis-server did not start; see {workdir / 'redis.log'}")
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 async def _drop_prefix(url: str, prefix: str) -> None:
