@@ -4,16 +4,18 @@ torch's exporters cannot give a loop over a dynamic number of steps without unro
 T (shared/design.md 1b), so the graph is written by hand: one `Scan` over time with a small body.
 
     x [B,T,F], state [B,S], lengths [L] and threshold [L] (L = B, or 1 to broadcast)
-    before the loop: normalise, one MatMul for the input projections of all gates and the
-                     coordinator at every step; the gate cut (2 tau - 1) / alpha and the
-                     lengths mask are folded into the coordinator's input term (-inf past a
-                     row's length, so nothing there updates)
-    loop body:       recurrent projection, candidate, u = [a > 0], s + u (s~ - s)
+    before the loop: normalise, one MatMul + Add per gate block (and the coordinator) for the
+                     input projections of every step, each its own tensor (no Split: a Split
+                     of [T,B,*] is a full copy); the per-step, per-row gate cut
+                     thr [T,L,1] = (2 tau - 1) / alpha while t < length, +inf after (so nothing
+                     updates past a row's length) -- a tiny tensor, scanned alongside
+    loop body:       each recurrent Gemm takes its step's input projection as C (the Add is
+                     fused), candidate, u = [a > thr_t], s + u (s~ - s)
     after the loop:  the output head on all steps at once
     outputs:         logits [B,T,C], updates [B,T,H] bool, state_out [B,S]
 
-For the GRU the z rows are negated so that one Sigmoid yields 1 - z, and r and z biases of
-both projections are folded into the hoisted term; this keeps the body at 17 nodes.
+For the GRU the z rows are negated so that Sigmoid yields 1 - z, and the r and z biases of
+both projections are folded into the hoisted term; the body has 17 nodes and no Split.
 """
 
 from dataclasses import dataclass
@@ -54,6 +56,10 @@ def _const(name: str, array: np.ndarray | float | int, dtype=np.float32) -> Tens
     return numpy_helper.from_array(np.asarray(array, dtype=dtype), name)
 
 
+def _vi(name: str, shape: list, dtype: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, dtype, shape)
+
+
 class _Body:
     """Collects nodes of one graph and names their outputs."""
 
@@ -70,104 +76,57 @@ class _Body:
         self.nodes.append(helper.make_node(op_type, list(inputs), names, **attrs))
         return names[0] if outputs == 1 else names
 
+    def out(self, op_type: str, inputs: list[str], output: str, **attrs) -> str:
+        """A node whose output gets a fixed name (a graph output)."""
+        self.nodes.append(helper.make_node(op_type, inputs, [output], **attrs))
+        return output
 
-def _gru_body(w: CellWeights, init: list[TensorProto]) -> tuple[onnx.GraphProto, int]:
-    """Scan body for the GRU; returns the body and the width of its hoisted input term."""
+
+def _blocks(w: CellWeights) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """Per gate block: name, input weight [F, H] and bias [H] of the hoisted term, and the
+    recurrent weight [H, H]. Coordinator last (its recurrent part is the diagonal w_d)."""
     h = w.hidden
-    wr, wz, wn = np.split(w.weight_hh, 3)
-    init += [
-        _const("Wh", np.concatenate([wr, -wz, wn]).T),
-        _const("bh", np.concatenate([np.zeros(2 * h), w.bias_hh[2 * h :]])),
-        _const("wd", w.coord_d),
-    ]
-    b = _Body("b_")
-    gh = b.op("Gemm", "h", "Wh", "bh")
-    gh_rz, gh_n = b.op("Split", gh, "split_rz_n", outputs=2, axis=1)
-    rz = b.op("Sigmoid", b.op("Add", "gx_rz", gh_rz))
-    r, zc = b.op("Split", rz, outputs=2, axis=1, num_outputs=2)
-    n = b.op("Tanh", b.op("Add", "gx_n", b.op("Mul", r, gh_n)))
-    gate = b.op("Greater", b.op("Add", "ax", b.op("Mul", "wd", "h")), "zero")
-    b.nodes.append(helper.make_node("Cast", [gate], ["u_f"], to=TensorProto.FLOAT))
-    b.nodes.append(helper.make_node("Identity", [gate], ["u_t"]))
-    step = b.op("Mul", b.op("Mul", "u_f", zc), b.op("Sub", n, "h"))
-    b.nodes.append(helper.make_node("Add", ["h", step], ["h_next"]))
-    b.nodes.append(helper.make_node("Identity", ["h_next"], ["h_t"]))
-    body_init = [_const("split_rz_n", [2 * h, h], np.int64), _const("zero", 0.0)]
-    graph = helper.make_graph(
-        b.nodes,
-        "gru_step",
-        [
-            _vi("h", ["B", h]),
-            _vi("gx_rz", ["B", 2 * h]),
-            _vi("gx_n", ["B", h]),
-            _vi("ax", ["B", h]),
-        ],
-        [_vi("h_next", ["B", h]), _vi("h_t", ["B", h]), _vi("u_t", ["B", h], TensorProto.BOOL)],
-        initializer=body_init,
-    )
-    return graph, 3 * h
+    g = w.weight_ih.shape[0] // h
+    wi, wh = np.split(w.weight_ih, g), np.split(w.weight_hh, g)
+    bi, bh = np.split(w.bias_ih, g), np.split(w.bias_hh, g)
+    if w.cell == "gru":
+        # r: both biases hoisted; z negated (Sigmoid gives 1 - z); n: only b_in hoisted, b_hn
+        # stays in the body because r multiplies it.
+        blocks = [
+            ("r", wi[0], bi[0] + bh[0], wh[0]),
+            ("z", -wi[1], -(bi[1] + bh[1]), -wh[1]),
+            ("n", wi[2], bi[2], wh[2]),
+        ]
+    else:
+        names = ("i", "f", "g", "o") if w.cell == "lstm" else ("c",)
+        blocks = [(n, wi[k], bi[k] + bh[k], wh[k]) for k, n in enumerate(names)]
+    return [(n, a.T, b, r.T) for n, a, b, r in blocks]
 
 
-def _gated_update(b: _Body, cand: str, prev: str, u: str) -> str:
-    return b.op("Add", prev, b.op("Mul", u, b.op("Sub", cand, prev)))
-
-
-def _lstm_rnn_body(w: CellWeights, init: list[TensorProto]) -> tuple[onnx.GraphProto, int]:
-    """Scan body for the LSTM (state h, c) or the tanh RNN (state h)."""
-    h = w.hidden
-    g = w.weight_hh.shape[0] // h
-    init += [_const("Wh", w.weight_hh.T), _const("wd", w.coord_d)]
-    b = _Body("b_")
-    pre = b.op("Add", "gx", b.op("MatMul", "h", "Wh"))
-    gate = b.op("Greater", b.op("Add", "ax", b.op("Mul", "wd", "h")), "zero")
+def _step(w: CellWeights, b: _Body, gx: dict[str, str]) -> None:
+    """Scan body nodes: inputs h (and c), gx_<block>, ax, thr; outputs h_next (c_next), h_t, u_t."""
+    pre = {k: b.op("Gemm", "h", f"R_{k}", v) for k, v in gx.items() if k != "n"}
+    gate = b.out("Greater", [b.op("Add", "ax", b.op("Mul", "wd", "h")), "thr"], "u_t")
     u = b.op("Cast", gate, to=TensorProto.FLOAT)
-    b.nodes.append(helper.make_node("Identity", [gate], ["u_t"]))
-    state_in = [_vi("h", ["B", h])]
-    state_out = [_vi("h_next", ["B", h])]
-    if w.cell == "lstm":
-        i, f, gg, o = b.op("Split", pre, outputs=4, axis=1, num_outputs=4)
+    if w.cell == "gru":
+        r, zc = b.op("Sigmoid", pre["r"]), b.op("Sigmoid", pre["z"])
+        hn = b.op("Gemm", "h", "R_n", "bh_n")
+        n = b.op("Tanh", b.op("Add", gx["n"], b.op("Mul", r, hn)))
+        step = b.op("Mul", b.op("Mul", u, zc), b.op("Sub", n, "h"))
+        b.out("Add", ["h", step], "h_next")
+    elif w.cell == "lstm":
         c_new = b.op(
             "Add",
-            b.op("Mul", b.op("Sigmoid", f), "c"),
-            b.op("Mul", b.op("Sigmoid", i), b.op("Tanh", gg)),
+            b.op("Mul", b.op("Sigmoid", pre["f"]), "c"),
+            b.op("Mul", b.op("Sigmoid", pre["i"]), b.op("Tanh", pre["g"])),
         )
-        h_new = b.op("Mul", b.op("Sigmoid", o), b.op("Tanh", c_new))
-        b.nodes.append(helper.make_node("Identity", [_gated_update(b, c_new, "c", u)], ["c_next"]))
-        state_in.append(_vi("c", ["B", h]))
-        state_out.append(_vi("c_next", ["B", h]))
+        h_new = b.op("Mul", b.op("Sigmoid", pre["o"]), b.op("Tanh", c_new))
+        b.out("Add", ["c", b.op("Mul", u, b.op("Sub", c_new, "c"))], "c_next")
+        b.out("Add", ["h", b.op("Mul", u, b.op("Sub", h_new, "h"))], "h_next")
     else:
-        h_new = b.op("Tanh", pre)
-    b.nodes.append(helper.make_node("Identity", [_gated_update(b, h_new, "h", u)], ["h_next"]))
-    b.nodes.append(helper.make_node("Identity", ["h_next"], ["h_t"]))
-    graph = helper.make_graph(
-        b.nodes,
-        f"{w.cell}_step",
-        [*state_in, _vi("gx", ["B", g * h]), _vi("ax", ["B", h])],
-        [*state_out, _vi("h_t", ["B", h]), _vi("u_t", ["B", h], TensorProto.BOOL)],
-        initializer=[_const("zero", 0.0)],
-    )
-    return graph, g * h
-
-
-def _vi(name: str, shape: list, dtype: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, dtype, shape)
-
-
-def _input_projection(w: CellWeights) -> tuple[np.ndarray, np.ndarray]:
-    """Hoisted [F, G*H + H] weight and bias: the cell's input gates, then the coordinator."""
-    h = w.hidden
-    if w.cell == "gru":
-        wr, wz, wn = np.split(w.weight_ih, 3)
-        bi, bh = np.split(w.bias_ih, 3), np.split(w.bias_hh, 3)
-        gates_w = np.concatenate([wr, -wz, wn])
-        gates_b = np.concatenate([bi[0] + bh[0], -(bi[1] + bh[1]), bi[2]])
-    else:
-        gates_w, gates_b = w.weight_ih, w.bias_ih + w.bias_hh
-    assert gates_w.shape[0] % h == 0
-    return (
-        np.concatenate([gates_w, w.coord_w]).T,
-        np.concatenate([gates_b, w.coord_b]),
-    )
+        h_new = b.op("Tanh", pre["c"])
+        b.out("Add", ["h", b.op("Mul", u, b.op("Sub", h_new, "h"))], "h_next")
+    b.out("Identity", ["h_next"], "h_t")
 
 
 def build_chunk_graph(w: CellWeights, metadata: dict[str, str] | None = None) -> onnx.ModelProto:
@@ -175,34 +134,37 @@ def build_chunk_graph(w: CellWeights, metadata: dict[str, str] | None = None) ->
     h, f = w.hidden, w.mean.shape[0]
     c = w.head_b.shape[0]
     s = 2 * h if w.cell == "lstm" else h
+    blocks = _blocks(w)
     init: list[TensorProto] = []
-    body, gates_width = (_gru_body if w.cell == "gru" else _lstm_rnn_body)(w, init)
-    w_in, b_in = _input_projection(w)
+    for name, w_in, b_in, w_h in blocks:
+        init += [_const(f"W_{name}", w_in), _const(f"b_{name}", b_in), _const(f"R_{name}", w_h)]
+    if w.cell == "gru":
+        init.append(_const("bh_n", np.split(w.bias_hh, 3)[2]))
     init += [
+        _const("W_a", w.coord_w.T),
+        _const("b_a", w.coord_b),
+        _const("wd", w.coord_d),
         _const("mean", w.mean),
         _const("std", w.std),
-        _const("W_in", w_in),
-        _const("b_in", b_in),
         _const("alpha", w.alpha),
         _const("W_out", w.head_w.T),
         _const("b_out", w.head_b),
         _const("lengths", [LENGTHS_DEFAULT], np.int64),
         _const("threshold", [0.5]),
         _const("axis1", [1], np.int64),
-        _const("split_in", [gates_width, h], np.int64),
         _const("i0", 0, np.int64),
         _const("i1", 1, np.int64),
         _const("axes_t", [1, 2], np.int64),
         _const("axes_l", [0, 2], np.int64),
-        _const("neg_inf", -np.inf),
+        _const("pos_inf", np.inf),
         _const("one", 1.0),
         _const("two", 2.0),
     ]
     g = _Body("")
     xt = g.op("Transpose", "x", perm=[1, 0, 2])  # [T,B,F]
     xn = g.op("Div", g.op("Sub", xt, "mean"), "std")
-    proj = g.op("Add", g.op("MatMul", xn, "W_in"), "b_in")  # [T,B,G*H+H]
-    gx, ax = g.op("Split", proj, "split_in", outputs=2, axis=2)
+    gx = {name: g.op("Add", g.op("MatMul", xn, f"W_{name}"), f"b_{name}") for name, *_ in blocks}
+    ax = g.op("Add", g.op("MatMul", xn, "W_a"), "b_a")  # [T,B,H] each
     tau = g.op("Unsqueeze", "threshold", "axis1")  # [L,1]: per row, broadcast over H
     cut = g.op("Div", g.op("Sub", g.op("Mul", tau, "two"), "one"), "alpha")
     steps = g.op("Gather", g.op("Shape", "x"), "i1")
@@ -212,19 +174,31 @@ def build_chunk_graph(w: CellWeights, metadata: dict[str, str] | None = None) ->
         g.op("Unsqueeze", t_idx, "axes_t"),
         g.op("Unsqueeze", "lengths", "axes_l"),
     )  # [T,L,1]
-    ax_cut = g.op("Where", valid, g.op("Sub", ax, cut), "neg_inf")  # [T,B,H]
-    if w.cell == "gru":
-        gx_rz, gx_n = g.op("Split", gx, "split_gru_in", outputs=2, axis=2)
-        init.append(_const("split_gru_in", [2 * h, h], np.int64))
-        scan_inputs = [gx_rz, gx_n, ax_cut]
-        state0 = ["state"]
-    elif w.cell == "lstm":
+    thr = g.op("Where", valid, cut, "pos_inf")  # [T,L,1]: a > +inf never holds
+
+    b = _Body("b_")
+    body_gx = {name: f"gx_{name}" for name, *_ in blocks}
+    _step(w, b, body_gx)
+    state_in, state_out = [_vi("h", ["B", h])], [_vi("h_next", ["B", h])]
+    if w.cell == "lstm":
+        state_in.append(_vi("c", ["B", h]))
+        state_out.append(_vi("c_next", ["B", h]))
         h0, c0 = g.op("Split", "state", outputs=2, axis=1, num_outputs=2)
-        scan_inputs = [gx, ax_cut]
         state0 = [h0, c0]
     else:
-        scan_inputs = [gx, ax_cut]
         state0 = ["state"]
+    body = helper.make_graph(
+        b.nodes,
+        f"{w.cell}_step",
+        [
+            *state_in,
+            *[_vi(v, ["B", h]) for v in body_gx.values()],
+            _vi("ax", ["B", h]),
+            _vi("thr", ["L", 1]),
+        ],
+        [*state_out, _vi("h_t", ["B", h]), _vi("u_t", ["B", h], TensorProto.BOOL)],
+    )
+    scan_inputs = [*gx.values(), ax, thr]
     hidden_names = [f"final_{i}" for i in range(len(state0))]
     g.nodes.append(
         helper.make_node(
@@ -236,12 +210,12 @@ def build_chunk_graph(w: CellWeights, metadata: dict[str, str] | None = None) ->
         )
     )
     logits_tb = g.op("Add", g.op("MatMul", "h_seq", "W_out"), "b_out")
-    g.nodes.append(helper.make_node("Transpose", [logits_tb], ["logits"], perm=[1, 0, 2]))
-    g.nodes.append(helper.make_node("Transpose", ["u_seq"], ["updates"], perm=[1, 0, 2]))
+    g.out("Transpose", [logits_tb], "logits", perm=[1, 0, 2])
+    g.out("Transpose", ["u_seq"], "updates", perm=[1, 0, 2])
     if w.cell == "lstm":
-        g.nodes.append(helper.make_node("Concat", hidden_names, ["state_out"], axis=1))
+        g.out("Concat", hidden_names, "state_out", axis=1)
     else:
-        g.nodes.append(helper.make_node("Identity", hidden_names, ["state_out"]))
+        g.out("Identity", hidden_names, "state_out")
     inputs = [
         _vi("x", ["B", "T", f]),
         _vi("state", ["B", s]),
