@@ -1,6 +1,6 @@
 """Request and response bodies of the HTTP API (they also document it at /docs)."""
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,7 +20,7 @@ class ErrorBody(BaseModel):
 
 
 class SessionCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", strict=True, protected_namespaces=())
 
     model: str | None = Field(None, description="Model name; the only model if omitted.")
     threshold: float | None = Field(
@@ -60,7 +60,7 @@ class SessionSummary(BaseModel):
 
 
 class ChunkRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     seq: int = Field(ge=0, description="0 for the first chunk; repeat the last seq to retry.")
     inputs: list[Step] = Field(description="Steps, each a list of F raw sensor values.")
@@ -77,6 +77,7 @@ class StepResult(BaseModel):
 
 
 class ChunkResponse(BaseModel):
+    type: Literal["chunk"] = "chunk"
     session_id: str
     seq: int
     model: str
@@ -87,7 +88,7 @@ class ChunkResponse(BaseModel):
 
 
 class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     inputs: list[list[Step]] = Field(description="A batch of sequences [N][T_i][F].")
     threshold: float | None = Field(None, gt=0, lt=1)

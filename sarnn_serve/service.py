@@ -27,91 +27,20 @@ from sarnn_serve.errors import (
     PayloadTooLarge,
     SeqConflict,
 )
+from sarnn_serve.locks import KeyedLocks
 from sarnn_serve.metrics import Monitor
 from sarnn_serve.registry import LoadedModel, Registry
 from sarnn_serve.results import step_results, usage_dict
 from sarnn_serve.sessions import SessionRecord, new_session_id
 from sarnn_serve.settings import Settings
 from sarnn_serve.store import Gone, SessionStore
+from sarnn_serve.validation import parse_inputs
 
 log = logging.getLogger("sarnn.service")
 JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
 CAS_ATTEMPTS = 3
 RECENT_SESSIONS = 100
 WATCH_QUEUE = 256
-
-
-def parse_inputs(raw: Any, n_features: int, max_steps: int, field: str = "inputs") -> np.ndarray:
-    """Validate steps [[f1..fF], ...] into float32 [T, F]; InvalidInput names the bad part."""
-    if not isinstance(raw, list | np.ndarray) or len(raw) == 0:
-        raise InvalidInput(field, "must be a non-empty list of steps, each a list of numbers")
-    if len(raw) > max_steps:
-        raise PayloadTooLarge(
-            f"{field}: {len(raw)} steps exceed the limit of {max_steps} per chunk",
-            field=field,
-            limit=max_steps,
-        )
-    if isinstance(raw, np.ndarray):
-        arr = raw
-    else:
-        for i, row in enumerate(raw):
-            if not isinstance(row, list) or len(row) != n_features:
-                got = f"{len(row)} values" if isinstance(row, list) else type(row).__name__
-                raise InvalidInput(f"{field}[{i}]", f"expected {n_features} features, got {got}")
-        try:
-            arr = np.array(raw)
-        except (ValueError, TypeError) as exc:
-            raise InvalidInput(field, f"not a rectangular array of numbers: {exc}") from None
-    if arr.dtype.kind not in "fiu" or arr.ndim != 2:
-        bad = next(
-            (
-                (i, j)
-                for i, row in enumerate(raw)
-                for j, v in enumerate(row)
-                if isinstance(v, bool) or not isinstance(v, int | float)
-            ),
-            None,
-        )
-        where = f"{field}[{bad[0]}][{bad[1]}]" if bad else field
-        raise InvalidInput(where, "must be a number")
-    if arr.shape[1] != n_features:
-        raise InvalidInput(field, f"expected {n_features} features per step, got {arr.shape[1]}")
-    arr = arr.astype(np.float32, copy=False)
-    finite = np.isfinite(arr)
-    if not finite.all():
-        i, j = np.argwhere(~finite)[0]
-        raise InvalidInput(f"{field}[{i}][{j}]", "must be a finite number (no NaN or infinity)")
-    return arr
-
-
-def check_threshold(value: Any, field: str = "threshold") -> float | None:
-    """None, or a number strictly between 0 and 1."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
-        raise InvalidInput(field, f"must be a number in (0, 1), got {value!r}")
-    return float(value)
-
-
-class KeyedLocks:
-    """One asyncio.Lock per key, dropped when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
 
 
 class DataPlane:

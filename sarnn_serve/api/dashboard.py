@@ -1,5 +1,6 @@
 """The live dashboard page, its static files and the watch socket that feeds its raster."""
 
+import asyncio
 from pathlib import Path
 
 import orjson
@@ -26,11 +27,35 @@ async def watch(ws: WebSocket, session_id: str) -> None:
     await ws.accept()
     try:
         async with dp.watch(session_id) as queue:
-            while True:
-                event = await queue.get()
-                await ws.send_text(orjson.dumps(event, option=orjson.OPT_SERIALIZE_NUMPY).decode())
+            # Listen for the client's close while waiting for chunks: otherwise a closed page
+            # leaves this handler (and its queue) waiting forever and blocks server shutdown.
+            tasks = [
+                asyncio.create_task(_forward(ws, queue)),
+                asyncio.create_task(_until_closed(ws)),
+            ]
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            for task in done:
+                exc = task.exception()
+                if exc is not None and not isinstance(exc, WebSocketDisconnect):
+                    raise exc
     except ServiceError as exc:
         await ws.send_text(orjson.dumps({"type": "error", **exc.body()}).decode())
         await ws.close(4404)
     except WebSocketDisconnect:
+        pass
+
+
+async def _forward(ws: WebSocket, queue: asyncio.Queue) -> None:
+    while True:
+        event = await queue.get()
+        await ws.send_text(orjson.dumps(event, option=orjson.OPT_SERIALIZE_NUMPY).decode())
+
+
+async def _until_closed(ws: WebSocket) -> None:
+    while (await ws.receive())["type"] != "websocket.disconnect":
         pass

@@ -3,13 +3,22 @@
 import time
 
 import orjson
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sarnn_serve.errors import PayloadTooLarge
 from sarnn_serve.metrics import PromMetrics
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(PayloadTooLarge, HTTPException):
+    """Raised from receive() when a body without Content-Length passes the limit. FastAPI turns
+    any other exception raised while reading the body into a plain 400 but re-raises an
+    HTTPException; the ServiceError handler (first in the MRO) renders it as our 413 body.
+    `detail` stays ServiceError's dict: HTTPException's own handler never sees this class."""
+
+    def __init__(self, max_bytes: int) -> None:
+        PayloadTooLarge.__init__(self, f"request body exceeds {max_bytes} bytes", field="body")
+        self.status_code, self.headers = self.status, None
 
 
 class BodyLimit:
@@ -55,7 +64,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _TooLarge
+                    raise _TooLarge(self.max_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:

@@ -1,10 +1,12 @@
 """REST routes for models: list, card, stateless prediction, live stats."""
 
-from fastapi import APIRouter
+import orjson
+from fastapi import APIRouter, Response
 
 from sarnn_serve.api.deps import Plane
 from sarnn_serve.api.errors import ERROR_RESPONSES
 from sarnn_serve.schemas import PredictRequest, PredictResponse
+from sarnn_serve.service import JSON_OPTS
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES)
 
@@ -28,8 +30,9 @@ async def model_stats(name: str, dp: Plane) -> dict:
 
 
 @router.post("/{name}/predict", response_model=PredictResponse)
-async def predict(name: str, body: PredictRequest, dp: Plane) -> dict:
+async def predict(name: str, body: PredictRequest, dp: Plane) -> Response:
     """Classify whole sequences from a zero state (nothing is stored)."""
-    return await dp.predict(
+    result = await dp.predict(
         name, body.inputs, body.threshold, body.include_steps, body.include_mask
     )
+    return Response(orjson.dumps(result, option=JSON_OPTS), media_type="application/json")

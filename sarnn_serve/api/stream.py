@@ -17,7 +17,8 @@ import orjson
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 
 from sarnn_serve.errors import InvalidInput, PayloadTooLarge, ServiceError, SessionNotFound
-from sarnn_serve.service import DataPlane, check_threshold
+from sarnn_serve.service import DataPlane
+from sarnn_serve.validation import check_threshold
 
 router = APIRouter(tags=["streaming"])
 log = logging.getLogger("sarnn.stream")
@@ -46,6 +47,16 @@ def _decode(message: dict, limit: int) -> dict[str, Any]:
     if not isinstance(body.get("include_mask", False), bool):
         raise InvalidInput("include_mask", "must be true or false")
     return body
+
+
+def _number(text: str | None, field: str) -> float | None:
+    """A query parameter as a float; InvalidInput (an error frame, not a 403) if it is not one."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise InvalidInput(field, f"must be a number, got {text!r}") from None
 
 
 async def _error(ws: WebSocket, dp: DataPlane, exc: ServiceError) -> None:
@@ -108,18 +119,19 @@ async def stream_session(
 async def stream_new(
     ws: WebSocket,
     model: Annotated[str | None, Query()] = None,
-    threshold: Annotated[float | None, Query()] = None,
-    idle_timeout_s: Annotated[float | None, Query()] = None,
+    threshold: Annotated[str | None, Query()] = None,
+    idle_timeout_s: Annotated[str | None, Query()] = None,
     delete_on_close: Annotated[bool, Query()] = False,
 ) -> None:
     """Open a new session on connect; its summary (with the id) is the first frame."""
     dp: DataPlane = ws.app.state.plane
     await ws.accept()
     try:
-        tau = check_threshold(threshold)
-        if idle_timeout_s is not None and idle_timeout_s <= 0:
+        tau = check_threshold(_number(threshold, "threshold"))
+        idle = _number(idle_timeout_s, "idle_timeout_s")
+        if idle is not None and idle <= 0:
             raise InvalidInput("idle_timeout_s", "must be positive")
-        summary = await dp.create_session(model, tau, idle_timeout_s)
+        summary = await dp.create_session(model, tau, idle)
     except ServiceError as exc:
         await _error(ws, dp, exc)
         await ws.close(CLOSE_BAD_REQUEST)

@@ -1,0 +1,62 @@
+"""Checks of client-supplied values, shared by every transport."""
+
+from typing import Any
+
+import numpy as np
+
+from sarnn_serve.errors import InvalidInput, PayloadTooLarge
+
+
+def parse_inputs(raw: Any, n_features: int, max_steps: int, field: str = "inputs") -> np.ndarray:
+    """Validate steps [[f1..fF], ...] into float32 [T, F]; InvalidInput names the bad part."""
+    if not isinstance(raw, list | np.ndarray) or len(raw) == 0:
+        raise InvalidInput(field, "must be a non-empty list of steps, each a list of numbers")
+    if len(raw) > max_steps:
+        raise PayloadTooLarge(
+            f"{field}: {len(raw)} steps exceed the limit of {max_steps} per chunk",
+            field=field,
+            limit=max_steps,
+        )
+    if isinstance(raw, np.ndarray):
+        arr = raw
+    else:
+        for i, row in enumerate(raw):
+            if not isinstance(row, list) or len(row) != n_features:
+                got = f"{len(row)} values" if isinstance(row, list) else type(row).__name__
+                raise InvalidInput(f"{field}[{i}]", f"expected {n_features} features, got {got}")
+            for j, value in enumerate(row):
+                if value is True or value is False:
+                    raise InvalidInput(f"{field}[{i}][{j}]", "must be a number, not a boolean")
+        try:
+            arr = np.array(raw)
+        except (ValueError, TypeError) as exc:
+            raise InvalidInput(field, f"not a rectangular array of numbers: {exc}") from None
+    if arr.dtype.kind not in "fiu" or arr.ndim != 2:
+        bad = next(
+            (
+                (i, j)
+                for i, row in enumerate(raw)
+                for j, v in enumerate(row)
+                if isinstance(v, bool) or not isinstance(v, int | float)
+            ),
+            None,
+        )
+        where = f"{field}[{bad[0]}][{bad[1]}]" if bad else field
+        raise InvalidInput(where, "must be a number")
+    if arr.shape[1] != n_features:
+        raise InvalidInput(field, f"expected {n_features} features per step, got {arr.shape[1]}")
+    arr = arr.astype(np.float32, copy=False)
+    finite = np.isfinite(arr)
+    if not finite.all():
+        i, j = np.argwhere(~finite)[0]
+        raise InvalidInput(f"{field}[{i}][{j}]", "must be a finite number (no NaN or infinity)")
+    return arr
+
+
+def check_threshold(value: Any, field: str = "threshold") -> float | None:
+    """None, or a number strictly between 0 and 1."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+        raise InvalidInput(field, f"must be a number in (0, 1), got {value!r}")
+    return float(value)
