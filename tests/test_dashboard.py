@@ -1,0 +1,324 @@
+"""The live dashboard in a real headless Chromium against a real sarnn-serve process.
+
+A client streams a real watch recording over the WebSocket while the page is open; the page's
+numbers (read from `data-testid` elements, raw values in `data-value`) and its raster canvas
+(pixels read back with getImageData) must move with it, and the page must log no errors.
+"""
+
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from websockets.sync.client import connect
+
+from tests.service_fixtures import TINY_MODEL, LiveServer
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+# The tiny test model (2 epochs) updates ~95% of its neurons at tau = 0.5, which costs more than
+# the dense cell; at tau = 0.9 it skips about a third of them, so multiply-adds saved grow.
+THRESHOLD = 0.9
+TIMEOUT_MS = 10_000
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="Debian's chromium is not installed at /usr/bin/chromium (apt-get install chromium)",
+    ),
+]
+
+# Dark pixels of a canvas (the raster draws an updated neuron dark, a kept one white, and a
+# column without data light grey) and a checksum of all its pixels.
+DARK_PIXELS = """(sel) => {
+  const c = document.querySelector(sel);
+  const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+  let n = 0;
+  for (let i = 0; i < d.length; i += 4) if (d[i] + d[i + 1] + d[i + 2] < 300) n++;
+  return n;
+}"""
+CHECKSUM = """(sel) => {
+  const c = document.querySelector(sel);
+  const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+  let h = 0;
+  for (let i = 0; i < d.length; i++) h = (Math.imul(h, 31) + d[i]) | 0;
+  return h;
+}"""
+RASTER = '[data-testid="raster"]'
+
+
+def card(testid: str) -> str:
+    return f'[data-model="{TINY_MODEL}"] [data-testid="{testid}"]'
+
+
+def tid(testid: str) -> str:
+    return f'[data-testid="{testid}"]'
+
+
+@pytest.fixture(scope="module")
+def recording() -> np.ndarray:
+    """One real test-subject recording of the watch data: x [T, 6] in raw sensor units."""
+    from export.data import load_watch
+
+    return load_watch().test[0].x
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser) -> Iterator:
+    """A 1280x800 page that records console errors and uncaught exceptions in `page.errors`."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.errors = errors
+    yield page
+    context.close()
+
+
+class Streamer(threading.Thread):
+    """Streams a recording over /v1/stream in chunks until it ends or `stop` is set."""
+
+    def __init__(self, server: LiveServer, x: np.ndarray, chunk: int = 4, delay: float = 0.02):
+        super().__init__(daemon=True)
+        self.url = f"{server.ws_url}/v1/stream?model={TINY_MODEL}&threshold={THRESHOLD}"
+        self.x, self.chunk, self.delay = x, chunk, delay
+        self.stop = threading.Event()
+        self.opened = threading.Event()
+        self.session_id: str | None = None
+        self.steps = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with connect(self.url, compression=None) as ws:
+                self.session_id = json.loads(ws.recv())["session"]["id"]
+                self.opened.set()
+                for i in range(0, len(self.x), self.chunk):
+                    if self.stop.is_set():
+                        break
+                    ws.send(json.dumps({"inputs": self.x[i : i + self.chunk].tolist()}))
+                    answer = json.loads(ws.recv())
+                    assert answer["type"] == "chunk", answer
+                    self.steps += answer["chunk"]["steps"]
+                    time.sleep(self.delay)
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+            self.opened.set()
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.join(10)
+        assert self.error is None, self.error
+
+
+def value(page, selector: str) -> float:
+    return float(page.locator(selector).get_attribute("data-value"))
+
+
+def wait_value(page, selector: str, op: str, bound: float) -> float:
+    """Wait until the element's data-value satisfies `op bound`; return it."""
+    page.wait_for_function(
+        f"""() => {{
+          const el = document.querySelector('{selector}');
+          return el && el.dataset.value !== undefined && Number(el.dataset.value) {op} {bound};
+        }}""",
+        timeout=TIMEOUT_MS,
+    )
+    return value(page, selector)
+
+
+def test_dashboard_follows_a_live_stream(
+    live_server: LiveServer, page, recording: np.ndarray
+) -> None:
+    page.goto(f"{live_server.url}/dashboard")
+    page.wait_for_selector(f"{card('steps-total')}[data-value]", timeout=TIMEOUT_MS)
+    labels = httpx.get(f"{live_server.url}/v1/models/{TINY_MODEL}").json()["class_labels"]
+    macs_before = value(page, card("macs-saved"))
+    dark_before = page.evaluate(DARK_PIXELS, RASTER)
+    assert dark_before == 0, "the raster is empty before any session streams"
+
+    streamer = Streamer(live_server, recording)
+    streamer.start()
+    try:
+        assert streamer.opened.wait(10) and streamer.error is None, streamer.error
+        # no session chosen: the page follows the most recent one
+        page.wait_for_function(
+            f"document.querySelector('{tid('session-select')}').value === '{streamer.session_id}'",
+            timeout=TIMEOUT_MS,
+        )
+        assert wait_value(page, card("steps-per-s"), ">", 0) > 0
+        assert wait_value(page, card("active-sessions"), ">=", 1) >= 1
+        macs_first = wait_value(page, card("macs-saved"), ">", macs_before)
+        macs_later = wait_value(page, card("macs-saved"), ">", macs_first)
+        assert macs_later > macs_first > macs_before
+
+        rate_text = page.locator(card("update-rate")).inner_text()
+        assert re.fullmatch(r"\d{1,3}\.\d%", rate_text), rate_text
+        assert 0 <= float(rate_text[:-1]) <= 100
+        assert 0 <= value(page, card("update-rate")) <= 1
+        assert re.fullmatch(r"\d+(\.\d+)? ?[kMGT]?", page.locator(card("macs-saved")).inner_text())
+        assert re.fullmatch(r"\d{1,3}\.\d%", page.locator(card("macs-saved-pct")).inner_text())
+
+        # the raster fills with dark (updated) pixels and scrolls as steps arrive
+        page.wait_for_function(f"({DARK_PIXELS})('{RASTER}') > 0", timeout=TIMEOUT_MS)
+        dark = page.evaluate(DARK_PIXELS, RASTER)
+        assert dark > dark_before
+        first_step = int(page.locator(tid("latest-step")).inner_text().replace(",", ""))
+        checksum = page.evaluate(CHECKSUM, RASTER)
+        page.wait_for_function(
+            f"Number(document.querySelector('{tid('latest-step')}').textContent"
+            f".replace(/,/g, '')) >= {first_step + 100}",
+            timeout=TIMEOUT_MS,
+        )
+        page.wait_for_timeout(100)  # one animation frame
+        assert page.evaluate(CHECKSUM, RASTER) != checksum
+        assert page.evaluate(DARK_PIXELS, RASTER) > 0
+
+        # predictions: latest label and update count, the recent list, the legend
+        assert page.locator(tid("latest-label")).inner_text() in labels
+        latest_updates = value(page, tid("latest-updates"))
+        assert 0 <= latest_updates <= 16
+        shown = page.locator(f"{tid('predictions')} li[data-label] .what").all_inner_texts()
+        assert shown and set(shown) <= set(labels)
+        assert page.locator(f"{tid('legend')} span.swatch").count() == len(labels)
+
+        # the chosen session's totals
+        assert wait_value(page, tid("session-steps"), ">", 0) > 0
+        assert 0 < value(page, tid("session-update-rate")) <= 1
+        assert wait_value(page, tid("session-macs-saved"), ">", 0) > 0
+        assert "watching live" in page.locator(tid("watch-status")).inner_text()
+
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=ARTIFACTS / "dashboard.png")
+    finally:
+        streamer.finish()
+    assert streamer.steps > 100
+    assert page.errors == []
+
+
+def post_chunks(server: LiveServer, session_id: str, x: np.ndarray, first_seq: int, n: int) -> int:
+    """POST n chunks of 20 steps from x; return the session's steps afterwards."""
+    for seq in range(first_seq, first_seq + n):
+        part = x[20 * seq : 20 * (seq + 1)].tolist()
+        r = httpx.post(
+            f"{server.url}/v1/sessions/{session_id}/chunks", json={"seq": seq, "inputs": part}
+        )
+        assert r.status_code == 200, r.text
+    return r.json()["session"]["steps"]
+
+
+def test_dashboard_session_from_url_and_watch_reconnects(
+    live_server: LiveServer, page, recording: np.ndarray
+) -> None:
+    """?session=ID pins the session; a dropped watch socket is reopened and the raster goes on."""
+    created = httpx.post(
+        f"{live_server.url}/v1/sessions", json={"model": TINY_MODEL, "threshold": THRESHOLD}
+    )
+    session_id = created.json()["id"]
+    routes = []
+
+    def proxy(route) -> None:
+        routes.append(route)
+        route.connect_to_server()
+
+    page.route_web_socket(re.compile(r".*/watch$"), proxy)
+    page.goto(f"{live_server.url}/dashboard?session={session_id}")
+    page.wait_for_function(
+        f"document.querySelector('{tid('watch-status')}').textContent.includes('watching')",
+        timeout=TIMEOUT_MS,
+    )
+    assert page.locator(tid("session-select")).input_value() == session_id
+
+    steps = post_chunks(live_server, session_id, recording, 0, 5)
+    page.wait_for_function(
+        f"document.querySelector('{tid('latest-step')}').textContent === '{steps - 1}'",
+        timeout=TIMEOUT_MS,
+    )
+    # the totals are the server's own numbers
+    assert wait_value(page, tid("session-steps"), "==", steps) == steps
+    dark = page.evaluate(DARK_PIXELS, RASTER)
+    assert dark > 0
+
+    routes[-1].close(code=1011, reason="test drops the socket")
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while len(routes) < 2 and time.monotonic() < deadline:
+        page.wait_for_timeout(50)  # lets playwright dispatch the route handler
+    assert len(routes) == 2, "the page reopened its watch socket"
+    page.wait_for_function(
+        f"document.querySelector('{tid('watch-status')}').textContent.includes('watching')",
+        timeout=TIMEOUT_MS,
+    )
+    steps = post_chunks(live_server, session_id, recording, 5, 5)
+    page.wait_for_function(
+        f"document.querySelector('{tid('latest-step')}').textContent === '{steps - 1}'",
+        timeout=TIMEOUT_MS,
+    )
+    page.wait_for_timeout(100)
+    assert page.evaluate(DARK_PIXELS, RASTER) > dark
+    assert "following newest" not in page.locator(tid("session-model")).inner_text()
+    assert page.errors == []
+
+
+def test_dashboard_static_files_are_local(live_server: LiveServer) -> None:
+    """The page loads nothing from elsewhere: no CDN, no web fonts."""
+    html = httpx.get(f"{live_server.url}/dashboard").text
+    refs = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert "/dashboard/static/dashboard.js" in refs
+    assert "/dashboard/static/dashboard.css" in refs
+    for ref in refs:
+        assert ref.startswith(("/dashboard/static/", "data:")), ref
+        if ref.startswith("/"):
+            assert httpx.get(f"{live_server.url}{ref}").status_code == 200
+    for name in ("dashboard.js", "dashboard.css"):
+        text = httpx.get(f"{live_server.url}/dashboard/static/{name}").text
+        assert not re.search(r"https?://", text.replace("http://www.w3.org", "")), name
+
+
+def test_closed_watch_socket_is_released(served_models: Path, tmp_path: Path) -> None:
+    """A dashboard that goes away must not leave its watch handler waiting: the server then
+    shuts down promptly instead of waiting for it."""
+    from tests.service_fixtures import start_server
+
+    server = start_server(served_models, tmp_path)
+    try:
+        session_id = httpx.post(f"{server.url}/v1/sessions", json={}).json()["id"]
+        with connect(f"{server.ws_url}/v1/sessions/{session_id}/watch") as ws:
+            ws.ping().wait(5)
+        with connect(f"{server.ws_url}/v1/sessions/unknown/watch") as ws:
+            error = json.loads(ws.recv())
+            assert error["type"] == "error" and error["error"]["code"] == "session_not_found"
+        time.sleep(0.2)
+        server.process.terminate()
+        started = time.monotonic()
+        server.process.wait(8)
+        assert time.monotonic() - started < 5
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
