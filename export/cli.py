@@ -2,25 +2,15 @@
 
 import argparse
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 
 def _train(args: argparse.Namespace) -> int:
     from export.train import TrainConfig, train
 
-    cfg = TrainConfig(
-        dataset=args.dataset,
-        cell=args.cell,
-        hidden=args.hidden,
-        lam=args.lam,
-        dense=args.dense,
-        epochs=args.epochs,
-        batches_per_epoch=args.batches_per_epoch,
-        batch_size=args.batch_size,
-        window=args.window,
-        seed=args.seed,
-        threads=args.threads,
-    )
+    names = {f.name for f in fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
     metrics = train(cfg, Path(args.out), progress=not args.quiet)
     test = metrics["test"]
     print(
@@ -47,20 +37,30 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from export.data import DATASETS
+    from export.train import TrainConfig
+
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train an SA-RNN (or a dense baseline with --dense)")
-    t.add_argument("--dataset", default="watch")
-    t.add_argument("--cell", default="gru", choices=["gru", "lstm", "rnn"])
-    t.add_argument("--hidden", type=int, default=128)
-    t.add_argument("--lam", type=float, default=3.0, help="budget loss weight on mean(u)")
+    d = TrainConfig()
+    t.add_argument("--dataset", default=d.dataset, choices=DATASETS)
+    t.add_argument("--cell", default=d.cell, choices=["gru", "lstm", "rnn"])
+    t.add_argument("--hidden", type=int, default=d.hidden)
+    t.add_argument("--lam", type=float, default=d.lam, help="budget loss weight on mean(u)")
+    t.add_argument(
+        "--lam-warmup-epochs",
+        type=int,
+        default=d.lam_warmup_epochs,
+        help="ramp lambda up from 0 over this many epochs",
+    )
     t.add_argument("--dense", action="store_true", help="train the plain cell, no coordinator")
-    t.add_argument("--epochs", type=int, default=16)
-    t.add_argument("--batches-per-epoch", type=int, default=50)
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--window", type=int, default=256)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=int, default=1)
+    t.add_argument("--epochs", type=int, default=d.epochs)
+    t.add_argument("--batches-per-epoch", type=int, default=d.batches_per_epoch)
+    t.add_argument("--batch-size", type=int, default=d.batch_size)
+    t.add_argument("--window", type=int, default=d.window)
+    t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--threads", type=int, default=d.threads)
     t.add_argument("--quiet", action="store_true")
     t.add_argument("--out", required=True)
     t.set_defaults(func=_train)

@@ -1,7 +1,7 @@
 """Rerunnable experiments: the lambda sweep and the seed comparison against a dense GRU.
 
-    python -m export.sweep --lams 1 2 3 4 8 --seeds 0          # lambda trade-off
-    python -m export.sweep --lams 3 --seeds 0 1 2 --dense      # SA-RNN vs dense over seeds
+    python -m export.sweep --lams 1 3 6 10 --seeds 0 --name sweep     # lambda trade-off
+    python -m export.sweep --lams 3 --seeds 0 1 2 --dense --name seeds  # SA-RNN vs dense
 
 Each run goes to runs/<tag>/ (skipped when its metrics.json exists); the table of every run
 asked for is printed as markdown and written to runs/<name>.md.
@@ -16,8 +16,9 @@ from export.train import TrainConfig, train
 
 
 def _run_dir(root: Path, cfg: TrainConfig) -> Path:
-    kind = "dense" if cfg.dense else f"lam{cfg.lam:g}"
-    return root / f"{cfg.dataset}-{cfg.cell}{cfg.hidden}-{kind}-s{cfg.seed}"
+    kind = "dense" if cfg.dense else f"lam{cfg.lam:g}w{cfg.lam_warmup_epochs}"
+    shape = f"{cfg.cell}{cfg.hidden}-win{cfg.window}-e{cfg.epochs}"
+    return root / f"{cfg.dataset}-{shape}-{kind}-s{cfg.seed}"
 
 
 def run_all(configs: list[TrainConfig], root: Path) -> list[dict]:
@@ -69,23 +70,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="watch")
     parser.add_argument("--cell", default="gru")
     parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--lams", type=float, nargs="+", default=[1, 2, 3, 4, 8])
+    parser.add_argument("--lams", type=float, nargs="+", default=[1, 3, 6, 10])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--dense", action="store_true", help="also train dense baselines")
-    parser.add_argument("--epochs", type=int, default=16)
+    d = TrainConfig()
+    parser.add_argument("--epochs", type=int, default=d.epochs)
+    parser.add_argument("--lam-warmup-epochs", type=int, default=d.lam_warmup_epochs)
+    parser.add_argument("--window", type=int, default=d.window)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--root", default="runs")
     parser.add_argument("--name", default="sweep")
     args = parser.parse_args(argv)
-    base = {"dataset": args.dataset, "cell": args.cell, "hidden": args.hidden}
+    base = {
+        "dataset": args.dataset,
+        "cell": args.cell,
+        "hidden": args.hidden,
+        "epochs": args.epochs,
+        "window": args.window,
+        "batch_size": args.batch_size,
+    }
     configs = [
-        TrainConfig(**base, lam=lam, seed=seed, epochs=args.epochs)
+        TrainConfig(**base, lam=lam, lam_warmup_epochs=args.lam_warmup_epochs, seed=seed)
         for lam in args.lams
         for seed in args.seeds
     ]
     if args.dense:
-        configs += [
-            TrainConfig(**base, dense=True, seed=seed, epochs=args.epochs) for seed in args.seeds
-        ]
+        configs += [TrainConfig(**base, dense=True, seed=seed) for seed in args.seeds]
     root = Path(args.root)
     md = table(run_all(configs, root))
     print(md)

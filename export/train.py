@@ -23,8 +23,9 @@ class TrainConfig:
     cell: str = "gru"
     hidden: int = 128
     lam: float = 3.0
+    lam_warmup_epochs: int = 4
     dense: bool = False
-    epochs: int = 16
+    epochs: int = 24
     batches_per_epoch: int = 50
     batch_size: int = 32
     window: int = 256
@@ -41,8 +42,11 @@ class TrainConfig:
             f"--cell {self.cell}",
             f"--hidden {self.hidden}",
             f"--lam {self.lam:g}",
+            f"--lam-warmup-epochs {self.lam_warmup_epochs}",
             f"--epochs {self.epochs}",
             f"--batches-per-epoch {self.batches_per_epoch}",
+            f"--batch-size {self.batch_size}",
+            f"--window {self.window}",
             f"--seed {self.seed}",
         ]
         if self.dense:
@@ -58,6 +62,14 @@ class Evaluation:
     last_step_accuracy: float
     update_rate: float
     steps: int
+
+
+def budget_weight(cfg: TrainConfig, epoch: int) -> float:
+    """lambda, ramped linearly from 0 over the first `lam_warmup_epochs` epochs: the model first
+    learns the task with its gates mostly open, then learns to skip updates."""
+    if cfg.lam_warmup_epochs <= 0:
+        return cfg.lam
+    return cfg.lam * min(1.0, epoch / cfg.lam_warmup_epochs)
 
 
 @torch.no_grad()
@@ -125,11 +137,12 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict:
     for epoch in range(cfg.epochs):
         model.train()
         model.alpha = slope(epoch)
+        lam = budget_weight(cfg, epoch)
         losses, rates = [], []
         for _ in range(cfg.batches_per_epoch):
             xb, yb = sample_windows(data.train, cfg.batch_size, cfg.window, rng)
             loss, task, rate = _step_loss(
-                model, torch.from_numpy(xb), torch.from_numpy(yb), cfg.lam, warmup
+                model, torch.from_numpy(xb), torch.from_numpy(yb), lam, warmup
             )
             opt.zero_grad()
             loss.backward()
@@ -148,6 +161,7 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict:
             {
                 "epoch": epoch,
                 "alpha": model.alpha,
+                "lam": lam,
                 "train_loss": float(np.mean(losses)),
                 "train_update_rate": float(np.mean(rates)),
                 **{f"test_{k}": v for k, v in asdict(ev).items() if k != "steps"},

@@ -70,8 +70,8 @@ class Report:
             )
         lines.append(
             f"  free running: {self.free_running_divergent_steps}/{self.free_running_steps} "
-            f"steps with another predicted class; accuracy torch {self.accuracy_torch:.4f} "
-            f"onnx {self.accuracy_onnx:.4f}"
+            f"steps with another predicted class; accuracy over all steps: "
+            f"torch {self.accuracy_torch:.4f}, onnx {self.accuracy_onnx:.4f}"
         )
         return "\n".join(lines + [f"  note: {n}" for n in self.notes])
 
