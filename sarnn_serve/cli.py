@@ -4,6 +4,7 @@ import argparse
 import os
 import sys
 
+from sarnn_serve import replay
 from sarnn_serve.settings import Settings
 
 
@@ -32,7 +33,9 @@ def _serve(args: argparse.Namespace) -> int:
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,
-        "ws_max_size": settings.ws_max_message_bytes,
+        # uvicorn closes the socket (1009) past its limit; twice ours leaves room to answer an
+        # oversized message with an error frame instead
+        "ws_max_size": 2 * settings.ws_max_message_bytes,
         "ws_per_message_deflate": False,
         "access_log": False,
     }
@@ -61,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model-dir")
     s.add_argument("--workers", type=int)
     s.set_defaults(func=_serve)
+    r = sub.add_parser("replay", help="stream a recorded sensor file into a running server")
+    replay.add_arguments(r)
+    r.set_defaults(func=replay.run)
     return parser
 
 

@@ -1,0 +1,420 @@
+"""`sarnn-serve replay`: stream a recorded sensor file into a running server over the WebSocket.
+
+    sarnn-serve replay --url ws://127.0.0.1:8000 [--model NAME]
+        (--csv FILE | --dataset watch --recording N) [--rate HZ | --max-speed] [--chunk 1]
+        [--threshold T] [--binary] [--keep-session] [--no-progress]
+
+The model card (GET /v1/models/{name}) says which features the model reads and its sampling
+rate. A CSV file has a header row of column names; the columns named by the card's
+feature_names are used in that order (other columns are ignored) and an optional column `label`
+holds the true class (a class label of the card, or its index). `--dataset watch --recording N`
+takes held-out recording N of the watch data (needs the training extra: seglearn).
+
+The samples go to a new session (/v1/stream) in messages of --chunk samples, at --rate samples
+per second (default: the card's sample_rate_hz) on absolute deadlines, or back to back with
+--max-speed. At the end a summary: steps, accuracy against the true label (per step after the
+first 2 s of data, and the last step's prediction), update rate and multiply-adds dense,
+selective and saved, from the session totals in the last answer.
+
+This module never imports torch (nor does export.data, which --dataset uses).
+"""
+
+import argparse
+import asyncio
+import csv
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
+
+import msgpack
+import numpy as np
+import orjson
+
+WARMUP_S = 2.0
+ANSWER_TIMEOUT_S = 60.0
+LABEL_COLUMN = "label"
+
+
+class ReplayError(Exception):
+    """A problem the user can fix (bad file, unknown model, server error): printed, exit 1/2."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class Recording:
+    """Samples in the model's feature order and, where known, the true label of each row."""
+
+    source: str
+    x: np.ndarray
+    labels: list[str | None] = field(default_factory=list)
+
+    @property
+    def known_label(self) -> str | None:
+        """The label when every row has the same known one (a whole-recording label)."""
+        distinct = set(self.labels)
+        if len(distinct) == 1:
+            return next(iter(distinct))
+        return None
+
+
+@dataclass
+class Outcome:
+    """What came back: per-step predicted labels and the last answer's session totals."""
+
+    session: dict
+    predictions: list[str]
+    messages: int
+    seconds: float
+
+
+# ------------------------------------------------------------------------------------------
+# inputs
+
+
+def _true_label(value: str, class_labels: list[str], where: str) -> str | None:
+    value = value.strip()
+    if value == "":
+        return None
+    if value in class_labels:
+        return value
+    try:
+        index = int(value)
+    except ValueError:
+        index = -1
+    if 0 <= index < len(class_labels):
+        return class_labels[index]
+    raise ReplayError(
+        f"{where}: label {value!r} is neither a class of the model "
+        f"({', '.join(class_labels)}) nor a class index 0..{len(class_labels) - 1}"
+    )
+
+
+def load_csv(path: Path, card: dict) -> Recording:
+    """Read a CSV with a header row; pick the card's feature columns by name."""
+    features: list[str] = card["feature_names"]
+    try:
+        handle = path.open(newline="")
+    except OSError as exc:
+        raise ReplayError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None:
+            raise ReplayError(f"{path} is empty; expected a header row of column names")
+        names = [h.strip() for h in header]
+        missing = [f for f in features if f not in names]
+        if missing:
+            raise ReplayError(
+                f"{path} lacks column{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(repr(m) for m in missing)} needed by model {card['name']} "
+                f"(it reads {', '.join(features)}; the file has {', '.join(names) or 'none'})"
+            )
+        cols = [names.index(f) for f in features]
+        label_col = names.index(LABEL_COLUMN) if LABEL_COLUMN in names else None
+        rows: list[list[float]] = []
+        labels: list[str | None] = []
+        for line, row in enumerate(reader, start=2):
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if len(row) < len(names):
+                raise ReplayError(f"{path}, line {line}: {len(row)} cells, expected {len(names)}")
+            values = []
+            for c in cols:
+                try:
+                    v = float(row[c])
+                except ValueError:
+                    raise ReplayError(
+                        f"{path}, line {line}, column {names[c]!r}: {row[c]!r} is not a number"
+                    ) from None
+                if not np.isfinite(v):
+                    raise ReplayError(
+                        f"{path}, line {line}, column {names[c]!r}: {row[c]!r} is not finite"
+                    )
+                values.append(v)
+            rows.append(values)
+            if label_col is not None:
+                labels.append(
+                    _true_label(row[label_col], card["class_labels"], f"{path}, line {line}")
+                )
+    if not rows:
+        raise ReplayError(f"{path} has a header but no data rows")
+    if all(label is None for label in labels):
+        labels = []
+    return Recording(str(path), np.asarray(rows, dtype=np.float32), labels)
+
+
+def load_dataset_recording(name: str, index: int, card: dict) -> Recording:
+    """Held-out recording `index` of a dataset from export.data (imported lazily)."""
+    if name != "watch":
+        raise ReplayError(f"unknown dataset {name!r}; only 'watch' is supported")
+    try:
+        from export.data import load_watch
+
+        data = load_watch()
+    except ImportError as exc:
+        raise ReplayError(
+            f"--dataset watch needs the training extra (seglearn): {exc}; "
+            "install it with: pip install 'sarnn-serve[train]'"
+        ) from None
+    if not 0 <= index < len(data.test):
+        raise ReplayError(
+            f"--recording {index} out of range: the watch data has {len(data.test)} held-out "
+            f"recordings (0..{len(data.test) - 1})"
+        )
+    features: list[str] = card["feature_names"]
+    missing = [f for f in features if f not in data.feature_names]
+    if missing:
+        raise ReplayError(
+            f"the watch data lacks feature(s) {', '.join(missing)} needed by model {card['name']}"
+        )
+    rec = data.test[index]
+    x = rec.x[:, [data.feature_names.index(f) for f in features]]
+    true = data.class_labels[rec.label]
+    label = true if true in card["class_labels"] else None
+    source = f"watch test recording {index} (subject {rec.subject})"
+    return Recording(source, np.ascontiguousarray(x, dtype=np.float32), [label] * len(x))
+
+
+# ------------------------------------------------------------------------------------------
+# server
+
+
+def http_base(ws_url: str) -> str:
+    """http(s)://host:port of a ws(s):// base URL."""
+    parts = urlsplit(ws_url)
+    if parts.scheme not in ("ws", "wss") or not parts.netloc:
+        raise ReplayError(f"--url must look like ws://HOST:PORT, got {ws_url!r}")
+    scheme = "https" if parts.scheme == "wss" else "http"
+    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+
+def fetch_card(base: str, model: str | None) -> dict:
+    """The card of `model`, or of the server's only model when none is named."""
+    import httpx
+
+    try:
+        with httpx.Client(base_url=base, timeout=30) as client:
+            if model is None:
+                r = client.get("/v1/models")
+                r.raise_for_status()
+                cards = r.json()
+                if len(cards) != 1:
+                    names = ", ".join(c["name"] for c in cards) or "none"
+                    raise ReplayError(f"the server has several models ({names}); pass --model")
+                return cards[0]
+            r = client.get(f"/v1/models/{quote(model, safe='')}")
+            if r.status_code == 404:
+                raise ReplayError(f"the server has no model {model!r}")
+            r.raise_for_status()
+            return r.json()
+    except httpx.HTTPError as exc:
+        raise ReplayError(f"cannot fetch the model card from {base}: {exc}", 1) from None
+
+
+async def stream(
+    ws_url: str,
+    card: dict,
+    rec: Recording,
+    *,
+    rate: float | None,
+    chunk: int,
+    threshold: float | None,
+    binary: bool,
+    keep_session: bool,
+    progress: bool,
+) -> Outcome:
+    """Send the recording chunk by chunk to a new session; collect every step's prediction."""
+    from tqdm import tqdm
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed, WebSocketException
+
+    query = {"model": card["name"], "delete_on_close": "false" if keep_session else "true"}
+    if threshold is not None:
+        query["threshold"] = repr(threshold)
+    url = f"{ws_url.rstrip('/')}/v1/stream?{urlencode(query)}"
+    predictions: list[str] = []
+    last: dict | None = None
+    try:
+        ws = await connect(url, compression=None, max_size=64 * 1024 * 1024, open_timeout=30)
+    except (OSError, TimeoutError, WebSocketException) as exc:
+        raise ReplayError(f"cannot open {url}: {exc}", 1) from None
+    async with ws:
+        try:
+            first = orjson.loads(await asyncio.wait_for(ws.recv(), ANSWER_TIMEOUT_S))
+            if first.get("type") != "session":
+                raise ReplayError(f"the server refused the session: {_error_text(first)}", 1)
+            bar = tqdm(
+                total=len(rec.x), unit="step", desc="replay", file=sys.stderr, disable=not progress
+            )
+            started = time.perf_counter()
+            n_messages = 0
+            with bar:
+                for seq, begin in enumerate(range(0, len(rec.x), chunk)):
+                    rows = rec.x[begin : begin + chunk]
+                    if rate:
+                        delay = started + begin / rate - time.perf_counter()
+                        if delay > 0:
+                            await asyncio.sleep(delay)
+                    if binary:
+                        await ws.send(msgpack.packb({"seq": seq, "inputs": rows.tolist()}))
+                    else:
+                        body = {"seq": seq, "inputs": rows}
+                        data = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+                        await ws.send(data, text=True)
+                    answer = orjson.loads(await asyncio.wait_for(ws.recv(), ANSWER_TIMEOUT_S))
+                    if answer.get("type") != "chunk":
+                        raise ReplayError(
+                            f"the server answered message {seq} with an error: "
+                            f"{_error_text(answer)}",
+                            1,
+                        )
+                    predictions.extend(step["label"] for step in answer["steps"])
+                    last = answer
+                    n_messages += 1
+                    bar.update(len(rows))
+            seconds = time.perf_counter() - started
+        except ConnectionClosed as exc:
+            raise ReplayError(f"the server closed the connection: {exc}", 1) from None
+        except TimeoutError:
+            raise ReplayError(f"no answer within {ANSWER_TIMEOUT_S:g} s", 1) from None
+    assert last is not None
+    return Outcome(last["session"], predictions, n_messages, seconds)
+
+
+def _error_text(frame: dict) -> str:
+    err = frame.get("error") or {}
+    if isinstance(err, dict) and err:
+        return f"{err.get('code', '?')}: {err.get('message', err)}"
+    return orjson.dumps(frame).decode()[:300]
+
+
+# ------------------------------------------------------------------------------------------
+# summary
+
+
+def summary(card: dict, rec: Recording, out: Outcome, rate: float | None, chunk: int) -> str:
+    """The printed report: one `name  value` line per figure."""
+    s = out.session
+    steps = s["steps"]
+    lines = [
+        f"replayed         {rec.source}",
+        f"model            {card['name']} (version {card['version']}, {card['cell']}, "
+        f"H={card['hidden']})",
+        f"session          {s['id']} (threshold {s['threshold']:g})",
+        f"steps            {steps}",
+        f"messages         {out.messages} of up to {chunk} step{'s' * (chunk > 1)}",
+        f"elapsed          {out.seconds:.2f} s ({steps / max(out.seconds, 1e-9):.1f} steps/s, "
+        + (f"paced at {rate:g} samples/s)" if rate else "max speed)"),
+    ]
+    data_rate = card.get("sample_rate_hz") or rate
+    skip = round(WARMUP_S * data_rate) if data_rate else 0
+    if rec.labels:
+        true = rec.known_label
+        lines.append(f"true label       {true if true is not None else 'per row (varies)'}")
+        scored = [
+            (p, t)
+            for i, (p, t) in enumerate(zip(out.predictions, rec.labels, strict=True))
+            if i >= skip and t is not None
+        ]
+        after = f"after the first {WARMUP_S:g} s" if data_rate else "all steps (rate unknown)"
+        if scored:
+            acc = sum(p == t for p, t in scored) / len(scored)
+            lines.append(f"step accuracy    {acc:.4f} ({after}: {len(scored)} steps)")
+        else:
+            lines.append(f"step accuracy    - (no labelled steps {after})")
+        last_true = rec.labels[-1]
+        verdict = (
+            "unknown"
+            if last_true is None
+            else "correct"
+            if (out.predictions[-1] == last_true)
+            else f"wrong, true {last_true}"
+        )
+        lines.append(f"last step        {out.predictions[-1]} ({verdict})")
+    else:
+        lines.append("true label       unknown (no label column)")
+        lines.append(f"last step        {out.predictions[-1]}")
+    slots = steps * card["hidden"]
+    saved = s["macs_saved"]
+    share = saved / s["macs_dense"] if s["macs_dense"] else 0.0
+    lines += [
+        f"update rate      {s['update_rate']:.4f} ({s['updates']} of {slots} neuron slots)",
+        f"macs dense       {s['macs_dense']}",
+        f"macs selective   {s['macs_selective']}",
+        f"macs saved       {saved} ({share:.1%})",
+    ]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------
+# command
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default="ws://127.0.0.1:8000", help="server base URL (ws://...)")
+    p.add_argument("--model", help="model name (default: the server's only model)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--csv", type=Path, help="CSV file: header of feature names, opt. `label`")
+    src.add_argument("--dataset", choices=["watch"], help="a held-out recording of a dataset")
+    p.add_argument("--recording", type=int, help="with --dataset: which test recording (0..)")
+    speed = p.add_mutually_exclusive_group()
+    speed.add_argument("--rate", type=float, help="samples/s (default: the card's sample rate)")
+    speed.add_argument("--max-speed", action="store_true", help="send without pacing")
+    p.add_argument("--chunk", type=int, default=1, help="samples per message (default 1)")
+    p.add_argument("--threshold", type=float, help="gate threshold of the session (0..1)")
+    p.add_argument("--binary", action="store_true", help="send msgpack binary frames")
+    p.add_argument(
+        "--keep-session", action="store_true", help="keep the session on the server afterwards"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """The `replay` command: returns the exit status (0 ok, 1 server trouble, 2 bad input)."""
+    try:
+        if args.chunk < 1:
+            raise ReplayError("--chunk must be at least 1")
+        if args.rate is not None and args.rate <= 0:
+            raise ReplayError("--rate must be positive (or use --max-speed)")
+        if args.threshold is not None and not 0 < args.threshold < 1:
+            raise ReplayError("--threshold must be between 0 and 1")
+        if args.dataset and args.recording is None:
+            raise ReplayError("--dataset needs --recording N")
+        if args.csv and args.recording is not None:
+            raise ReplayError("--recording goes with --dataset, not --csv")
+        base = http_base(args.url)
+        card = fetch_card(base, args.model)
+        if args.csv:
+            rec = load_csv(args.csv, card)
+        else:
+            rec = load_dataset_recording(args.dataset, args.recording, card)
+        rate = None
+        if not args.max_speed:
+            rate = args.rate or card.get("sample_rate_hz")
+            if not rate:
+                raise ReplayError(
+                    f"model {card['name']} has no sample_rate_hz; pass --rate or --max-speed"
+                )
+        outcome = asyncio.run(
+            stream(
+                args.url,
+                card,
+                rec,
+                rate=rate,
+                chunk=args.chunk,
+                threshold=args.threshold,
+                binary=args.binary,
+                keep_session=args.keep_session,
+                progress=not args.no_progress,
+            )
+        )
+    except ReplayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(summary(card, rec, outcome, rate, args.chunk))
+    return 0
