@@ -66,7 +66,7 @@ def make_card(model: SARNN, blob: dict, name: str, graph_bytes: bytes) -> ModelC
     ds = metrics.get("dataset", {})
     train_cfg = blob.get("train_config", {})
     cfg = model.config
-    return ModelCard(
+    card = ModelCard(
         name=name,
         version=hashlib.sha256(graph_bytes).hexdigest()[:12],
         cell=cfg.cell,
@@ -98,6 +98,8 @@ def make_card(model: SARNN, blob: dict, name: str, graph_bytes: bytes) -> ModelC
             torch_version=torch.__version__,
         ),
     )
+    card.cost_per_step = card.cost_summary()
+    return card
 
 
 def export_model(checkpoint: Path, out: Path, name: str | None = None, force: bool = False) -> Path:

@@ -38,6 +38,15 @@ class ExportInfo(BaseModel):
     torch_version: str
 
 
+class CostPerStep(BaseModel):
+    """Multiply-adds per step of one sequence: the dense cell, and the selective cell at the
+    evaluated update rate (coordinator included)."""
+
+    dense_macs: int
+    selective_macs: float
+    gates_per_neuron: int
+
+
 class ModelCard(BaseModel):
     """Self-description of one exported SA-RNN chunk graph."""
 
@@ -58,6 +67,7 @@ class ModelCard(BaseModel):
     selective: bool = True
     training: TrainingInfo
     evaluation: Evaluation
+    cost_per_step: CostPerStep | None = None
     export: ExportInfo | None = None
 
     @property
@@ -70,12 +80,12 @@ class ModelCard(BaseModel):
         """Per-step multiply-add model of this cell."""
         return CellCost(self.cell, self.n_features, self.hidden)
 
-    def cost_summary(self) -> dict[str, float]:
+    def cost_summary(self) -> CostPerStep:
         """Dense and selective multiply-adds per step at the evaluated update rate."""
         cost = self.cost
         updates = self.evaluation.update_rate * self.hidden
-        return {
-            "dense_macs_per_step": cost.dense_step,
-            "selective_macs_per_step": cost.coordinator + updates * cost.per_neuron,
-            "gates_per_neuron": GATES_PER_CELL[self.cell],
-        }
+        return CostPerStep(
+            dense_macs=cost.dense_step,
+            selective_macs=cost.coordinator + updates * cost.per_neuron,
+            gates_per_neuron=GATES_PER_CELL[self.cell],
+        )

@@ -104,7 +104,7 @@ class DataPlane:
         return {
             **card.model_dump(),
             "state_size": card.state_size,
-            "cost": card.cost_summary(),
+            "cost_per_step": card.cost_summary().model_dump(),
         }
 
     def model_stats(self, name: str) -> dict:

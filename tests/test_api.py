@@ -550,8 +550,8 @@ def test_models(client: httpx.Client) -> None:
     assert card["feature_names"] == ["ax", "ay", "az", "wx", "wy", "wz"]
     assert len(card["class_labels"]) == N_CLASSES == card["n_classes"]
     assert card["state_size"] == HIDDEN
-    assert card["cost"]["dense_macs_per_step"] == 3 * HIDDEN * (FEATURES + HIDDEN)  # GRU
-    assert card["cost"]["selective_macs_per_step"] > 0
+    assert card["cost_per_step"]["dense_macs"] == 3 * HIDDEN * (FEATURES + HIDDEN)  # GRU
+    assert card["cost_per_step"]["selective_macs"] > 0
     assert client.get(f"/v1/models/{TINY_MODEL}").json() == card
     error_of(client.get("/v1/models/nope"), 404, "model_not_found")
     error_of(client.get("/v1/models/nope/stats"), 404, "model_not_found")

@@ -210,7 +210,7 @@ def test_every_answer_follows_the_cost_formula(traffic: Traffic) -> None:
     card = traffic.card
     f, h = card["n_features"], card["hidden"]
     per_neuron = GATES[card["cell"]] * (f + h)
-    assert card["cost"]["dense_macs_per_step"] == h * per_neuron
+    assert card["cost_per_step"]["dense_macs"] == h * per_neuron
     for used in traffic.total.chunks:
         assert used["macs_dense"] == used["steps"] * h * per_neuron
         assert used["macs_selective"] == used["steps"] * h * (f + 1) + used["updates"] * per_neuron

@@ -92,7 +92,7 @@ def test_replay_csv_summary_matches_the_server(
     for key in ("macs_dense", "macs_selective", "macs_saved"):
         assert first_int(printed[key.replace("_", " ")]) == session[key]
     assert session["macs_saved"] == session["macs_dense"] - session["macs_selective"]
-    assert session["macs_dense"] == steps * card["cost"]["dense_macs_per_step"]
+    assert session["macs_dense"] == steps * card["cost_per_step"]["dense_macs"]
     assert (
         f"({session['updates']} of {steps * card['hidden']} neuron slots)"
         in (printed["update rate"])
