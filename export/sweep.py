@@ -1,7 +1,7 @@
 """Rerunnable experiments: the lambda sweep and the seed comparison against a dense GRU.
 
-    python -m export.sweep --lams 1 3 6 10 --seeds 0 --name sweep     # lambda trade-off
-    python -m export.sweep --lams 3 --seeds 0 1 2 --dense --name seeds  # SA-RNN vs dense
+    python -m export.sweep --lams 1 2.5 3 8 --seeds 0 --name sweep    # lambda trade-off
+    python -m export.sweep --lams 2.5 --seeds 0 1 2 --dense --name seeds  # SA-RNN vs dense
 
 Each run goes to runs/<tag>/ (skipped when its metrics.json exists); the table of every run
 asked for is printed as markdown and written to runs/<name>.md.
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="watch")
     parser.add_argument("--cell", default="gru")
     parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--lams", type=float, nargs="+", default=[1, 3, 6, 10])
+    parser.add_argument("--lams", type=float, nargs="+", default=[1, 2.5, 3, 8])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--dense", action="store_true", help="also train dense baselines")
     d = TrainConfig()

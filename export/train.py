@@ -22,7 +22,7 @@ class TrainConfig:
     dataset: str = "watch"
     cell: str = "gru"
     hidden: int = 128
-    lam: float = 3.0
+    lam: float = 2.5
     lam_warmup_epochs: int = 4
     dense: bool = False
     epochs: int = 24
