@@ -86,5 +86,13 @@ class ModelUnavailable(ServiceError):
     code = "model_unavailable"
 
 
+class StoreUnavailable(ServiceError):
+    """The session store cannot be reached. A chunk may or may not have been applied: retrying
+    the same seq is safe (it is applied once, or its stored answer is returned)."""
+
+    status = 503
+    code = "store_unavailable"
+
+
 class ModelLoadError(Exception):
     """A model directory is invalid; the server refuses to start and names the file."""

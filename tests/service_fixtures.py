@@ -98,11 +98,7 @@ def start_server(models: Path, tmp: Path, env: dict[str, str] | None = None) -> 
 
 
 def stop_server(server: LiveServer) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(10)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
+    stop_process(server.process)
 
 
 @pytest.fixture(scope="module")
@@ -131,10 +127,18 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url := os.environ.get(REDIS_URL_ENV):
         yield url
         return
-    exe = shutil.which("redis-server")
-    if exe is None:
+    if shutil.which("redis-server") is None:
         pytest.skip(f"no Redis: redis-server is not on PATH and {REDIS_URL_ENV} is not set")
-    workdir = tmp_path_factory.mktemp("redis")
+    proc, url = start_redis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield url
+    finally:
+        stop_process(proc)
+
+
+def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
+    """A redis-server without persistence on a free loopback port; its process and URL."""
+    exe = shutil.which("redis-server")
     for _ in range(3):  # the free port may be taken between probing and binding
         port = free_port()
         proc = subprocess.Popen(
@@ -147,17 +151,15 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         while proc.poll() is None and time.monotonic() < deadline and not _pong(port):
             time.sleep(0.02)
         if proc.poll() is None and _pong(port):
-            break
+            return proc, f"redis://127.0.0.1:{port}/0"
+        stop_process(proc)
+    raise RuntimeError(f"redis-server did not start; see {workdir / 'redis.log'}")
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-    else:
-        pytest.fail(f"redis-server did not start; see {workdir / 'redis.log'}")
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()

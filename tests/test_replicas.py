@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 
 from export.data import load_watch
-from tests.service_fixtures import LiveServer, start_server, stop_server
+from tests.service_fixtures import (
+    LiveServer,
+    start_redis,
+    start_server,
+    stop_process,
+    stop_server,
+)
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +108,30 @@ def test_sessions_are_visible_and_deleted_everywhere(replicas):
         gone = client.get(f"{a.url}/v1/sessions/{sid}")
         assert gone.status_code == 404
         assert gone.json()["error"]["code"] == "session_deleted"
+
+
+def test_store_outage_is_a_503_and_the_server_stays_up(
+    served_models: Path, tmp_path_factory: pytest.TempPathFactory
+):
+    """With Redis gone, session requests answer 503 store_unavailable (not a 500), readiness
+    fails, liveness holds; nothing was applied, so the client can retry later."""
+    tmp = tmp_path_factory.mktemp("outage")
+    redis, url = start_redis(tmp)
+    server = start_server(served_models, tmp, {"SARNN_STORE": "redis", "SARNN_REDIS_URL": url})
+    try:
+        with httpx.Client(timeout=30) as client:
+            sid = client.post(f"{server.url}/v1/sessions", json={}).json()["id"]
+            stop_process(redis)
+            chunk = client.post(
+                f"{server.url}/v1/sessions/{sid}/chunks",
+                json={"seq": 0, "inputs": [[0.0] * 6]},
+            )
+            assert chunk.status_code == 503, chunk.text
+            assert chunk.json()["error"]["code"] == "store_unavailable"
+            created = client.post(f"{server.url}/v1/sessions", json={})
+            assert created.status_code == 503
+            assert client.get(f"{server.url}/readyz").status_code == 503
+            assert client.get(f"{server.url}/healthz").status_code == 200
+    finally:
+        stop_server(server)
+        stop_process(redis)

@@ -22,8 +22,10 @@ a hash tag (e.g. "{sarnn}") to keep every key in one slot.
 """
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from sarnn_serve.errors import SessionNotFound
+from sarnn_serve.errors import SessionNotFound, StoreUnavailable
 from sarnn_serve.store import Gone, Stored
 
 # KEYS[1..4] = lru, deadline, tags, active; ARGV[1] = prefix, ARGV[2] = tombstone TTL (ms).
@@ -161,7 +163,9 @@ class RedisStore:
             raise ValueError("max_sessions must be >= 1")
         self.max_sessions = max_sessions
         self.prefix = prefix
-        self._redis = aioredis.Redis.from_url(url, decode_responses=False)
+        self._redis = aioredis.Redis.from_url(
+            url, decode_responses=False, socket_connect_timeout=2, socket_timeout=5
+        )
         self._keys = [f"{prefix}:lru", f"{prefix}:deadline", f"{prefix}:tags", f"{prefix}:active"]
         self._head = [prefix, _ms(tombstone_ttl_s)]
         self._sweep_batch = sweep_batch
@@ -172,19 +176,26 @@ class RedisStore:
         self._delete = script(_PRELUDE + _DELETE)
         self._sweep = script(_PRELUDE + _SWEEP)
 
+    async def _run(self, script, keys: list[str], args: list) -> list:
+        """Run one Lua script; an unreachable Redis becomes StoreUnavailable (HTTP 503)."""
+        try:
+            return await script(keys=keys, args=args)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise StoreUnavailable(f"session store unreachable: {exc}") from exc
+
     def _session_keys(self, session_id: str) -> list[str]:
         return [*self._keys, f"{self.prefix}:s:{session_id}", f"{self.prefix}:gone:{session_id}"]
 
     async def create(self, session_id: str, tag: str, data: bytes, ttl_s: float) -> list[Gone]:
         args = [*self._head, session_id, tag, data, _ms(ttl_s), self.max_sessions]
-        flat = await self._create(keys=self._session_keys(session_id), args=args)
+        flat = await self._run(self._create, self._session_keys(session_id), args)
         return [
             Gone(_str(flat[i]), _str(flat[i + 1]), _str(flat[i + 2]))
             for i in range(0, len(flat), 3)
         ]
 
     async def load(self, session_id: str) -> Stored:
-        res = await self._load(keys=self._session_keys(session_id), args=[*self._head, session_id])
+        res = await self._run(self._load, self._session_keys(session_id), [*self._head, session_id])
         if res[0] != 1:
             raise SessionNotFound(session_id, _str(res[1]))
         return Stored(bytes(res[1]), int(res[2]))
@@ -193,14 +204,14 @@ class RedisStore:
         self, session_id: str, version: int, data: bytes, ttl_s: float
     ) -> bool:
         args = [*self._head, session_id, version, data, _ms(ttl_s)]
-        res = await self._cas(keys=self._session_keys(session_id), args=args)
+        res = await self._run(self._cas, self._session_keys(session_id), args)
         if res[0] == -1:
             raise SessionNotFound(session_id, _str(res[1]))
         return res[0] == 1
 
     async def delete(self, session_id: str) -> Stored:
         keys = self._session_keys(session_id)
-        res = await self._delete(keys=keys, args=[*self._head, session_id])
+        res = await self._run(self._delete, keys, [*self._head, session_id])
         if res[0] != 1:
             raise SessionNotFound(session_id, _str(res[1]))
         return Stored(bytes(res[1]), int(res[2]))
@@ -208,7 +219,7 @@ class RedisStore:
     async def sweep(self) -> list[Gone]:
         dropped: list[Gone] = []
         while True:
-            flat = await self._sweep(keys=self._keys, args=[*self._head, self._sweep_batch])
+            flat = await self._run(self._sweep, self._keys, [*self._head, self._sweep_batch])
             dropped += [
                 Gone(_str(flat[i]), _str(flat[i + 1]), "expired") for i in range(0, len(flat), 2)
             ]
@@ -216,7 +227,10 @@ class RedisStore:
                 return dropped
 
     async def active(self) -> dict[str, int]:
-        counts = await self._redis.hgetall(f"{self.prefix}:active")
+        try:
+            counts = await self._redis.hgetall(f"{self.prefix}:active")
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise StoreUnavailable(f"session store unreachable: {exc}") from exc
         return {_str(tag): int(n) for tag, n in counts.items() if int(n) > 0}
 
     async def close(self) -> None:
