@@ -139,14 +139,16 @@ class Monitor:
         self.prom = prom
         self.active = dict.fromkeys(hidden_sizes, 0)
         self.stats = {name: ModelStats(h) for name, h in hidden_sizes.items()}
+        counters = (prom.steps, prom.updates, prom.slots, prom.macs_dense, prom.macs_selective)
+        self._usage_series = {name: [c.labels(name) for c in counters] for name in hidden_sizes}
 
     def record_usage(self, model: str, u: Usage) -> None:
-        p = self.prom
-        p.steps.labels(model).inc(u.steps)
-        p.updates.labels(model).inc(u.updates)
-        p.slots.labels(model).inc(u.slots)
-        p.macs_dense.labels(model).inc(u.macs_dense)
-        p.macs_selective.labels(model).inc(u.macs_selective)
+        steps, updates, slots, dense, selective = self._usage_series[model]
+        steps.inc(u.steps)
+        updates.inc(u.updates)
+        slots.inc(u.slots)
+        dense.inc(u.macs_dense)
+        selective.inc(u.macs_selective)
         self.stats[model].add(u)
 
     def set_active(self, model: str, count: int) -> None:

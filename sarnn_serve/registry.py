@@ -56,8 +56,7 @@ def _check_graph(card: ModelCard, engine: Engine, path: Path) -> None:
         ("updates", 2): card.hidden,
         ("state_out", 1): card.state_size,
     }
-    shapes = {**{k: v.shape for k, v in engine.inputs.items()}}
-    shapes.update({k: v.shape for k, v in engine.outputs.items()})
+    shapes = {k: v.shape for k, v in (engine.inputs | engine.outputs).items()}
     for (name, axis), size in expected.items():
         got = shapes[name][axis] if len(shapes[name]) > axis else None
         if got != size:

@@ -179,11 +179,13 @@ class DataPlane:
     ) -> bytes:
         """Apply one chunk (or replay the answer to a retried seq); returns the JSON answer."""
         async with self._locks.hold(session_id):
-            for _ in range(CAS_ATTEMPTS):
-                record, version, model = await self._record(session_id)
-                card = model.card
-                x = parse_inputs(raw_inputs, card.n_features, self.settings.max_chunk_steps)
-                digest = hashlib.blake2b(x.tobytes(), digest_size=16).digest()
+            record, version, model = await self._record(session_id)
+            card = model.card
+            x = parse_inputs(raw_inputs, card.n_features, self.settings.max_chunk_steps)
+            digest = hashlib.blake2b(x.tobytes(), digest_size=16).digest()
+            for attempt in range(CAS_ATTEMPTS):
+                if attempt:
+                    record, version, model = await self._record(session_id)
                 want = record.next_seq if seq is None else seq
                 if want == record.next_seq - 1 and record.last_response:
                     return self._replay(record, digest, want)

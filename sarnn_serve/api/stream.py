@@ -67,6 +67,8 @@ async def _error(ws: WebSocket, dp: DataPlane, exc: ServiceError) -> None:
 async def _serve(ws: WebSocket, dp: DataPlane, session_id: str, delete_on_close: bool) -> None:
     prom = dp.monitor.prom
     endpoint = "WS /v1/sessions/{session_id}/stream"
+    answered = prom.requests.labels(endpoint, "200")
+    seconds = prom.request_seconds.labels(endpoint)
     limit = dp.settings.ws_max_message_bytes
     try:
         while True:
@@ -74,7 +76,7 @@ async def _serve(ws: WebSocket, dp: DataPlane, session_id: str, delete_on_close:
             if message["type"] == "websocket.disconnect":
                 break
             started = time.perf_counter()
-            status = "200"
+            counted = answered
             try:
                 body = _decode(message, limit)
                 payload = await dp.advance(
@@ -82,13 +84,13 @@ async def _serve(ws: WebSocket, dp: DataPlane, session_id: str, delete_on_close:
                 )
                 await ws.send_text(payload.decode())
             except ServiceError as exc:
-                status = str(exc.status)
+                counted = prom.requests.labels(endpoint, str(exc.status))
                 await _error(ws, dp, exc)
                 if isinstance(exc, SessionNotFound):
                     await ws.close(CLOSE_NOT_FOUND)
                     return
-            prom.requests.labels(endpoint, status).inc()
-            prom.request_seconds.labels(endpoint).observe(time.perf_counter() - started)
+            counted.inc()
+            seconds.observe(time.perf_counter() - started)
     except WebSocketDisconnect:
         pass
     finally:
