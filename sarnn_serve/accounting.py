@@ -68,6 +68,17 @@ class Usage:
         """Multiply-adds the selective cell did not spend."""
         return self.macs_dense - self.macs_selective
 
+    def as_dict(self) -> dict[str, int | float]:
+        """The accounting fields every answer reports (the one list of them)."""
+        return {
+            "steps": self.steps,
+            "updates": self.updates,
+            "update_rate": self.update_rate,
+            "macs_dense": self.macs_dense,
+            "macs_selective": self.macs_selective,
+            "macs_saved": self.macs_saved,
+        }
+
 
 def usage(cost: CellCost, steps: int, updates: int) -> Usage:
     """Account `steps` steps with `updates` neuron updates in total."""

@@ -1,4 +1,5 @@
-"""Typed errors of the service and the one place that maps them to HTTP status codes."""
+"""Typed errors of the service. Each carries its HTTP status and machine-readable code; the
+transports render them in one place (`api/errors.py` for HTTP, `api/stream.py` for frames)."""
 
 from typing import Any, ClassVar
 
@@ -18,6 +19,10 @@ class ServiceError(Exception):
         """The JSON error body: {"error": {"code", "message", ...detail}}."""
         return {"error": {"code": self.code, "message": self.message, **self.detail}}
 
+    def http_headers(self) -> dict[str, str] | None:
+        """Extra HTTP response headers (Retry-After, WWW-Authenticate)."""
+        return None
+
 
 class InvalidInput(ServiceError):
     """A request field is malformed; `field` names it."""
@@ -29,9 +34,50 @@ class InvalidInput(ServiceError):
         super().__init__(f"{field}: {message}", field=field)
 
 
+class InvalidJson(ServiceError):
+    """The body (or WebSocket frame) is not valid JSON (or msgpack) text."""
+
+    status = 422
+    code = "invalid_json"
+
+    def __init__(self, message: str, field: str = "body") -> None:
+        super().__init__(f"{field}: {message}", field=field)
+
+
 class PayloadTooLarge(ServiceError):
     status = 413
     code = "payload_too_large"
+
+
+class Unauthorized(ServiceError):
+    """API keys are on and the request carries no valid key."""
+
+    status = 401
+    code = "unauthorized"
+
+    def http_headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(ServiceError):
+    """The caller may not do this (e.g. list sessions without the admin role)."""
+
+    status = 403
+    code = "forbidden"
+
+
+class TooManyRequests(ServiceError):
+    """A per-key quota is exhausted; `retry_after_s` says when to try again."""
+
+    status = 429
+
+    def __init__(self, code: str, message: str, retry_after_s: float) -> None:
+        super().__init__(message, retry_after_s=round(retry_after_s, 3))
+        self.code = code
+        self.retry_after_s = retry_after_s
+
+    def http_headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, int(self.retry_after_s + 0.999)))}
 
 
 class ModelNotFound(ServiceError):
@@ -47,7 +93,11 @@ class SessionNotFound(ServiceError):
 
     status = 404
     _REASONS: ClassVar[dict[str, tuple[str, str]]] = {
-        "unknown": ("session_not_found", "does not exist"),
+        "unknown": (
+            "session_not_found",
+            "does not exist: it was never created here, or it was lost with the session store "
+            "(a store restarted without persistence)",
+        ),
         "expired": ("session_expired", "expired after being idle; open a new session"),
         "evicted": ("session_evicted", "was evicted to make room for newer sessions"),
         "deleted": ("session_deleted", "was deleted"),
@@ -72,6 +122,21 @@ class SeqConflict(ServiceError):
         )
 
 
+class RetryMismatch(ServiceError):
+    """A retry of the last seq whose inputs or options differ from the applied chunk's."""
+
+    status = 409
+    code = "retry_mismatch"
+
+    def __init__(self, seq: int, expected: int) -> None:
+        super().__init__(
+            f"chunk seq {seq} was already applied with other inputs or include_mask; a retry "
+            f"must repeat them exactly (the next chunk is seq {expected})",
+            expected_seq=expected,
+            got_seq=seq,
+        )
+
+
 class ConcurrentUpdate(ServiceError):
     """Another replica advanced the session at the same moment; the client may retry."""
 
@@ -87,11 +152,18 @@ class ModelUnavailable(ServiceError):
 
 
 class StoreUnavailable(ServiceError):
-    """The session store cannot be reached. A chunk may or may not have been applied: retrying
-    the same seq is safe (it is applied once, or its stored answer is returned)."""
+    """The session store cannot be reached or failed. A chunk may or may not have been applied:
+    retrying the same seq is safe (it is applied once, or its stored answer is returned)."""
 
     status = 503
     code = "store_unavailable"
+
+
+class StoreFull(ServiceError):
+    """The session store is out of memory (Redis at maxmemory); nothing was written."""
+
+    status = 507
+    code = "store_full"
 
 
 class ModelLoadError(Exception):

@@ -47,6 +47,9 @@ class PromMetrics:
             "sarnn_requests", "Requests by endpoint and status.", ("endpoint", "status")
         )
         self.errors = counter("sarnn_errors", "Errors by reason.", ("reason",))
+        self.ws_connections = Gauge(
+            "sarnn_ws_connections", "Open WebSocket streams of this process.", registry=r
+        )
         self.request_seconds = Histogram(
             "sarnn_request_duration_seconds",
             "Whole request (or WebSocket message) handling time.",
@@ -150,6 +153,15 @@ class Monitor:
         dense.inc(u.macs_dense)
         selective.inc(u.macs_selective)
         self.stats[model].add(u)
+
+    def record_error(self, code: str) -> None:
+        """One client-visible error, counted by its code (every transport calls this)."""
+        self.prom.errors.labels(code).inc()
+
+    def record_request(self, endpoint: str, status: int, seconds: float) -> None:
+        """One HTTP request or WebSocket message answered."""
+        self.prom.requests.labels(endpoint, str(status)).inc()
+        self.prom.request_seconds.labels(endpoint).observe(seconds)
 
     def set_active(self, model: str, count: int) -> None:
         self.active[model] = max(0, count)

@@ -1,5 +1,14 @@
-"""Turn raw graph outputs into the per-step answers every transport returns."""
+"""Typed results of the data plane and their rendering into the bodies every transport sends.
 
+`StepOutputs` is what a chunk produced (logits, update counts, optional masks): the data plane
+keeps the last one in the session record (compact, bounded) so that a retry is answered again
+exactly; transports render it with `chunk_body` / `step_list`.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
 import numpy as np
 
 from sarnn_serve.accounting import Usage, usage
@@ -12,40 +21,101 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def usage_dict(u: Usage) -> dict:
-    """The accounting fields shared by chunks, sessions, predictions and stats."""
-    return {
-        "steps": u.steps,
-        "updates": u.updates,
-        "update_rate": u.update_rate,
-        "macs_dense": u.macs_dense,
-        "macs_selective": u.macs_selective,
-        "macs_saved": u.macs_saved,
-    }
+@dataclass
+class StepOutputs:
+    """Per-step outputs of one chunk: logits [T,C] float32, update counts [T], masks [T,H]."""
+
+    first_index: int
+    logits: np.ndarray
+    counts: np.ndarray
+    masks: np.ndarray | None = None
+
+    @classmethod
+    def from_graph(
+        cls, first_index: int, logits: np.ndarray, updates: np.ndarray, include_mask: bool
+    ) -> "StepOutputs":
+        """From a chunk's graph outputs: logits [T,C] and the update mask [T,H]."""
+        return cls(
+            first_index,
+            logits.astype(np.float32, copy=False),
+            updates.sum(axis=-1, dtype=np.int64).astype(np.uint16),
+            updates.astype(bool, copy=False) if include_mask else None,
+        )
+
+    @property
+    def steps(self) -> int:
+        return len(self.counts)
+
+    def usage(self, card: ModelCard) -> Usage:
+        return usage(card.cost, self.steps, int(self.counts.sum(dtype=np.int64)))
+
+    def pack(self) -> bytes:
+        """Compact binary form: about 4C + 2 bytes per step, plus H/8 with masks."""
+        t, c = self.logits.shape
+        masks = None
+        if self.masks is not None:
+            masks = [self.masks.shape[1], np.packbits(self.masks, axis=1).tobytes()]
+        return msgpack.packb(
+            [self.first_index, t, c, self.logits.tobytes(), self.counts.tobytes(), masks]
+        )
+
+    @classmethod
+    def unpack(cls, data: bytes) -> "StepOutputs":
+        first, t, c, logits, counts, masks = msgpack.unpackb(data)
+        mask_array = None
+        if masks is not None:
+            bits = np.frombuffer(masks[1], np.uint8).reshape(t, -1)
+            mask_array = np.unpackbits(bits, axis=1, count=masks[0]).astype(bool)
+        return cls(
+            first,
+            np.frombuffer(logits, np.float32).reshape(t, c),
+            np.frombuffer(counts, np.uint16),
+            mask_array,
+        )
 
 
-def step_results(
-    card: ModelCard,
-    logits: np.ndarray,
-    updates: np.ndarray,
-    first_index: int,
-    include_mask: bool,
-) -> tuple[list[dict], Usage]:
-    """One entry per step of a chunk (logits [T,C], updates [T,H] bool) and its usage."""
-    probs = softmax(logits.astype(np.float64)).astype(np.float32)
+def step_list(card: ModelCard, out: StepOutputs) -> list[dict[str, Any]]:
+    """One entry per step: index, label, class, probabilities, updates (and mask)."""
+    probs = softmax(out.logits.astype(np.float64)).astype(np.float32)
     classes = probs.argmax(axis=-1)
-    counts = updates.sum(axis=-1)
     labels = card.class_labels
     steps = []
-    for t in range(len(classes)):
+    for t in range(out.steps):
         entry = {
-            "index": first_index + t,
+            "index": out.first_index + t,
             "label": labels[classes[t]],
             "class": int(classes[t]),
             "probabilities": probs[t],
-            "updates": int(counts[t]),
+            "updates": int(out.counts[t]),
         }
-        if include_mask:
-            entry["mask"] = updates[t].astype(np.uint8)
+        if out.masks is not None:
+            entry["mask"] = out.masks[t].astype(np.uint8)
         steps.append(entry)
-    return steps, usage(card.cost, len(classes), int(counts.sum()))
+    return steps
+
+
+@dataclass
+class ChunkResult:
+    """The answer to one chunk: what it produced, its usage and the session's totals after it."""
+
+    session_id: str
+    seq: int
+    model: str
+    outputs: StepOutputs
+    chunk: Usage
+    session: dict[str, Any]
+    replayed: bool
+
+
+def chunk_body(card: ModelCard, result: ChunkResult) -> dict[str, Any]:
+    """The chunk answer of REST and WebSocket (schemas.ChunkResponse)."""
+    return {
+        "type": "chunk",
+        "session_id": result.session_id,
+        "seq": result.seq,
+        "model": result.model,
+        "steps": step_list(card, result.outputs),
+        "chunk": result.chunk.as_dict(),
+        "session": result.session,
+        "replayed": result.replayed,
+    }

@@ -5,7 +5,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
-Step = list[Number]
+Step = Annotated[list[Number], Field(min_length=1)]
+MAX_IDLE_TIMEOUT_S = 7 * 24 * 3600
 
 
 class ErrorDetail(BaseModel):
@@ -13,6 +14,7 @@ class ErrorDetail(BaseModel):
     message: str
     field: str | None = Field(None, description="The request field at fault, when there is one.")
     expected_seq: int | None = None
+    retry_after_s: float | None = Field(None, description="With 429: when to try again.")
 
 
 class ErrorBody(BaseModel):
@@ -24,10 +26,27 @@ class SessionCreate(BaseModel):
 
     model: str | None = Field(None, description="Model name; the only model if omitted.")
     threshold: float | None = Field(
-        None, gt=0, lt=1, description="Gate threshold tau in (0, 1); default from the card."
+        None,
+        gt=0,
+        lt=1,
+        allow_inf_nan=False,
+        description="Gate threshold tau in (0, 1); default from the card.",
     )
     idle_timeout_s: float | None = Field(
-        None, gt=0, le=7 * 24 * 3600, description="Idle time before expiry (default 900 s)."
+        None,
+        gt=0,
+        le=MAX_IDLE_TIMEOUT_S,
+        allow_inf_nan=False,
+        description="Idle time before expiry, at most 7 days (default: the server's).",
+    )
+
+
+class StreamOpen(SessionCreate):
+    """Query parameters of WS /v1/stream: those of POST /v1/sessions, and two more."""
+
+    delete_on_close: bool = Field(False, description="Delete the session when the socket closes.")
+    access_token: str | None = Field(
+        None, description="An API key, for clients that cannot send an Authorization header."
     )
 
 
@@ -59,11 +78,25 @@ class SessionSummary(BaseModel):
     macs_saved: int
 
 
+class SessionRef(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    id: str
+    model: str
+
+
 class ChunkRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    seq: int = Field(ge=0, description="0 for the first chunk; repeat the last seq to retry.")
-    inputs: list[Step] = Field(description="Steps, each a list of F raw sensor values.")
+    seq: int = Field(
+        ge=0,
+        lt=2**63,
+        description="0 for the first chunk; repeat the last seq (same inputs and include_mask) "
+        "to retry.",
+    )
+    inputs: list[Step] = Field(
+        min_length=1, description="Steps, each a list of F raw sensor values (F: the model's)."
+    )
     include_mask: bool = Field(False, description="Return each step's update mask (H of 0/1).")
 
 
@@ -91,7 +124,7 @@ class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     inputs: list[list[Step]] = Field(description="A batch of sequences [N][T_i][F].")
-    threshold: float | None = Field(None, gt=0, lt=1)
+    threshold: float | None = Field(None, gt=0, lt=1, allow_inf_nan=False)
     include_steps: bool = Field(True, description="Return per-step predictions.")
     include_mask: bool = False
 

@@ -1,8 +1,9 @@
 """The data plane: the one place that creates, advances and deletes sessions.
 
-Every transport (REST, WebSocket) calls these methods; they validate against the model card,
-run the engine through the micro-batcher, write the session back with a compare-and-set and
-account the compute in one place (`Monitor.record_usage`).
+Every transport (REST, WebSocket) calls these methods with the same typed requests
+(`schemas`) and gets typed results (`results`) back; the data plane checks who is calling,
+validates against the model card, runs the engine through the micro-batcher, writes the session
+back with a compare-and-set and accounts the compute in one place (`Monitor.record_usage`).
 """
 
 import asyncio
@@ -10,27 +11,34 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Executor
-from contextlib import asynccontextmanager
-from typing import Any
+from contextlib import asynccontextmanager, contextmanager
 
 import numpy as np
 import orjson
 
 from sarnn_serve.accounting import usage
+from sarnn_serve.auth import KeyRing, Principal
 from sarnn_serve.batcher import MicroBatcher
+from sarnn_serve.card import ModelCard
 from sarnn_serve.errors import (
     ConcurrentUpdate,
+    Forbidden,
     InvalidInput,
     ModelUnavailable,
     PayloadTooLarge,
+    RetryMismatch,
     SeqConflict,
+    ServiceError,
+    SessionNotFound,
 )
 from sarnn_serve.locks import KeyedLocks
 from sarnn_serve.metrics import Monitor
+from sarnn_serve.quotas import ConnectionLimit, CreationRate
 from sarnn_serve.registry import LoadedModel, Registry
-from sarnn_serve.results import step_results, usage_dict
+from sarnn_serve.results import ChunkResult, StepOutputs, chunk_body, step_list
+from sarnn_serve.schemas import ChunkRequest, PredictRequest, SessionCreate
 from sarnn_serve.sessions import SessionRecord, new_session_id
 from sarnn_serve.settings import Settings
 from sarnn_serve.store import Gone, SessionStore
@@ -53,14 +61,22 @@ class DataPlane:
         store: SessionStore,
         monitor: Monitor,
         executor: Executor,
+        keyring: KeyRing | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.store = store
         self.monitor = monitor
+        self.keyring = keyring or KeyRing({})
         self._locks = KeyedLocks()
+        self._creation_rate = CreationRate(
+            settings.session_create_rate, settings.session_create_burst
+        )
+        self._connections = ConnectionLimit(
+            settings.max_ws_connections, settings.max_ws_connections_per_key
+        )
         self._sweeper: asyncio.Task | None = None
-        self.recent: OrderedDict[str, str] = OrderedDict()
+        self.recent: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self.watchers: dict[str, set[asyncio.Queue]] = {}
         self.batchers = {
             name: MicroBatcher(
@@ -99,8 +115,13 @@ class DataPlane:
             name = names[0]
         return self.registry.get(name)
 
-    def describe(self, model: LoadedModel) -> dict:
-        card = model.card
+    def list_models(self) -> list[dict]:
+        """Every served model's card."""
+        return [self.describe(name) for name in self.registry.names()]
+
+    def describe(self, name: str) -> dict:
+        """A model's card with its state size and cost per step."""
+        card = self.registry.get(name).card
         return {
             **card.model_dump(),
             "state_size": card.state_size,
@@ -116,33 +137,82 @@ class DataPlane:
             **self.monitor.stats[name].snapshot(),
         }
 
+    # callers --------------------------------------------------------------------------
+
+    def authenticate(self, authorization: str | None, client_host: str | None) -> Principal:
+        """The caller of a request (Unauthorized if keys are on and it has none)."""
+        return self.keyring.authenticate(authorization, client_host)
+
+    def _check_owner(self, record: SessionRecord, caller: Principal) -> None:
+        """With keys on, another key's session does not exist for a non-admin caller."""
+        if self.keyring.enabled and not caller.admin and record.owner != caller.id:
+            raise SessionNotFound(record.id)
+
+    @contextmanager
+    def stream_slot(self, caller: Principal) -> Iterator[None]:
+        """Hold one of the caller's (and the process's) WebSocket connection slots."""
+        try:
+            with self._connections.hold(caller.id):
+                self.monitor.prom.ws_connections.set(self._connections.open)
+                yield
+        finally:
+            self.monitor.prom.ws_connections.set(self._connections.open)
+
+    def record_error(self, exc: ServiceError) -> None:
+        """Count an error a client saw, whatever the transport."""
+        self.monitor.record_error(exc.code)
+
+    def record_message(self, endpoint: str, status: int, seconds: float) -> None:
+        """Count one WebSocket message answered (HTTP requests are counted by middleware)."""
+        self.monitor.record_request(endpoint, status, seconds)
+
+    async def ready(self) -> list[str]:
+        """The served models, once the store answers (StoreUnavailable otherwise)."""
+        await self.store.active()
+        return self.registry.names()
+
     # sessions -------------------------------------------------------------------------
 
-    async def create_session(
-        self, model_name: str | None, threshold: float | None, idle_timeout_s: float | None
-    ) -> dict:
-        model = self.model(model_name)
+    async def create_session(self, caller: Principal, request: SessionCreate) -> dict:
+        model = self.model(request.model)
         card = model.card
+        self._creation_rate.take(caller.id)
         record = SessionRecord(
             id=new_session_id(),
             model=card.name,
             model_version=card.version,
-            threshold=threshold if threshold is not None else card.threshold,
-            ttl_s=idle_timeout_s or self.settings.session_ttl_s,
+            threshold=request.threshold if request.threshold is not None else card.threshold,
+            ttl_s=request.idle_timeout_s or self.settings.session_ttl_s,
             state=np.zeros(card.state_size, np.float32),
+            owner=caller.id,
         )
-        gone = await self.store.create(record.id, card.name, record.encode(), record.ttl_s)
+        gone = await self.store.create(
+            record.id,
+            card.name,
+            record.encode(),
+            record.ttl_s,
+            owner=caller.id,
+            max_owned=self.settings.max_sessions_per_key,
+        )
         self._account_gone(gone)
         self.monitor.session_created(card.name)
         log.info(
             "session created",
-            extra={"session": record.id, "model": card.name, "threshold": record.threshold},
+            extra={
+                "session": record.id,
+                "model": card.name,
+                "owner": caller.id,
+                "threshold": record.threshold,
+            },
         )
         return record.summary(card.cost)
 
-    async def _record(self, session_id: str) -> tuple[SessionRecord, int, LoadedModel]:
+    async def _record(
+        self, session_id: str, caller: Principal
+    ) -> tuple[SessionRecord, int, LoadedModel]:
         stored = await self.store.load(session_id)
         record = SessionRecord.decode(stored.data)
+        self._check_owner(record, caller)
         model = self.registry.models.get(record.model)
         if model is None or model.card.version != record.model_version:
             raise ModelUnavailable(
@@ -152,16 +222,27 @@ class DataPlane:
             )
         return record, stored.version, model
 
-    async def get_session(self, session_id: str) -> dict:
-        record, _, model = await self._record(session_id)
+    async def get_session(self, caller: Principal, session_id: str) -> dict:
+        record, _, model = await self._record(session_id, caller)
         return record.summary(model.card.cost)
 
-    async def session_model(self, session_id: str) -> LoadedModel:
-        _, _, model = await self._record(session_id)
-        return model
+    async def list_sessions(self, caller: Principal) -> list[dict]:
+        """Sessions recently active on this replica that the caller may see, newest first."""
+        if not self.keyring.enabled and not self.settings.list_sessions:
+            raise Forbidden(
+                "listing sessions is off: it would hand out every session id; turn on API keys "
+                "and use an admin key, or set SARNN_LIST_SESSIONS=true on a private network"
+            )
+        see_all = caller.admin or not self.keyring.enabled
+        return [
+            {"id": sid, "model": model}
+            for sid, (model, owner) in reversed(self.recent.items())
+            if see_all or owner == caller.id
+        ]
 
-    async def delete_session(self, session_id: str) -> dict:
+    async def delete_session(self, caller: Principal, session_id: str) -> dict:
         async with self._locks.hold(session_id):
+            await self._record_any(session_id, caller)
             stored = await self.store.delete(session_id)
         record = SessionRecord.decode(stored.data)
         self.monitor.session_ended(record.model, "deleted")
@@ -171,132 +252,139 @@ class DataPlane:
             extra={"session": session_id, "model": record.model, "steps": record.steps},
         )
         model = self.registry.models.get(record.model)
-        summary = record.summary(model.card.cost) if model else {"id": session_id}
-        return summary
+        return record.summary(model.card.cost) if model else {"id": session_id}
 
-    async def advance(
-        self, session_id: str, seq: int | None, raw_inputs: Any, include_mask: bool = False
-    ) -> bytes:
-        """Apply one chunk (or replay the answer to a retried seq); returns the JSON answer."""
+    async def _record_any(self, session_id: str, caller: Principal) -> SessionRecord:
+        """The record, checked for ownership but not for a served model (delete needs none)."""
+        record = SessionRecord.decode((await self.store.load(session_id)).data)
+        self._check_owner(record, caller)
+        return record
+
+    async def advance(self, caller: Principal, session_id: str, chunk: ChunkRequest) -> ChunkResult:
+        """Apply one chunk, or answer a retry of the last seq again without applying it."""
         async with self._locks.hold(session_id):
-            record, version, model = await self._record(session_id)
+            record, version, model = await self._record(session_id, caller)
             card = model.card
-            x = parse_inputs(raw_inputs, card.n_features, self.settings.max_chunk_steps)
-            digest = hashlib.blake2b(x.tobytes(), digest_size=16).digest()
+            x = parse_inputs(chunk.inputs, card.n_features, self.settings.max_chunk_steps)
+            digest = hashlib.blake2b(
+                x.tobytes() + bytes([chunk.include_mask]), digest_size=16
+            ).digest()
             for attempt in range(CAS_ATTEMPTS):
                 if attempt:
-                    record, version, model = await self._record(session_id)
-                want = record.next_seq if seq is None else seq
-                if want == record.next_seq - 1 and record.last_response:
-                    return self._replay(record, digest, want)
-                if want != record.next_seq:
-                    raise SeqConflict(want, record.next_seq)
+                    record, version, model = await self._record(session_id, caller)
+                seq = chunk.seq
+                if seq == record.next_seq - 1 and record.last_outputs is not None:
+                    return self._replay(record, card, digest, seq)
+                if seq != record.next_seq:
+                    raise SeqConflict(seq, record.next_seq)
                 result = await self.batchers[card.name].run(x, record.state, record.threshold)
-                steps, used = step_results(
-                    card, result.logits, result.updates, record.steps, include_mask
+                outputs = StepOutputs.from_graph(
+                    record.steps, result.logits, result.updates, chunk.include_mask
                 )
+                used = outputs.usage(card)
                 record.state = result.state
                 record.steps += used.steps
                 record.updates += used.updates
-                record.next_seq = want + 1
+                record.next_seq = seq + 1
                 record.last_seen = time.time()
-                payload = orjson.dumps(
-                    {
-                        "type": "chunk",
-                        "session_id": session_id,
-                        "seq": want,
-                        "model": card.name,
-                        "steps": steps,
-                        "chunk": usage_dict(used),
-                        "session": record.summary(card.cost),
-                        "replayed": False,
-                    },
-                    option=JSON_OPTS,
-                )
-                record.last_digest, record.last_response = digest, payload
+                record.last_digest, record.last_outputs = digest, outputs
                 if await self.store.compare_and_set(
                     session_id, version, record.encode(), record.ttl_s
                 ):
                     self.monitor.record_usage(card.name, used)
-                    self._note_activity(session_id, card.name, want, result.updates, steps)
-                    return payload
+                    self._note_activity(record, seq, result.updates, outputs)
+                    return ChunkResult(
+                        session_id, seq, card.name, outputs, used, record.summary(card.cost), False
+                    )
                 log.warning(
                     "concurrent update; retrying",
-                    extra={"session": session_id, "model": card.name, "seq": want},
+                    extra={"session": session_id, "model": card.name, "seq": seq},
                 )
-        raise ConcurrentUpdate(f"session {session_id} changed concurrently; retry", seq=seq)
+        raise ConcurrentUpdate(f"session {session_id} changed concurrently; retry", seq=chunk.seq)
 
-    def _replay(self, record: SessionRecord, digest: bytes, seq: int) -> bytes:
+    def _replay(
+        self, record: SessionRecord, card: ModelCard, digest: bytes, seq: int
+    ) -> ChunkResult:
         if digest != record.last_digest:
-            raise SeqConflict(seq, record.next_seq)
-        body = orjson.loads(record.last_response)
-        body["replayed"] = True
+            raise RetryMismatch(seq, record.next_seq)
         log.info("chunk replayed", extra={"session": record.id, "model": record.model, "seq": seq})
-        return orjson.dumps(body)
+        outputs = record.last_outputs
+        return ChunkResult(
+            record.id,
+            seq,
+            card.name,
+            outputs,
+            outputs.usage(card),
+            record.summary(card.cost),
+            True,
+        )
+
+    def chunk_json(self, result: ChunkResult) -> bytes:
+        """The JSON answer to a chunk, the same on every transport."""
+        card = self.registry.get(result.model).card
+        return orjson.dumps(chunk_body(card, result), option=JSON_OPTS)
 
     # stateless ------------------------------------------------------------------------
 
-    async def predict(
-        self,
-        model_name: str,
-        sequences: list[Any],
-        threshold: float | None,
-        include_steps: bool,
-        include_mask: bool,
-    ) -> dict:
+    async def predict(self, model_name: str, request: PredictRequest) -> dict:
         """Run whole sequences from a zero state, batched together; nothing is stored."""
         model = self.registry.get(model_name)
         card = model.card
-        if not sequences:
+        if not request.inputs:
             raise InvalidInput("inputs", "must hold at least one sequence")
-        if len(sequences) > self.settings.max_predict_sequences:
+        if len(request.inputs) > self.settings.max_predict_sequences:
             raise PayloadTooLarge(
-                f"inputs: {len(sequences)} sequences exceed the limit of "
+                f"inputs: {len(request.inputs)} sequences exceed the limit of "
                 f"{self.settings.max_predict_sequences}",
                 field="inputs",
             )
         xs = [
             parse_inputs(seq, card.n_features, self.settings.max_chunk_steps, f"inputs[{i}]")
-            for i, seq in enumerate(sequences)
+            for i, seq in enumerate(request.inputs)
         ]
-        tau = threshold if threshold is not None else card.threshold
+        tau = request.threshold if request.threshold is not None else card.threshold
         zero = np.zeros(card.state_size, np.float32)
         batcher = self.batchers[card.name]
         results = await asyncio.gather(*(batcher.run(x, zero, tau) for x in xs))
         out, total_steps, total_updates = [], 0, 0
-        for x, r in zip(xs, results, strict=True):
-            steps, used = step_results(card, r.logits, r.updates, 0, include_mask)
+        for r in results:
+            outputs = StepOutputs.from_graph(0, r.logits, r.updates, request.include_mask)
+            steps, used = step_list(card, outputs), outputs.usage(card)
             total_steps += used.steps
             total_updates += used.updates
             out.append(
                 {
-                    "length": len(x),
+                    "length": used.steps,
                     "final": steps[-1],
-                    "steps": steps if include_steps else None,
-                    "usage": usage_dict(used),
+                    "steps": steps if request.include_steps else None,
+                    "usage": used.as_dict(),
                 }
             )
         total = usage(card.cost, total_steps, total_updates)
         self.monitor.record_usage(card.name, total)
-        return {"model": card.name, "sequences": out, "usage": usage_dict(total)}
+        return {"model": card.name, "sequences": out, "usage": total.as_dict()}
 
     # housekeeping ---------------------------------------------------------------------
 
     def _note_activity(
-        self, session_id: str, model: str, seq: int, updates: np.ndarray, steps: list[dict]
+        self, record: SessionRecord, seq: int, updates: np.ndarray, outputs: StepOutputs
     ) -> None:
         """Remember recently active sessions and feed dashboard watchers of this session."""
-        self.recent[session_id] = model
-        self.recent.move_to_end(session_id)
+        self.recent[record.id] = (record.model, record.owner)
+        self.recent.move_to_end(record.id)
         while len(self.recent) > RECENT_SESSIONS:
             self.recent.popitem(last=False)
-        queues = self.watchers.get(session_id)
+        queues = self.watchers.get(record.id)
         if not queues:
             return
+        card = self.registry.get(record.model).card
+        labels = card.class_labels
+        classes = outputs.logits.argmax(axis=-1)
         event = {
             "seq": seq,
             "steps": [
-                {"index": s["index"], "label": s["label"], "updates": s["updates"]} for s in steps
+                {"index": outputs.first_index + t, "label": labels[c], "updates": int(n)}
+                for t, (c, n) in enumerate(zip(classes, outputs.counts, strict=True))
             ],
             "masks": updates.astype(np.uint8),
         }
@@ -306,9 +394,9 @@ class DataPlane:
             q.put_nowait(event)
 
     @asynccontextmanager
-    async def watch(self, session_id: str) -> AsyncIterator[asyncio.Queue]:
+    async def watch(self, caller: Principal, session_id: str) -> AsyncIterator[asyncio.Queue]:
         """Subscribe to the chunks of one session as they are applied on this replica."""
-        await self._record(session_id)
+        await self._record(session_id, caller)
         queue: asyncio.Queue = asyncio.Queue(WATCH_QUEUE)
         self.watchers.setdefault(session_id, set()).add(queue)
         try:

@@ -1,4 +1,9 @@
-"""A session's record and its encoding to bytes for the store."""
+"""A session's record and its compact binary encoding for the store.
+
+Bytes per record are bounded: about 250 bytes of fields, 4 x S for the state, and the last
+chunk's outputs for replay (`results.StepOutputs.pack`: 4 x C + 2 bytes per step, plus H / 8
+per step when masks were asked for), so at most `max_chunk_steps` x (4C + 2 + H/8) for that part.
+"""
 
 import secrets
 import time
@@ -8,6 +13,7 @@ import msgpack
 import numpy as np
 
 from sarnn_serve.accounting import CellCost, usage
+from sarnn_serve.results import StepOutputs
 
 
 def new_session_id() -> str:
@@ -25,42 +31,45 @@ class SessionRecord:
     threshold: float
     ttl_s: float
     state: np.ndarray
+    owner: str = ""
     next_seq: int = 0
     steps: int = 0
     updates: int = 0
     created: float = field(default_factory=time.time)
     last_seen: float = field(default_factory=time.time)
     last_digest: bytes = b""
-    last_response: bytes = b""
+    last_outputs: StepOutputs | None = None
 
     def encode(self) -> bytes:
         return msgpack.packb(
-            {
-                "id": self.id,
-                "model": self.model,
-                "model_version": self.model_version,
-                "threshold": self.threshold,
-                "ttl_s": self.ttl_s,
-                "state": self.state.astype(np.float32).tobytes(),
-                "next_seq": self.next_seq,
-                "steps": self.steps,
-                "updates": self.updates,
-                "created": self.created,
-                "last_seen": self.last_seen,
-                "last_digest": self.last_digest,
-                "last_response": self.last_response,
-            }
+            [
+                self.id,
+                self.model,
+                self.model_version,
+                self.threshold,
+                self.ttl_s,
+                self.state.astype(np.float32).tobytes(),
+                self.owner,
+                self.next_seq,
+                self.steps,
+                self.updates,
+                self.created,
+                self.last_seen,
+                self.last_digest,
+                self.last_outputs.pack() if self.last_outputs is not None else None,
+            ]
         )
 
     @classmethod
     def decode(cls, data: bytes) -> "SessionRecord":
-        raw = msgpack.unpackb(data)
-        raw["state"] = np.frombuffer(raw["state"], dtype=np.float32).copy()
-        return cls(**raw)
+        fields = msgpack.unpackb(data)
+        fields[5] = np.frombuffer(fields[5], dtype=np.float32).copy()
+        if fields[13] is not None:
+            fields[13] = StepOutputs.unpack(fields[13])
+        return cls(*fields)
 
     def summary(self, cost: CellCost) -> dict:
         """Totals reported by GET /v1/sessions/{id}, chunk answers and DELETE."""
-        totals = usage(cost, self.steps, self.updates)
         return {
             "id": self.id,
             "model": self.model,
@@ -70,10 +79,5 @@ class SessionRecord:
             "created": self.created,
             "last_seen": self.last_seen,
             "next_seq": self.next_seq,
-            "steps": totals.steps,
-            "updates": totals.updates,
-            "update_rate": totals.update_rate,
-            "macs_dense": totals.macs_dense,
-            "macs_selective": totals.macs_selective,
-            "macs_saved": totals.macs_saved,
+            **usage(cost, self.steps, self.updates).as_dict(),
         }

@@ -1,10 +1,43 @@
 """Checks of client-supplied values, shared by every transport."""
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import numpy as np
+from pydantic import BaseModel, ValidationError
 
-from sarnn_serve.errors import InvalidInput, PayloadTooLarge
+from sarnn_serve.errors import InvalidInput, InvalidJson, PayloadTooLarge, ServiceError
+
+RequestModel = TypeVar("RequestModel", bound=BaseModel)
+
+
+def field_name(loc: Sequence[Any]) -> str:
+    """A pydantic error location as the field path clients see: inputs[1][5], body."""
+    parts = [str(p) for p in loc if p != "body"]
+    out = parts[0] if parts else "body"
+    for p in parts[1:]:
+        out += f"[{p}]" if p.isdigit() else f".{p}"
+    return out
+
+
+def error_from(errors: Sequence[dict[str, Any]]) -> ServiceError:
+    """The typed error for pydantic's first complaint (JSON syntax, or a named field)."""
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        # a JSON syntax error's loc is ("body", <char offset>): the field at fault is the body
+        return InvalidJson(str(first["msg"]))
+    return InvalidInput(field_name(first.get("loc", ())), str(first["msg"]))
+
+
+def validate_request(model: type[RequestModel], data: Any, strict: bool = True) -> RequestModel:
+    """`data` (a decoded frame, or query parameters with strict=False) as a request model;
+    the same checks and error fields as the REST bodies."""
+    if isinstance(data, dict) and not all(isinstance(k, str) for k in data):
+        raise InvalidInput("body", "object keys must be strings")
+    try:
+        return model.model_validate(data, strict=strict)
+    except ValidationError as exc:
+        raise error_from(exc.errors(include_url=False)) from None
 
 
 def parse_inputs(raw: Any, n_features: int, max_steps: int, field: str = "inputs") -> np.ndarray:

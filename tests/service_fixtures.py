@@ -20,6 +20,12 @@ import httpx
 import pytest
 
 TINY_MODEL = "watch-tiny"
+# Suites that are not about quotas open sessions faster than a client should; they lift them.
+UNLIMITED = {
+    "SARNN_SESSION_CREATE_RATE": "1000000",
+    "SARNN_SESSION_CREATE_BURST": "1000000",
+    "SARNN_MAX_SESSIONS_PER_KEY": "1000000",
+}
 REDIS_URL_ENV = "SARNN_TEST_REDIS_URL"
 
 
@@ -73,8 +79,13 @@ def start_server(models: Path, tmp: Path, env: dict[str, str] | None = None) -> 
     """Start `sarnn-serve` on a free port with SARNN_* overrides in `env`; wait until ready."""
     port = free_port()
     log_path = tmp / f"server-{port}.log"
-    full_env = {**os.environ, "SARNN_MODEL_DIR": str(models), "SARNN_PORT": str(port)}
-    full_env.update(env or {})
+    full_env = {
+        **os.environ,
+        **UNLIMITED,
+        "SARNN_MODEL_DIR": str(models),
+        "SARNN_PORT": str(port),
+        **(env or {}),
+    }
     with log_path.open("w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "sarnn_serve.cli", "serve"],

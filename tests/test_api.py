@@ -310,8 +310,10 @@ def test_retry_of_last_seq_replays_without_advancing(
         assert again["session"] == first["session"]  # totals unchanged
         assert client.get(f"/v1/sessions/{sid}").json() == before
 
-    # include_mask does not take part in the identity of a retry
-    assert post_chunk(client, sid, 0, HISTORY, include_mask=True).json()["replayed"] is True
+    # a retry that asks for masks the applied chunk did not keep is refused, not answered short
+    err = error_of(post_chunk(client, sid, 0, HISTORY, include_mask=True), 409, "retry_mismatch")
+    assert err["expected_seq"] == 1
+    assert client.get(f"/v1/sessions/{sid}").json() == before
 
     r = post_chunk(client, sid, 1, NEXT)
     assert r.status_code == 200 and r.json()["replayed"] is False
@@ -320,21 +322,26 @@ def test_retry_of_last_seq_replays_without_advancing(
 
 
 @pytest.mark.parametrize(
-    ("seq", "inputs", "what"),
+    ("seq", "inputs", "code", "what"),
     [
-        (0, NEXT, "retry of the last seq with other inputs"),
-        (0, HISTORY[:-1], "retry of the last seq with fewer steps"),
-        (2, NEXT, "gap"),
-        (7, NEXT, "far gap"),
+        (0, NEXT, "retry_mismatch", "retry of the last seq with other inputs"),
+        (0, HISTORY[:-1], "retry_mismatch", "retry of the last seq with fewer steps"),
+        (2, NEXT, "seq_conflict", "gap"),
+        (7, NEXT, "seq_conflict", "far gap"),
     ],
 )
 def test_seq_conflict_leaves_session_untouched(
-    client: httpx.Client, reference_next: list[dict], seq: int, inputs: list, what: str
+    client: httpx.Client,
+    reference_next: list[dict],
+    seq: int,
+    inputs: list,
+    code: str,
+    what: str,
 ) -> None:
     sid = create(client)["id"]
     post_chunk(client, sid, 0, HISTORY)
     before = client.get(f"/v1/sessions/{sid}").json()
-    err = error_of(post_chunk(client, sid, seq, inputs), 409, "seq_conflict")
+    err = error_of(post_chunk(client, sid, seq, inputs), 409, code)
     assert err["expected_seq"] == 1, what
     assert client.get(f"/v1/sessions/{sid}").json() == before
     r = post_chunk(client, sid, 1, NEXT)

@@ -120,10 +120,11 @@ class Streamer(threading.Thread):
             with connect(self.url, compression=None) as ws:
                 self.session_id = json.loads(ws.recv())["session"]["id"]
                 self.opened.set()
-                for i in range(0, len(self.x), self.chunk):
+                for seq, i in enumerate(range(0, len(self.x), self.chunk)):
                     if self.stop.is_set():
                         break
-                    ws.send(json.dumps({"inputs": self.x[i : i + self.chunk].tolist()}))
+                    rows = self.x[i : i + self.chunk].tolist()
+                    ws.send(json.dumps({"seq": seq, "inputs": rows}))
                     answer = json.loads(ws.recv())
                     assert answer["type"] == "chunk", answer
                     self.steps += answer["chunk"]["steps"]

@@ -168,8 +168,8 @@ def traffic(server: LiveServer) -> Traffic:
     with connect(url, compression=None) as ws:
         json.loads(ws.recv())
         chunks, at = pieces(x, WS_DELETE_SIZES, at)
-        for part in chunks:
-            ws.send(json.dumps({"inputs": part}))
+        for seq, part in enumerate(chunks):
+            ws.send(json.dumps({"seq": seq, "inputs": part}))
             applied(json.loads(ws.recv()), ws_sums)
     wait_for(server, "sarnn_sessions_deleted_total", {"model": TINY_MODEL}, 1)
 

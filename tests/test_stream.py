@@ -97,7 +97,7 @@ async def test_new_session_stream_matches_rest(
     assert (session["next_seq"], session["steps"]) == (0, 0)
     assert len(session["id"]) >= 20
     for seq, chunk in enumerate(CHUNKS):
-        body = {"inputs": chunk} if seq % 2 else {"seq": seq, "inputs": chunk}  # seq optional
+        body = {"seq": seq, "inputs": chunk}
         answer = chunk_ok(await send(ws, body), seq)
         assert answer["session_id"] == session["id"]
         same_answer(answer, reference[seq])
@@ -110,36 +110,48 @@ async def test_retry_over_the_socket_replays(stream: tuple[ClientConnection, dic
     first = chunk_ok(await send(ws, {"seq": 0, "inputs": CHUNKS[0]}), 0)
     again = await send(ws, {"seq": 0, "inputs": CHUNKS[0]})
     assert again["replayed"] is True and again["steps"] == first["steps"]
-    chunk_ok(await send(ws, {"inputs": CHUNKS[1]}), 1)
+    chunk_ok(await send(ws, {"seq": 1, "inputs": CHUNKS[1]}), 1)
 
 
 BAD_FRAMES = {
     # id: (frame, binary, status, field)
-    "not JSON": ("inputs: [[1, 2]]", False, 422, "message"),
-    "JSON not an object": ("[[1, 2, 3, 4, 5, 6]]", False, 422, "message"),
-    "JSON null": ("null", False, 422, "message"),
+    "not JSON": ("inputs: [[1, 2]]", False, 422, "body"),
+    "JSON not an object": ("[[1, 2, 3, 4, 5, 6]]", False, 422, "body"),
+    "JSON null": ("null", False, 422, "body"),
     "unknown field": ({"seq": 1, "inputs": CHUNKS[1], "foo": 1}, False, 422, "foo"),
     "seq a string": ({"seq": "1", "inputs": CHUNKS[1]}, False, 422, "seq"),
     "seq negative": ({"seq": -1, "inputs": CHUNKS[1]}, False, 422, "seq"),
     "seq a bool": ({"seq": True, "inputs": CHUNKS[1]}, False, 422, "seq"),
     "seq fractional": ({"seq": 1.0, "inputs": CHUNKS[1]}, False, 422, "seq"),
-    "include_mask not bool": ({"inputs": CHUNKS[1], "include_mask": 1}, False, 422, "include_mask"),
+    "include_mask not bool": (
+        {"seq": 1, "inputs": CHUNKS[1], "include_mask": 1},
+        False,
+        422,
+        "include_mask",
+    ),
+    "seq missing": ({"inputs": CHUNKS[1]}, False, 422, "seq"),
+    "mixed bytes and str keys": ({b"a": 0, "b": 0}, True, 422, "body"),
     "inputs missing": ({"seq": 1}, False, 422, "inputs"),
     "empty chunk": ({"seq": 1, "inputs": []}, False, 422, "inputs"),
     "five features": ({"seq": 1, "inputs": [[1, 2, 3, 4, 5]]}, False, 422, "inputs[0]"),
-    "ragged rows": ({"inputs": [[1, 2, 3, 4, 5, 6], [1]]}, False, 422, "inputs[1]"),
-    "string number": ({"inputs": [[1, 2, "x", 4, 5, 6]]}, False, 422, "inputs[0][2]"),
-    "null number": ({"inputs": [[1, 2, 3, 4, None, 6]]}, False, 422, "inputs[0][4]"),
-    "NaN in JSON": ("""{"inputs": [[1, 2, 3, 4, 5, NaN]]}""", False, 422, "message"),
-    "NaN in msgpack": ({"inputs": [[1.0, 2, 3, 4, 5, float("nan")]]}, True, 422, "inputs[0][5]"),
+    "ragged rows": ({"seq": 1, "inputs": [[1, 2, 3, 4, 5, 6], [1]]}, False, 422, "inputs[1]"),
+    "string number": ({"seq": 1, "inputs": [[1, 2, "x", 4, 5, 6]]}, False, 422, "inputs[0][2]"),
+    "null number": ({"seq": 1, "inputs": [[1, 2, 3, 4, None, 6]]}, False, 422, "inputs[0][4]"),
+    "NaN in JSON": ("""{"seq": 1, "inputs": [[1, 2, 3, 4, 5, NaN]]}""", False, 422, "body"),
+    "NaN in msgpack": (
+        {"seq": 1, "inputs": [[1.0, 2, 3, 4, 5, float("nan")]]},
+        True,
+        422,
+        "inputs[0][5]",
+    ),
     "inf in msgpack": (
-        {"inputs": [[1.0, 2, 3, 4, 5, 6], [float("-inf"), 0, 0, 0, 0, 0]]},
+        {"seq": 1, "inputs": [[1.0, 2, 3, 4, 5, 6], [float("-inf"), 0, 0, 0, 0, 0]]},
         True,
         422,
         "inputs[1][0]",
     ),
-    "msgpack garbage": (b"\xc1\x00\xff", True, 422, "message"),
-    "msgpack not a map": ([[1.0] * 6], True, 422, "message"),
+    "msgpack garbage": (b"\xc1\x00\xff", True, 422, "body"),
+    "msgpack not a map": ([[1.0] * 6], True, 422, "body"),
     "seq gap": ({"seq": 3, "inputs": CHUNKS[1]}, False, 409, None),
     "retry with other inputs": ({"seq": 0, "inputs": CHUNKS[2]}, False, 409, None),
 }
@@ -166,7 +178,8 @@ async def test_bad_frame_gets_error_and_changes_nothing(
     assert answer["status"] == status
     assert answer["error"]["message"]
     if status == 409:
-        assert answer["error"]["code"] == "seq_conflict"
+        want = "retry_mismatch" if case == "retry with other inputs" else "seq_conflict"
+        assert answer["error"]["code"] == want
         assert answer["error"]["expected_seq"] == 1
     else:
         assert answer["error"]["field"] == field, answer
@@ -174,7 +187,7 @@ async def test_bad_frame_gets_error_and_changes_nothing(
     assert (await get_session(live_server.url, session["id"])).json() == before
     # the socket is still open and the bad frame never happened
     same_answer(chunk_ok(await send(ws, {"seq": 1, "inputs": CHUNKS[1]}), 1), reference[1])
-    same_answer(chunk_ok(await send(ws, {"inputs": CHUNKS[2]}), 2), reference[2])
+    same_answer(chunk_ok(await send(ws, {"seq": 2, "inputs": CHUNKS[2]}), 2), reference[2])
 
 
 async def test_several_bad_frames_in_a_row(
@@ -199,8 +212,9 @@ async def test_msgpack_frames(
         same_answer(answer, want[seq])
         for step in answer["steps"]:
             assert len(step["mask"]) == HIDDEN and sum(step["mask"]) == step["updates"]
-    # a retry of the last seq in msgpack is recognised as the same inputs
-    again = await send(ws, {"seq": len(CHUNKS) - 1, "inputs": CHUNKS[-1]}, binary=True)
+    # a retry of the last seq in msgpack is recognised as the same inputs and options
+    last = {"seq": len(CHUNKS) - 1, "inputs": CHUNKS[-1], "include_mask": True}
+    again = await send(ws, last, binary=True)
     assert again["replayed"] is True
 
 
@@ -220,7 +234,7 @@ async def test_reconnect_continues_at_next_seq(
         assert first["type"] == "session"
         assert first["session"]["id"] == sid and first["session"]["next_seq"] == 2
         assert first["session"]["steps"] == len(CHUNKS[0]) + len(CHUNKS[1])
-        answer = chunk_ok(await send(ws, {"inputs": CHUNKS[2]}), 2)
+        answer = chunk_ok(await send(ws, {"seq": 2, "inputs": CHUNKS[2]}), 2)
         same_answer(answer, reference[2])
         assert answer["steps"][0]["index"] == len(CHUNKS[0]) + len(CHUNKS[1])
         chunk_ok(await send(ws, {"seq": 3, "inputs": CHUNKS[3]}), 3)
@@ -242,7 +256,7 @@ async def test_delete_on_close(live_server: LiveServer) -> None:
         f"{live_server.ws_url}/v1/stream?delete_on_close=true", compression=None
     ) as ws:
         sid = (await recv(ws))["session"]["id"]
-        chunk_ok(await send(ws, {"inputs": CHUNKS[0]}), 0)
+        chunk_ok(await send(ws, {"seq": 0, "inputs": CHUNKS[0]}), 0)
     err = await wait_deleted(live_server.url, sid)
     assert err["code"] == "session_deleted"
 
@@ -252,7 +266,7 @@ async def test_delete_on_close(live_server: LiveServer) -> None:
     url = f"{live_server.ws_url}/v1/sessions/{sid}/stream?delete_on_close=true"
     async with connect(url, compression=None) as ws:
         assert (await recv(ws))["type"] == "session"
-        chunk_ok(await send(ws, {"inputs": CHUNKS[0]}), 0)
+        chunk_ok(await send(ws, {"seq": 0, "inputs": CHUNKS[0]}), 0)
     assert (await wait_deleted(live_server.url, sid))["code"] == "session_deleted"
 
 
@@ -300,10 +314,10 @@ async def test_session_deleted_while_streaming(live_server: LiveServer) -> None:
     """A session deleted over REST mid-stream: the next frame gets a 404 error, then 4404."""
     async with connect(f"{live_server.ws_url}/v1/stream", compression=None) as ws:
         sid = (await recv(ws))["session"]["id"]
-        chunk_ok(await send(ws, {"inputs": CHUNKS[0]}), 0)
+        chunk_ok(await send(ws, {"seq": 0, "inputs": CHUNKS[0]}), 0)
         async with httpx.AsyncClient(base_url=live_server.url) as c:
             assert (await c.delete(f"/v1/sessions/{sid}")).status_code == 200
-        answer = await send(ws, {"inputs": CHUNKS[1]})
+        answer = await send(ws, {"seq": 1, "inputs": CHUNKS[1]})
         assert answer["type"] == "error" and answer["status"] == 404
         assert answer["error"]["code"] == "session_deleted"
         with pytest.raises(ConnectionClosed):

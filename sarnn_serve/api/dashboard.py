@@ -1,6 +1,7 @@
 """The live dashboard page, its static files and the watch socket that feeds its raster."""
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import orjson
@@ -8,7 +9,10 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from sarnn_serve.api.ws import CLOSE_NOT_FOUND, Refused, handshake, refuse
+from sarnn_serve.auth import Principal
 from sarnn_serve.errors import ServiceError
+from sarnn_serve.service import DataPlane
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 router = APIRouter(tags=["dashboard"])
@@ -24,9 +28,14 @@ async def dashboard() -> FileResponse:
 async def watch(ws: WebSocket, session_id: str) -> None:
     """Every chunk applied to the session on this replica: step labels, counts and masks."""
     dp = ws.app.state.plane
-    await ws.accept()
+    with contextlib.suppress(Refused):
+        async with handshake(ws, dp) as who:
+            await _watch(ws, dp, who, session_id)
+
+
+async def _watch(ws: WebSocket, dp: DataPlane, who: Principal, session_id: str) -> None:
     try:
-        async with dp.watch(session_id) as queue:
+        async with dp.watch(who, session_id) as queue:
             # Listen for the client's close while waiting for chunks: otherwise a closed page
             # leaves this handler (and its queue) waiting forever and blocks server shutdown.
             tasks = [
@@ -44,8 +53,7 @@ async def watch(ws: WebSocket, session_id: str) -> None:
                 if exc is not None and not isinstance(exc, WebSocketDisconnect):
                     raise exc
     except ServiceError as exc:
-        await ws.send_text(orjson.dumps({"type": "error", **exc.body()}).decode())
-        await ws.close(4404)
+        await refuse(ws, dp, exc, CLOSE_NOT_FOUND)
     except WebSocketDisconnect:
         pass
 

@@ -5,6 +5,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sarnn_serve.api.deps import Plane
+from sarnn_serve.errors import ServiceError
 
 router = APIRouter(tags=["operations"])
 
@@ -19,10 +20,10 @@ async def healthz() -> dict:
 async def readyz(dp: Plane) -> JSONResponse:
     """Models are loaded and the session store answers."""
     try:
-        await dp.store.active()
-    except Exception as exc:
-        return JSONResponse({"status": "unavailable", "store": str(exc)}, status_code=503)
-    return JSONResponse({"status": "ready", "models": dp.registry.names()})
+        models = await dp.ready()
+    except ServiceError as exc:
+        return JSONResponse({"status": "unavailable", "store": exc.message}, status_code=503)
+    return JSONResponse({"status": "ready", "models": models})
 
 
 @router.get("/metrics", response_class=Response)

@@ -3,7 +3,7 @@
 import orjson
 from fastapi import APIRouter, Response
 
-from sarnn_serve.api.deps import Plane
+from sarnn_serve.api.deps import Caller, Plane
 from sarnn_serve.api.errors import ERROR_RESPONSES
 from sarnn_serve.schemas import PredictRequest, PredictResponse
 from sarnn_serve.service import JSON_OPTS
@@ -12,27 +12,25 @@ router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONS
 
 
 @router.get("")
-async def list_models(dp: Plane) -> list[dict]:
+async def list_models(dp: Plane, _: Caller) -> list[dict]:
     """Every served model with its card."""
-    return [dp.describe(dp.registry.get(name)) for name in dp.registry.names()]
+    return dp.list_models()
 
 
 @router.get("/{name}")
-async def get_model(name: str, dp: Plane) -> dict:
+async def get_model(name: str, dp: Plane, _: Caller) -> dict:
     """The model card: cell, sizes, labels, training recipe, evaluation, cost per step."""
-    return dp.describe(dp.registry.get(name))
+    return dp.describe(name)
 
 
 @router.get("/{name}/stats")
-async def model_stats(name: str, dp: Plane) -> dict:
+async def model_stats(name: str, dp: Plane, _: Caller) -> dict:
     """Update rate and savings overall and over the last minute, steps/s, active sessions."""
     return dp.model_stats(name)
 
 
 @router.post("/{name}/predict", response_model=PredictResponse)
-async def predict(name: str, body: PredictRequest, dp: Plane) -> Response:
+async def predict(name: str, body: PredictRequest, dp: Plane, _: Caller) -> Response:
     """Classify whole sequences from a zero state (nothing is stored)."""
-    result = await dp.predict(
-        name, body.inputs, body.threshold, body.include_steps, body.include_mask
-    )
+    result = await dp.predict(name, body)
     return Response(orjson.dumps(result, option=JSON_OPTS), media_type="application/json")

@@ -7,6 +7,8 @@ shares sessions between replicas with an atomic compare-and-set per chunk.
 from dataclasses import dataclass
 from typing import Protocol
 
+from sarnn_serve.errors import TooManyRequests
+
 
 @dataclass(frozen=True)
 class Stored:
@@ -25,12 +27,30 @@ class Gone:
     reason: str
 
 
+def session_quota_error(max_owned: int) -> TooManyRequests:
+    """The error of a create past the owner's cap of open sessions."""
+    return TooManyRequests(
+        "session_quota",
+        f"this key holds its maximum of {max_owned} open sessions; delete one or let one expire",
+        1.0,
+    )
+
+
 class SessionStore(Protocol):
     """What the data plane needs from a store. Missing ids raise errors.SessionNotFound with
     the reason the store knows: unknown, expired, evicted or deleted."""
 
-    async def create(self, session_id: str, tag: str, data: bytes, ttl_s: float) -> list[Gone]:
-        """Add a session; returns the sessions evicted to make room."""
+    async def create(
+        self,
+        session_id: str,
+        tag: str,
+        data: bytes,
+        ttl_s: float,
+        owner: str = "",
+        max_owned: int | None = None,
+    ) -> list[Gone]:
+        """Add a session; returns the sessions evicted to make room. Raises TooManyRequests
+        (session_quota_error) and evicts nothing if `owner` already holds `max_owned`."""
         ...
 
     async def load(self, session_id: str) -> Stored:

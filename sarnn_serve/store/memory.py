@@ -1,16 +1,21 @@
-"""In-process session store: idle TTL, a maximum count with LRU eviction, tombstones."""
+"""In-process session store: idle TTL, count and byte budgets with LRU eviction, tombstones,
+a cap of open sessions per owner, and an expiry sweep whose cost follows what expired."""
 
+import asyncio
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 from sarnn_serve.errors import SessionNotFound
-from sarnn_serve.store import Gone, Stored
+from sarnn_serve.store import Gone, Stored, session_quota_error
+
+SWEEP_BATCH = 1000
 
 
 @dataclass
 class _Entry:
     tag: str
+    owner: str
     data: bytes
     version: int
     ttl_s: float
@@ -18,17 +23,52 @@ class _Entry:
 
 
 class MemoryStore:
-    """Sessions in a dict ordered by last use; remembers why recent ids disappeared."""
+    """Sessions in a dict ordered by last use; remembers why recent ids disappeared.
 
-    def __init__(self, max_sessions: int, tombstones: int = 100_000, clock=time.monotonic) -> None:
+    Sessions are also kept in one queue per idle timeout, in the order of their last use, so
+    that the front of each queue is the next to expire: a sweep looks only at expired sessions
+    and yields to the event loop every SWEEP_BATCH of them.
+    """
+
+    def __init__(
+        self,
+        max_sessions: int,
+        max_bytes: int | None = None,
+        tombstones: int = 100_000,
+        clock=time.monotonic,
+    ) -> None:
         self.max_sessions = max_sessions
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._by_ttl: dict[float, OrderedDict[str, None]] = {}
+        self._tags: Counter[str] = Counter()
+        self._owned: Counter[str] = Counter()
         self._gone: OrderedDict[str, str] = OrderedDict()
         self._tombstones = tombstones
         self._dropped: list[Gone] = []
         self._clock = clock
 
-    def _bury(self, session_id: str, entry: _Entry, reason: str) -> Gone:
+    # bookkeeping ------------------------------------------------------------------------
+
+    def _add(self, session_id: str, entry: _Entry) -> None:
+        self._entries[session_id] = entry
+        self._by_ttl.setdefault(entry.ttl_s, OrderedDict())[session_id] = None
+        self._tags[entry.tag] += 1
+        self._owned[entry.owner] += 1
+        self.bytes += len(entry.data)
+
+    def _remove(self, session_id: str, reason: str) -> Gone:
+        entry = self._entries.pop(session_id)
+        queue = self._by_ttl[entry.ttl_s]
+        del queue[session_id]
+        if not queue:
+            del self._by_ttl[entry.ttl_s]
+        for counts, key in ((self._tags, entry.tag), (self._owned, entry.owner)):
+            counts[key] -= 1
+            if counts[key] <= 0:
+                del counts[key]
+        self.bytes -= len(entry.data)
         self._gone[session_id] = reason
         while len(self._gone) > self._tombstones:
             self._gone.popitem(last=False)
@@ -39,24 +79,48 @@ class MemoryStore:
         if entry is None:
             raise SessionNotFound(session_id, self._gone.get(session_id, "unknown"))
         if self._clock() >= entry.deadline:
-            del self._entries[session_id]
-            self._dropped.append(self._bury(session_id, entry, "expired"))
+            self._dropped.append(self._remove(session_id, "expired"))
             raise SessionNotFound(session_id, "expired")
         return entry
 
     def _touch(self, session_id: str, entry: _Entry) -> None:
         entry.deadline = self._clock() + entry.ttl_s
         self._entries.move_to_end(session_id)
+        self._by_ttl[entry.ttl_s].move_to_end(session_id)
 
-    async def create(self, session_id: str, tag: str, data: bytes, ttl_s: float) -> list[Gone]:
-        evicted = []
-        while len(self._entries) >= self.max_sessions:
-            old_id, old = self._entries.popitem(last=False)
-            reason = "expired" if self._clock() >= old.deadline else "evicted"
-            evicted.append(self._bury(old_id, old, reason))
-        self._entries[session_id] = _Entry(tag, data, 1, ttl_s, self._clock() + ttl_s)
+    def _make_room(self, keep: str | None) -> list[Gone]:
+        """Drop least recently used sessions (never `keep`) until both budgets hold."""
+        dropped = []
+        while self._entries and (
+            len(self._entries) > self.max_sessions
+            or (self.max_bytes is not None and self.bytes > self.max_bytes)
+        ):
+            victim = next(iter(self._entries))
+            if victim == keep:
+                if len(self._entries) == 1:
+                    break
+                self._entries.move_to_end(keep)
+                continue
+            expired = self._clock() >= self._entries[victim].deadline
+            dropped.append(self._remove(victim, "expired" if expired else "evicted"))
+        return dropped
+
+    # the SessionStore protocol ----------------------------------------------------------
+
+    async def create(
+        self,
+        session_id: str,
+        tag: str,
+        data: bytes,
+        ttl_s: float,
+        owner: str = "",
+        max_owned: int | None = None,
+    ) -> list[Gone]:
+        if max_owned is not None and self._owned[owner] >= max_owned:
+            raise session_quota_error(max_owned)
+        self._add(session_id, _Entry(tag, owner, data, 1, ttl_s, self._clock() + ttl_s))
         self._gone.pop(session_id, None)
-        return evicted
+        return self._make_room(keep=session_id)
 
     async def load(self, session_id: str) -> Stored:
         entry = self._live(session_id)
@@ -69,26 +133,41 @@ class MemoryStore:
         entry = self._live(session_id)
         if entry.version != version:
             return False
-        entry.data, entry.version, entry.ttl_s = data, version + 1, ttl_s
+        if ttl_s != entry.ttl_s:
+            self._remove(session_id, "replaced")
+            entry.ttl_s = ttl_s
+            self._add(session_id, entry)
+            self._gone.pop(session_id, None)
+        self.bytes += len(data) - len(entry.data)
+        entry.data, entry.version = data, version + 1
         self._touch(session_id, entry)
+        self._dropped += self._make_room(keep=session_id)
         return True
 
     async def delete(self, session_id: str) -> Stored:
         entry = self._live(session_id)
-        del self._entries[session_id]
-        self._bury(session_id, entry, "deleted")
+        self._remove(session_id, "deleted")
         return Stored(entry.data, entry.version)
 
     async def sweep(self) -> list[Gone]:
         now = self._clock()
-        for session_id in [k for k, e in self._entries.items() if now >= e.deadline]:
-            entry = self._entries.pop(session_id)
-            self._dropped.append(self._bury(session_id, entry, "expired"))
+        done = 0
+        for ttl in list(self._by_ttl):
+            while (queue := self._by_ttl.get(ttl)) is not None:
+                session_id = next(iter(queue))
+                entry = self._entries[session_id]
+                if now < entry.deadline:
+                    break
+                self._dropped.append(self._remove(session_id, "expired"))
+                done += 1
+                if done % SWEEP_BATCH == 0:
+                    await asyncio.sleep(0)
         dropped, self._dropped = self._dropped, []
         return dropped
 
     async def active(self) -> dict[str, int]:
-        return dict(Counter(e.tag for e in self._entries.values()))
+        return dict(self._tags)
 
     async def close(self) -> None:
         self._entries.clear()
+        self._by_ttl.clear()

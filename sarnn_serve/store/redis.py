@@ -8,6 +8,8 @@ Key layout (P = `prefix`, e.g. "sarnn"):
     P:deadline    sorted set id -> deadline (server ms): finds sessions Redis expired by itself
     P:tags        hash id -> tag, so an expired session can still be reported with its tag
     P:active      hash tag -> live sessions (counts those expired but not yet swept, as MemoryStore)
+    P:owner       hash id -> owner (the key that opened it)
+    P:owned       hash owner -> open sessions (the per-key cap)
     P:gone:{id}   tombstone = "deleted" | "evicted" | "expired", kept `tombstone_ttl_s`
 
 An id whose session key is missing (or past its deadline) but which is still in P:deadline has
@@ -22,15 +24,24 @@ a hash tag (e.g. "{sarnn}") to keep every key in one slot.
 """
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from sarnn_serve.errors import SessionNotFound, StoreUnavailable
-from sarnn_serve.store import Gone, Stored
+from sarnn_serve.errors import SessionNotFound, StoreFull, StoreUnavailable
+from sarnn_serve.store import Gone, Stored, session_quota_error
 
-# KEYS[1..4] = lru, deadline, tags, active; ARGV[1] = prefix, ARGV[2] = tombstone TTL (ms).
+# A stale pooled connection (Redis restarted) is retried: safe, since every write is a
+# compare-and-set and a chunk applied before a lost reply is answered again by replay.
+_RETRY = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=3)
+
+# KEYS[1..6] = lru, deadline, tags, active, owner, owned; ARGV[1] = prefix, ARGV[2] = tombstone
+# TTL (ms).
 _PRELUDE = """
 local LRU, DEADLINE, TAGS, ACTIVE = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local OWNER, OWNED = KEYS[5], KEYS[6]
 local PREFIX, TOMB_MS = ARGV[1], ARGV[2]
 local t = redis.call('TIME')
 local NOW = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -72,19 +83,29 @@ local function drop(id, reason)
   else
     tag = ''
   end
+  local owner = redis.call('HGET', OWNER, id)
+  if owner then
+    redis.call('HDEL', OWNER, id)
+    if redis.call('HINCRBY', OWNED, owner, -1) <= 0 then redis.call('HDEL', OWNED, owner) end
+  end
   if reason then redis.call('SET', PREFIX .. ':gone:' .. id, reason, 'PX', TOMB_MS) end
   return tag
 end
 """
 
-# ARGV[3..7] = id, tag, data, ttl (ms), max sessions -> flat list of evicted (id, tag, reason).
+# ARGV[3..9] = id, tag, data, ttl (ms), max sessions, owner, max per owner (-1: none)
+# -> {0} owner at its cap, or {1, then flat (id, tag, reason) of evicted sessions}.
 _CREATE = """
 local id, tag, data = ARGV[3], ARGV[4], ARGV[5]
 local ttl, max = tonumber(ARGV[6]), tonumber(ARGV[7])
+local owner, max_owned = ARGV[8], tonumber(ARGV[9])
 if redis.call('HEXISTS', TAGS, id) == 1 or redis.call('EXISTS', skey(id)) == 1 then
   drop(id, false)
 end
-local out = {}
+if max_owned >= 0 and tonumber(redis.call('HGET', OWNED, owner) or '0') >= max_owned then
+  return {0}
+end
+local out = {1}
 while redis.call('ZCARD', LRU) >= max and redis.call('ZCARD', LRU) > 0 do
   local victim = redis.call('ZRANGE', LRU, 0, 0)[1]
   local reason = live(victim) and 'evicted' or 'expired'
@@ -96,6 +117,8 @@ end
 redis.call('HSET', skey(id), 'data', data, 'version', 1, 'tag', tag, 'ttl', ttl)
 redis.call('HSET', TAGS, id, tag)
 redis.call('HINCRBY', ACTIVE, tag, 1)
+redis.call('HSET', OWNER, id, owner)
+redis.call('HINCRBY', OWNED, owner, 1)
 redis.call('DEL', PREFIX .. ':gone:' .. id)
 touch(id, ttl)
 return out
@@ -164,9 +187,11 @@ class RedisStore:
         self.max_sessions = max_sessions
         self.prefix = prefix
         self._redis = aioredis.Redis.from_url(
-            url, decode_responses=False, socket_connect_timeout=2, socket_timeout=5
+            url, decode_responses=False, socket_connect_timeout=2, socket_timeout=5, retry=_RETRY
         )
-        self._keys = [f"{prefix}:lru", f"{prefix}:deadline", f"{prefix}:tags", f"{prefix}:active"]
+        self._keys = [
+            f"{prefix}:{name}" for name in ("lru", "deadline", "tags", "active", "owner", "owned")
+        ]
         self._head = [prefix, _ms(tombstone_ttl_s)]
         self._sweep_batch = sweep_batch
         script = self._redis.register_script
@@ -177,21 +202,42 @@ class RedisStore:
         self._sweep = script(_PRELUDE + _SWEEP)
 
     async def _run(self, script, keys: list[str], args: list) -> list:
-        """Run one Lua script; an unreachable Redis becomes StoreUnavailable (HTTP 503)."""
+        """Run one Lua script; a Redis failure becomes StoreFull (507) or StoreUnavailable."""
         try:
             return await script(keys=keys, args=args)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise StoreUnavailable(f"session store unreachable: {exc}") from exc
+        except RedisError as exc:
+            raise _store_error(exc) from exc
 
     def _session_keys(self, session_id: str) -> list[str]:
         return [*self._keys, f"{self.prefix}:s:{session_id}", f"{self.prefix}:gone:{session_id}"]
 
-    async def create(self, session_id: str, tag: str, data: bytes, ttl_s: float) -> list[Gone]:
-        args = [*self._head, session_id, tag, data, _ms(ttl_s), self.max_sessions]
+    async def create(
+        self,
+        session_id: str,
+        tag: str,
+        data: bytes,
+        ttl_s: float,
+        owner: str = "",
+        max_owned: int | None = None,
+    ) -> list[Gone]:
+        args = [
+            *self._head,
+            *(
+                session_id,
+                tag,
+                data,
+                _ms(ttl_s),
+                self.max_sessions,
+                owner,
+                -1 if max_owned is None else max_owned,
+            ),
+        ]
         flat = await self._run(self._create, self._session_keys(session_id), args)
+        if flat[0] != 1:
+            raise session_quota_error(max_owned)
         return [
             Gone(_str(flat[i]), _str(flat[i + 1]), _str(flat[i + 2]))
-            for i in range(0, len(flat), 3)
+            for i in range(1, len(flat), 3)
         ]
 
     async def load(self, session_id: str) -> Stored:
@@ -229,12 +275,21 @@ class RedisStore:
     async def active(self) -> dict[str, int]:
         try:
             counts = await self._redis.hgetall(f"{self.prefix}:active")
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise StoreUnavailable(f"session store unreachable: {exc}") from exc
+        except RedisError as exc:
+            raise _store_error(exc) from exc
         return {_str(tag): int(n) for tag, n in counts.items() if int(n) > 0}
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def _store_error(exc: RedisError) -> StoreFull | StoreUnavailable:
+    """The typed error a client gets for a Redis failure (nothing was written)."""
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        return StoreUnavailable(f"session store unreachable: {exc}")
+    if isinstance(exc, ResponseError) and "OOM" in str(exc):
+        return StoreFull(f"session store is out of memory: {exc}")
+    return StoreUnavailable(f"session store failed: {exc}")
 
 
 def _ms(seconds: float) -> int:
