@@ -24,11 +24,12 @@ exceptions and sockets that close. At the end the session totals of each last an
 against the steps that session had answered.
 
 Per-message compression is off (compression=None): websockets clients offer permessage-deflate by
-default, and design section 1d measured that it costs about 2x per message on this server; the
-server does not enable it either (sarnn-serve passes ws_per_message_deflate=False to uvicorn), so
-the client offering it would only add work, and a benchmark should state what it measures.
-Client and server share the same CPU cores here (see design 1d); the client process CPU time is
-reported beside the figures (and the server's, with --spawn-server) so the split is visible.
+default, and it costs about 2x per message on this server (docs/architecture.md, "Measured on a
+2-core machine"); the server does not enable it either (sarnn-serve passes
+ws_per_message_deflate=False to uvicorn), so the client offering it would only add work, and a
+benchmark should state what it measures. Client and server share the same CPU cores here (same
+section); the client process CPU time is reported beside the figures (and the server's, with
+--spawn-server) so the split is visible.
 
 Only loopback URLs are accepted (127.0.0.0/8, ::1, localhost): this is a load generator, not a
 tool for other people's hosts. It stops by itself after --duration (+ --drain).

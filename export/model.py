@@ -1,6 +1,6 @@
 """SA-RNN: a recurrent cell whose coordinator decides, per step and neuron, whether to update.
 
-The math follows shared/design.md section 1:
+The math follows docs/architecture.md, section "The model":
 
     a_t = W_x x_t + w_d * h_{t-1} + b                 coordinator (w_d: one weight per neuron)
     p_t = clamp((alpha a_t + 1) / 2, 0, 1)            hard sigmoid, slope alpha annealed
@@ -16,6 +16,7 @@ RNNCell, so a model with every gate open equals the plain torch cell.
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -172,32 +173,64 @@ def budget_loss(updates: Tensor, lam: float) -> Tensor:
     return lam * updates.mean()
 
 
+CHECKPOINT_FORMAT = "sarnn-checkpoint/1"
+
+
+def plain(value: object, where: str = "checkpoint") -> object:
+    """`value` rebuilt from what `torch.load(weights_only=True)` accepts: dict, list, tuple, str,
+    int, float, bool, None and tensors. Numpy scalars become Python numbers; any other object
+    raises TypeError naming where it is."""
+    if value is None or type(value) in (str, int, float, bool) or isinstance(value, Tensor):
+        return value
+    if isinstance(value, np.generic):
+        return plain(value.item(), where)
+    for kind in (int, float, str):  # subclasses such as IntEnum would pickle as their class
+        if isinstance(value, kind):
+            return kind(value)
+    if isinstance(value, dict):
+        return {plain(k, where): plain(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(plain(v, f"{where}[{i}]") for i, v in enumerate(value))
+    raise TypeError(f"{where} has type {type(value).__name__}; a checkpoint holds only plain data")
+
+
 def save_checkpoint(model: SARNN, path: str, extra: dict) -> None:
-    """Write weights, config, slope and whatever metadata `extra` carries."""
-    torch.save(
-        {
-            "format": "sarnn-checkpoint/1",
-            "config": model.config.to_dict(),
-            "alpha": model.alpha,
-            "state_dict": model.state_dict(),
-            **extra,
-        },
-        path,
-    )
+    """Write weights, config, slope and the metadata `extra` as plain data (see `plain`)."""
+    blob = {
+        **extra,
+        "format": CHECKPOINT_FORMAT,
+        "config": model.config.to_dict(),
+        "alpha": float(model.alpha),
+        "state_dict": model.state_dict(),
+    }
+    torch.save(plain(blob), path)
+
+
+def _gist(exc: Exception) -> str:
+    """The first line of torch.load's error, without its advice to allowlist classes."""
+    text = str(exc).split("WeightsUnpickler error: ")[-1]
+    return text.partition("\n")[0].partition(". Please")[0]
 
 
 def load_checkpoint(path: str) -> tuple[SARNN, dict]:
-    """Read a checkpoint written by `save_checkpoint`; raise ValueError on anything else."""
+    """Read a checkpoint written by `save_checkpoint`; raise ValueError on anything else.
+
+    Loads with weights_only=True: a file holding any other object (which unpickling could use
+    to run code) is refused, not executed."""
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
+        blob = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as exc:
-        raise ValueError(f"{path} is not a readable torch checkpoint: {exc}") from exc
-    if not isinstance(blob, dict) or blob.get("format") != "sarnn-checkpoint/1":
-        raise ValueError(f"{path} is not an sarnn checkpoint (missing format 'sarnn-checkpoint/1')")
-    model = SARNN(ModelConfig(**blob["config"]))
-    model.load_state_dict(blob["state_dict"])
-    model.alpha = float(blob["alpha"])
+        raise ValueError(f"{path} is not a readable torch checkpoint: {_gist(exc)}") from exc
+    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
+        missing = f"missing format {CHECKPOINT_FORMAT!r}"
+        raise ValueError(f"{path} is not an sarnn checkpoint ({missing})")
+    try:
+        model = SARNN(ModelConfig(**blob["config"]))
+        model.load_state_dict(blob["state_dict"])
+        model.alpha = float(blob["alpha"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"{path} is a damaged sarnn checkpoint: {exc}") from exc
     model.eval()
     return model, blob

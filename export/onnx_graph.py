@@ -1,7 +1,8 @@
 """Build the SA-RNN chunk graph directly with onnx.helper.
 
 torch's exporters cannot give a loop over a dynamic number of steps without unrolling or fixing
-T (shared/design.md 1b), so the graph is written by hand: one `Scan` over time with a small body.
+T (docs/architecture.md, "The chunk graph"), so the graph is written by hand: one `Scan` over time
+with a small body.
 
     x [B,T,F], state [B,S], lengths [L] and threshold [L] (L = B, or 1 to broadcast)
     before the loop: normalise, one MatMul + Add per gate block (and the coordinator) for the
@@ -130,7 +131,7 @@ def _step(w: CellWeights, b: _Body, gx: dict[str, str]) -> None:
 
 
 def build_chunk_graph(w: CellWeights, metadata: dict[str, str] | None = None) -> onnx.ModelProto:
-    """The chunk graph of design section 2 for a GRU, LSTM or RNN SA-RNN."""
+    """The chunk graph (docs/architecture.md, "The chunk graph") of a GRU, LSTM or RNN SA-RNN."""
     h, f = w.hidden, w.mean.shape[0]
     c = w.head_b.shape[0]
     s = 2 * h if w.cell == "lstm" else h

@@ -86,7 +86,7 @@ def evaluate(model: SARNN, data: Dataset, skip_steps: int, threshold: float = 0.
     for i, n in enumerate(lengths):
         skip = min(skip_steps, n - 1)
         correct += int((pred[i, skip:n] == labels[i]).sum())
-        scored += n - skip
+        scored += int(n - skip)
         last_ok += int(pred[i, n - 1] == labels[i])
         updates += int(upd[i, :n].sum())
         steps += int(n)

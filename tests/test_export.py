@@ -1,8 +1,8 @@
 """The ONNX chunk graph (export.onnx_graph / onnx_export) and the export and verify CLIs.
 
-Design section 2: inputs x [B,T,F], state [B,S], lengths [L], threshold [L] (L = B or 1);
-outputs logits [B,T,C], updates [B,T,H] bool, state_out [B,S]; dynamic B and T; parity with the
-PyTorch deterministic mode; chunks and batches must not change a row's answer.
+docs/architecture.md, "The chunk graph": inputs x [B,T,F], state [B,S], lengths [L], threshold
+[L] (L = B or 1); outputs logits [B,T,C], updates [B,T,H] bool, state_out [B,S]; dynamic B and T;
+parity with the PyTorch deterministic mode; chunks and batches must not change a row's answer.
 """
 
 import contextlib
@@ -82,7 +82,8 @@ def test_graph_passes_checker_and_has_the_designed_interface(tiny_sarnn, capfd):
     scans = [n for n in graph.node if n.op_type == "Scan"]
     assert len(scans) == 1 and not [n for n in graph.node if n.op_type == "Loop"]
     body = onnx.helper.get_attribute_value(scans[0].attribute[0])
-    assert len(body.node) <= 30  # design 1b: each body node costs ~0.8 us per step
+    # Each body node costs ~0.8 us per step (docs/architecture.md, "Measured on a 2-core machine").
+    assert len(body.node) <= 30
 
     capfd.readouterr()
     opts = ort.SessionOptions()

@@ -1,8 +1,8 @@
 """The SA-RNN in PyTorch (export.model), its datasets (export.data) and training (export.train).
 
-Design sections 1 and 1c: straight-through gate, diagonal coordinator, gates-open equals the dense
-cell, gates-shut freezes the state, deterministic gate [a > (2 tau - 1) / alpha], ties mean no
-update.
+docs/architecture.md, "The model": straight-through gate, diagonal coordinator, gates-open equals
+the dense cell, gates-shut freezes the state, deterministic gate [a > (2 tau - 1) / alpha], ties
+mean no update.
 """
 
 import itertools
