@@ -1,34 +1,148 @@
-"""`sarnn-serve`: run the server (default) or replay recorded data into one."""
+"""`sarnn-serve`: run the server (the default command) or replay recorded data into one."""
 
 import argparse
+import importlib
 import os
 import sys
+import textwrap
+from importlib import metadata
+from typing import Any, NoReturn
+
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from sarnn_serve import replay
 from sarnn_serve.settings import Settings
+
+PROG = "sarnn-serve"
+COMMANDS = ("serve", "replay")
+# Settings fields that `serve` also takes as options; their help comes from the fields.
+SERVE_OPTIONS = ("host", "port", "model_dir", "workers")
+ENV_PREFIX = Settings.model_config["env_prefix"]
+
+
+class UsageError(Exception):
+    """Bad configuration or models: reported as one line on stderr, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{PROG}: error: {message} (see {self.prog} --help)\n")
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the layout of descriptions; adds `(default: X)` where an option's help has none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def env_var(field: str) -> str:
+    """The environment variable of a Settings field, e.g. SARNN_PORT."""
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def option(field: str) -> str:
+    """The command-line option of a Settings field, e.g. --model-dir."""
+    return "--" + field.replace("_", "-")
+
+
+def _default(field: str) -> str:
+    value = Settings.model_fields[field].get_default(call_default_factory=True)
+    return "unset" if value is None or value == "" else str(value)
+
+
+def _description(field: str) -> str:
+    return Settings.model_fields[field].description or "(undocumented)"
+
+
+def _option_help(field: str) -> str:
+    text = f"{_description(field)} (default: {_default(field)}; env {env_var(field)})"
+    return text.replace("%", "%%")
+
+
+def _settings_table(fields: list[str]) -> str:
+    """One entry per setting: its variable and default, then its description, indented."""
+    lines = []
+    for field in fields:
+        lines.append(f"  {env_var(field)} (default: {_default(field)})")
+        lines += textwrap.wrap(
+            _description(field), 88, initial_indent=" " * 6, subsequent_indent=" " * 6
+        )
+    return "\n".join(lines)
+
+
+def _version() -> str:
+    try:
+        return metadata.version(PROG)
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _describe(error: dict[str, Any], overrides: dict[str, str]) -> str:
+    """One validation error, named by the option or variable that set the value."""
+    if not error["loc"]:
+        return error["msg"]
+    field = str(error["loc"][0])
+    if field in overrides:
+        return f"{option(field)} {error['input']}: {error['msg']}"
+    return f"{env_var(field)}={error['input']}: {error['msg']}"
+
+
+def load_settings(overrides: dict[str, str]) -> Settings:
+    """Settings from the environment and the command line's `overrides`; UsageError if bad."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise UsageError("; ".join(_describe(e, overrides) for e in exc.errors())) from None
+    except SettingsError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def check(settings: Settings) -> None:
+    """Refuse, before uvicorn starts, what would otherwise fail later with a traceback.
+
+    The models are loaded once here and dropped: a model that cannot load stops the command
+    with one line instead of a failed lifespan."""
+    from sarnn_serve.errors import ModelLoadError
+    from sarnn_serve.registry import Registry
+
+    if settings.workers > 1 and settings.store == "memory":
+        raise UsageError(
+            f"--workers > 1 needs {env_var('store')}=redis: with the memory store each worker "
+            "would hold its own sessions"
+        )
+    if settings.store == "redis":
+        try:
+            importlib.import_module("redis.asyncio")
+        except ImportError as exc:
+            raise UsageError(
+                f"{env_var('store')}=redis needs the [redis] extra: "
+                f"pip install 'sarnn-serve[redis]' (import redis failed: {exc})"
+            ) from None
+    try:
+        Registry.load(
+            settings.model_dir, settings.ort_intra_op_threads, settings.ort_inter_op_threads
+        )
+    except ModelLoadError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    overrides = {
-        k: v
-        for k, v in {
-            "host": args.host,
-            "port": args.port,
-            "model_dir": args.model_dir,
-            "workers": args.workers,
-        }.items()
-        if v is not None
-    }
-    settings = Settings(**overrides)
-    if settings.workers > 1 and settings.store == "memory":
-        print(
-            "error: --workers > 1 needs SARNN_STORE=redis: with the memory store each worker "
-            "would hold its own sessions",
-            file=sys.stderr,
-        )
-        return 2
+    overrides = {f: getattr(args, f) for f in SERVE_OPTIONS if getattr(args, f) is not None}
+    settings = load_settings(overrides)
+    check(settings)
     kwargs = {
         "host": settings.host,
         "port": settings.port,
@@ -40,8 +154,8 @@ def _serve(args: argparse.Namespace) -> int:
         "access_log": False,
     }
     if settings.workers > 1:
-        for key, value in overrides.items():
-            os.environ[f"SARNN_{key.upper()}"] = str(value)
+        for field, value in overrides.items():
+            os.environ[env_var(field)] = str(value)
         uvicorn.run(
             "sarnn_serve.api.app:create_app", factory=True, workers=settings.workers, **kwargs
         )
@@ -52,30 +166,54 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = ("serve", "replay")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sarnn-serve", description=__doc__)
-    sub = parser.add_subparsers(dest="command")
-    s = sub.add_parser("serve", help="serve the models under --model-dir (the default command)")
-    s.add_argument("--host")
-    s.add_argument("--port", type=int)
-    s.add_argument("--model-dir")
-    s.add_argument("--workers", type=int)
+    """The `sarnn-serve` parser with its `serve` and `replay` commands."""
+    every_setting = list(Settings.model_fields)
+    parser = _Parser(
+        prog=PROG,
+        description=f"{__doc__}\nWith no command it serves: `{PROG} --port 8001` is "
+        f"`{PROG} serve --port 8001`.",
+        epilog="settings (environment variables; the serve options override them):\n"
+        + _settings_table(every_setting),
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"{PROG} {_version()}", help="print the version"
+    )
+    sub = parser.add_subparsers(dest="command", title="commands")
+    s = sub.add_parser(
+        "serve",
+        help="serve the models under --model-dir (the default command)",
+        description="Serve the models under --model-dir over HTTP and WebSocket.",
+        epilog="other settings (environment variables only):\n"
+        + _settings_table([f for f in every_setting if f not in SERVE_OPTIONS]),
+        formatter_class=_HelpFormatter,
+    )
+    for field in SERVE_OPTIONS:
+        s.add_argument(option(field), dest=field, metavar=field.upper(), help=_option_help(field))
     s.set_defaults(func=_serve)
-    r = sub.add_parser("replay", help="stream a recorded sensor file into a running server")
+    r = sub.add_parser(
+        "replay",
+        help="stream a recorded sensor file into a running server",
+        description=replay.__doc__,
+        formatter_class=_HelpFormatter,
+    )
     replay.add_arguments(r)
     r.set_defaults(func=replay.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point: parse `argv` (default: sys.argv), run the command, return its status."""
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
         argv = ["serve", *argv]
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(f"{PROG}: error: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

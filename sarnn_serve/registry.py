@@ -32,7 +32,10 @@ def _read_card(path: Path) -> ModelCard:
     except FileNotFoundError as exc:
         raise ModelLoadError(f"{path}: model card missing") from exc
     except ValidationError as exc:
-        raise ModelLoadError(f"{path}: invalid model card: {exc}") from exc
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'card'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ModelLoadError(f"{path}: invalid model card: {problems}") from exc
     if card.format != CARD_FORMAT:
         raise ModelLoadError(f"{path}: card format {card.format!r}, expected {CARD_FORMAT!r}")
     if len(card.feature_names) != card.n_features or len(card.class_labels) != card.n_classes:
@@ -95,8 +98,18 @@ class Registry:
     @classmethod
     def load(cls, model_dir: Path, intra_op_threads: int = 1, inter_op_threads: int = 1):
         """Every subdirectory holding a model.json; refuse an empty or missing model dir."""
-        if not model_dir.is_dir():
+        if not model_dir.exists():
             raise ModelLoadError(f"{model_dir}: model directory does not exist")
+        if not model_dir.is_dir():
+            raise ModelLoadError(
+                f"{model_dir}: not a directory; the model dir holds one folder per model"
+            )
+        if any((model_dir / name).exists() for name in ("model.json", "model.onnx")):
+            raise ModelLoadError(
+                f"{model_dir}: this looks like one model's folder (it holds model.json or "
+                "model.onnx); point --model-dir (SARNN_MODEL_DIR) at its parent, "
+                f"{model_dir.resolve().parent}"
+            )
         models: dict[str, LoadedModel] = {}
         for directory in sorted(p for p in model_dir.iterdir() if (p / "model.json").exists()):
             model = load_model(directory, intra_op_threads, inter_op_threads)

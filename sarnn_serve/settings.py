@@ -15,29 +15,74 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SARNN_", protected_namespaces=())
 
     model_dir: Path = Field(DEFAULT_MODEL_DIR, description="Directory of model directories.")
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on.")
     workers: int = Field(1, ge=1, description="uvicorn worker processes.")
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        "info", description="Log level: debug, info, warning, error or critical."
+    )
 
-    store: Literal["memory", "redis"] = "memory"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_prefix: str = "sarnn"
+    store: Literal["memory", "redis"] = Field(
+        "memory", description="Session store: memory (one process) or redis (shared)."
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (store=redis).")
+    redis_prefix: str = Field("sarnn", description="Prefix of every Redis key.")
     session_ttl_s: float = Field(
         900.0, gt=0, description="Idle time after which a session expires."
     )
-    max_sessions: int = Field(100_000, ge=1)
+    max_sessions: int = Field(
+        100_000, ge=1, description="Live sessions; past it the least recently used is evicted."
+    )
     sweep_interval_s: float = Field(5.0, gt=0, description="How often expired sessions are swept.")
 
-    max_chunk_steps: int = Field(4096, ge=1)
-    max_predict_sequences: int = Field(256, ge=1)
-    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
-    ws_max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_chunk_steps: int = Field(4096, ge=1, description="Steps per chunk or sequence.")
+    max_predict_sequences: int = Field(256, ge=1, description="Sequences per predict request.")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="HTTP body size limit.")
+    ws_max_message_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="WebSocket message size limit."
+    )
 
-    ort_intra_op_threads: int = Field(1, ge=1)
-    ort_inter_op_threads: int = Field(1, ge=1)
+    ort_intra_op_threads: int = Field(1, ge=1, description="onnxruntime intra-op threads.")
+    ort_inter_op_threads: int = Field(1, ge=1, description="onnxruntime inter-op threads.")
     engine_threads: int = Field(1, ge=1, description="Threads that run onnxruntime calls.")
     batch_max_rows: int = Field(256, ge=1, description="Rows (sessions) per batched call.")
     batch_max_steps: int = Field(65_536, ge=1, description="Rows x padded steps per call.")
     batch_wait_ms: float = Field(1.0, ge=0, description="How long a batch waits to fill.")
     switch_interval_s: float = Field(1e-4, gt=0, description="sys.setswitchinterval value.")
+
+    api_keys: str = Field(
+        "",
+        description="Comma-separated API keys; a key ending in ':admin' has the admin role. "
+        "Empty (with no key file): keys off, anyone who reaches the port may drive any session "
+        "whose id they know.",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="File of hashed keys, one per line: 'sha256:<hex> <name> [admin]'.",
+    )
+    list_sessions: bool = Field(
+        False, description="With keys off, let anyone list recent session ids (GET /v1/sessions)."
+    )
+    max_sessions_per_key: int = Field(
+        1000, ge=1, description="Open sessions one key (or, with keys off, one client IP) may hold."
+    )
+    session_create_rate: float = Field(
+        50.0, gt=0, description="Sessions one key (or client IP) may open per second, per replica."
+    )
+    session_create_burst: int = Field(
+        200, ge=1, description="Sessions one key may open at once before the rate applies."
+    )
+    max_ws_connections: int = Field(
+        2000, ge=1, description="Concurrent WebSocket connections per process."
+    )
+    max_ws_connections_per_key: int = Field(
+        200, ge=1, description="Concurrent WebSocket connections per key (or client IP)."
+    )
+    allowed_origins: str = Field(
+        "",
+        description="Comma-separated browser Origins allowed to open WebSockets ('*' for any); "
+        "empty: same origin only. Clients that send no Origin (not browsers) are allowed.",
+    )
+    max_store_bytes: int = Field(
+        2 * 1024**3, ge=1024 * 1024, description="Byte budget of the memory store (LRU eviction)."
+    )

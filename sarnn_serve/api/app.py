@@ -9,8 +9,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from sarnn_serve import logs
-from sarnn_serve.api import dashboard, errors, health, models, sessions, stream
+from sarnn_serve.api import dashboard, docs, errors, health, models, openapi, sessions, stream
 from sarnn_serve.api.limits import BodyLimit, RequestMetrics
+from sarnn_serve.auth import KeyRing
 from sarnn_serve.metrics import Monitor, PromMetrics
 from sarnn_serve.registry import Registry
 from sarnn_serve.service import DataPlane
@@ -27,7 +28,7 @@ def make_store(settings: Settings) -> SessionStore:
         from sarnn_serve.store.redis import RedisStore
 
         return RedisStore(settings.redis_url, settings.redis_prefix, settings.max_sessions)
-    return MemoryStore(settings.max_sessions)
+    return MemoryStore(settings.max_sessions, settings.max_store_bytes)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -44,10 +45,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         monitor = Monitor(prom, {n: m.card.hidden for n, m in registry.models.items()})
         executor = ThreadPoolExecutor(settings.engine_threads, thread_name_prefix="ort")
-        plane = DataPlane(settings, registry, make_store(settings), monitor, executor)
+        keyring = KeyRing.from_settings(settings)
+        store = make_store(settings)
+        plane = DataPlane(settings, registry, store, monitor, executor, keyring)
         await plane.start()
         app.state.plane, app.state.monitor = plane, monitor
-        log.info("ready", extra={"models": registry.names(), "store": settings.store})
+        log.info(
+            "ready",
+            extra={
+                "models": registry.names(),
+                "store": settings.store,
+                "api_keys": keyring.enabled,
+            },
+        )
         try:
             yield
         finally:
@@ -60,11 +70,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Selective-activation RNNs over HTTP and WebSocket, with per-step update "
         "counts and compute accounting.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.prom = prom
     app.state.settings = settings
     errors.install(app)
-    for module in (sessions, models, stream, health, dashboard):
+    openapi.install(app)
+    for module in (sessions, models, stream, health, dashboard, docs):
         app.include_router(module.router)
     app.add_middleware(RequestMetrics, metrics=prom)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
