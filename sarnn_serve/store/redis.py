@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sarnn_serve.errors import SessionNotFound, StoreFull, StoreUnavailable
@@ -287,7 +287,9 @@ def _store_error(exc: RedisError) -> StoreFull | StoreUnavailable:
     """The typed error a client gets for a Redis failure (nothing was written)."""
     if isinstance(exc, RedisConnectionError | RedisTimeoutError):
         return StoreUnavailable(f"session store unreachable: {exc}")
-    if isinstance(exc, ResponseError) and "OOM" in str(exc):
+    if isinstance(exc, OutOfMemoryError) or (
+        isinstance(exc, ResponseError) and "maxmemory" in str(exc)
+    ):
         return StoreFull(f"session store is out of memory: {exc}")
     return StoreUnavailable(f"session store failed: {exc}")
 
