@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from sarnn_serve.errors import SessionNotFound
 from sarnn_serve.store import Gone, Stored, session_quota_error
 
-SWEEP_BATCH = 1000
+SWEEP_BATCH = 200
 
 
 @dataclass
