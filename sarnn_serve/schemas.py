@@ -59,7 +59,7 @@ class Usage(BaseModel):
     macs_saved: int
 
 
-class SessionSummary(BaseModel):
+class SessionSummary(Usage):
     model_config = ConfigDict(protected_namespaces=())
 
     id: str
@@ -70,12 +70,6 @@ class SessionSummary(BaseModel):
     created: float = Field(description="Unix time.")
     last_seen: float = Field(description="Unix time.")
     next_seq: int = Field(description="The seq the next chunk must carry.")
-    steps: int
-    updates: int
-    update_rate: float
-    macs_dense: int
-    macs_selective: int
-    macs_saved: int
 
 
 class SessionRef(BaseModel):
