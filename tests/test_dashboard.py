@@ -3,6 +3,8 @@
 A client streams a real watch recording over the WebSocket while the page is open; the page's
 numbers (read from `data-testid` elements, raw values in `data-value`) and its raster canvas
 (pixels read back with getImageData) must move with it, and the page must log no errors.
+The page is run in the server's three modes: sessions listed to anyone (SARNN_LIST_SESSIONS),
+listing off (the default: sessions are picked by id) and API keys on.
 """
 
 import json
@@ -17,7 +19,7 @@ import numpy as np
 import pytest
 from websockets.sync.client import connect
 
-from tests.service_fixtures import TINY_MODEL, LiveServer
+from tests.service_fixtures import TINY_MODEL, LiveServer, start_server, stop_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -35,6 +37,7 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 # the dense cell; at tau = 0.9 it skips about a third of them, so multiply-adds saved grow.
 THRESHOLD = 0.9
 TIMEOUT_MS = 10_000
+USER_KEY, ADMIN_KEY = "user-key", "admin-key"
 
 pytestmark = [
     pytest.mark.slow,
@@ -77,6 +80,32 @@ def recording() -> np.ndarray:
     from export.data import load_watch
 
     return load_watch().test[0].x
+
+
+@pytest.fixture(scope="module")
+def listing_server(
+    served_models: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """A server that lists recent sessions to anyone, so the page can follow the newest."""
+    server = start_server(
+        served_models, tmp_path_factory.mktemp("listing"), {"SARNN_LIST_SESSIONS": "true"}
+    )
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def keyed_server(
+    served_models: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """A server with API keys on: one user key and one admin key."""
+    server = start_server(
+        served_models,
+        tmp_path_factory.mktemp("keyed"),
+        {"SARNN_API_KEYS": f"{USER_KEY},{ADMIN_KEY}:admin"},
+    )
+    yield server
+    stop_server(server)
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +168,13 @@ class Streamer(threading.Thread):
         assert self.error is None, self.error
 
 
+def page_errors(page, *statuses: int) -> list[str]:
+    """The page's errors, less the browser's own line for each HTTP answer with one of
+    `statuses` (the dashboard expects a 403 when listing is off, a 401 before it has a key)."""
+    expected = tuple(f"the server responded with a status of {s} " for s in statuses)
+    return [e for e in page.errors if not any(x in e for x in expected)]
+
+
 def value(page, selector: str) -> float:
     return float(page.locator(selector).get_attribute("data-value"))
 
@@ -155,25 +191,46 @@ def wait_value(page, selector: str, op: str, bound: float) -> float:
     return value(page, selector)
 
 
+def wait_text(page, testid: str, text: str) -> None:
+    """Wait until the element's text contains `text`."""
+    page.wait_for_function(
+        f"document.querySelector('{tid(testid)}').textContent.includes({json.dumps(text)})",
+        timeout=TIMEOUT_MS,
+    )
+
+
+def wait_picked(page, session_id: str) -> None:
+    """Wait until the session picker shows `session_id`."""
+    page.wait_for_function(
+        f"document.querySelector('{tid('session-select')}').value === '{session_id}'",
+        timeout=TIMEOUT_MS,
+    )
+
+
+def wait_latest_step(page, index: int) -> None:
+    page.wait_for_function(
+        f"document.querySelector('{tid('latest-step')}').textContent === '{index:,}'",
+        timeout=TIMEOUT_MS,
+    )
+
+
 def test_dashboard_follows_a_live_stream(
-    live_server: LiveServer, page, recording: np.ndarray
+    listing_server: LiveServer, page, recording: np.ndarray
 ) -> None:
-    page.goto(f"{live_server.url}/dashboard")
+    page.goto(f"{listing_server.url}/dashboard")
     page.wait_for_selector(f"{card('steps-total')}[data-value]", timeout=TIMEOUT_MS)
-    labels = httpx.get(f"{live_server.url}/v1/models/{TINY_MODEL}").json()["class_labels"]
+    labels = httpx.get(f"{listing_server.url}/v1/models/{TINY_MODEL}").json()["class_labels"]
     macs_before = value(page, card("macs-saved"))
     dark_before = page.evaluate(DARK_PIXELS, RASTER)
     assert dark_before == 0, "the raster is empty before any session streams"
 
-    streamer = Streamer(live_server, recording)
+    streamer = Streamer(listing_server, recording)
     streamer.start()
     try:
         assert streamer.opened.wait(10) and streamer.error is None, streamer.error
         # no session chosen: the page follows the most recent one
-        page.wait_for_function(
-            f"document.querySelector('{tid('session-select')}').value === '{streamer.session_id}'",
-            timeout=TIMEOUT_MS,
-        )
+        wait_picked(page, streamer.session_id)
+        assert page.locator(tid("session-note")).is_hidden()
         assert wait_value(page, card("steps-per-s"), ">", 0) > 0
         assert wait_value(page, card("active-sessions"), ">=", 1) >= 1
         macs_first = wait_value(page, card("macs-saved"), ">", macs_before)
@@ -224,12 +281,35 @@ def test_dashboard_follows_a_live_stream(
     assert page.errors == []
 
 
-def post_chunks(server: LiveServer, session_id: str, x: np.ndarray, first_seq: int, n: int) -> int:
+def bearer(key: str | None) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"} if key else {}
+
+
+def create_session(server: LiveServer, key: str | None = None) -> str:
+    created = httpx.post(
+        f"{server.url}/v1/sessions",
+        json={"model": TINY_MODEL, "threshold": THRESHOLD},
+        headers=bearer(key),
+    )
+    assert created.status_code == 201, created.text
+    return created.json()["id"]
+
+
+def post_chunks(
+    server: LiveServer,
+    session_id: str,
+    x: np.ndarray,
+    first_seq: int,
+    n: int,
+    key: str | None = None,
+) -> int:
     """POST n chunks of 20 steps from x; return the session's steps afterwards."""
     for seq in range(first_seq, first_seq + n):
         part = x[20 * seq : 20 * (seq + 1)].tolist()
         r = httpx.post(
-            f"{server.url}/v1/sessions/{session_id}/chunks", json={"seq": seq, "inputs": part}
+            f"{server.url}/v1/sessions/{session_id}/chunks",
+            json={"seq": seq, "inputs": part},
+            headers=bearer(key),
         )
         assert r.status_code == 200, r.text
     return r.json()["session"]["steps"]
@@ -239,10 +319,7 @@ def test_dashboard_session_from_url_and_watch_reconnects(
     live_server: LiveServer, page, recording: np.ndarray
 ) -> None:
     """?session=ID pins the session; a dropped watch socket is reopened and the raster goes on."""
-    created = httpx.post(
-        f"{live_server.url}/v1/sessions", json={"model": TINY_MODEL, "threshold": THRESHOLD}
-    )
-    session_id = created.json()["id"]
+    session_id = create_session(live_server)
     routes = []
 
     def proxy(route) -> None:
@@ -251,17 +328,11 @@ def test_dashboard_session_from_url_and_watch_reconnects(
 
     page.route_web_socket(re.compile(r".*/watch$"), proxy)
     page.goto(f"{live_server.url}/dashboard?session={session_id}")
-    page.wait_for_function(
-        f"document.querySelector('{tid('watch-status')}').textContent.includes('watching')",
-        timeout=TIMEOUT_MS,
-    )
+    wait_text(page, "watch-status", "watching")
     assert page.locator(tid("session-select")).input_value() == session_id
 
     steps = post_chunks(live_server, session_id, recording, 0, 5)
-    page.wait_for_function(
-        f"document.querySelector('{tid('latest-step')}').textContent === '{steps - 1}'",
-        timeout=TIMEOUT_MS,
-    )
+    wait_latest_step(page, steps - 1)
     # the totals are the server's own numbers
     assert wait_value(page, tid("session-steps"), "==", steps) == steps
     dark = page.evaluate(DARK_PIXELS, RASTER)
@@ -272,19 +343,76 @@ def test_dashboard_session_from_url_and_watch_reconnects(
     while len(routes) < 2 and time.monotonic() < deadline:
         page.wait_for_timeout(50)  # lets playwright dispatch the route handler
     assert len(routes) == 2, "the page reopened its watch socket"
-    page.wait_for_function(
-        f"document.querySelector('{tid('watch-status')}').textContent.includes('watching')",
-        timeout=TIMEOUT_MS,
-    )
+    wait_text(page, "watch-status", "watching")
     steps = post_chunks(live_server, session_id, recording, 5, 5)
-    page.wait_for_function(
-        f"document.querySelector('{tid('latest-step')}').textContent === '{steps - 1}'",
-        timeout=TIMEOUT_MS,
-    )
+    wait_latest_step(page, steps - 1)
     page.wait_for_timeout(100)
     assert page.evaluate(DARK_PIXELS, RASTER) > dark
     assert "following newest" not in page.locator(tid("session-model")).inner_text()
-    assert page.errors == []
+    assert page_errors(page, 403) == []
+
+
+def test_dashboard_without_listing_follows_a_session_by_id(
+    live_server: LiveServer, page, recording: np.ndarray
+) -> None:
+    """Listing is off by default: the page says so, follows ?session=ID, and the id box moves
+    it to another session."""
+    first, second = create_session(live_server), create_session(live_server)
+    page.goto(f"{live_server.url}/dashboard?session={first}")
+    wait_text(page, "session-note", "listing is off on this server: paste a session id")
+    wait_text(page, "watch-status", "watching")
+    assert page.locator(tid("session-select")).input_value() == first
+    steps = post_chunks(live_server, first, recording, 0, 3)
+    wait_latest_step(page, steps - 1)
+    page.wait_for_timeout(100)  # one animation frame
+    assert page.evaluate(DARK_PIXELS, RASTER) > 0
+
+    page.fill(tid("session-id"), second)
+    page.press(tid("session-id"), "Enter")
+    wait_picked(page, second)
+    assert f"session={second}" in page.url
+    wait_text(page, "watch-status", "watching")
+    steps = post_chunks(live_server, second, recording, 0, 2)
+    wait_latest_step(page, steps - 1)
+    assert wait_value(page, tid("session-steps"), "==", steps) == steps
+    assert "listing is off" in page.locator(tid("session-note")).inner_text()
+    assert page_errors(page, 403) == []
+
+
+def test_dashboard_with_api_keys(keyed_server: LiveServer, page, recording: np.ndarray) -> None:
+    """Keys on: without a key the page says one is needed; with the admin key it lists a session
+    another key opened and follows it; the key survives a reload (sessionStorage)."""
+    session_id = create_session(keyed_server, USER_KEY)
+    post_chunks(keyed_server, session_id, recording, 0, 1, USER_KEY)  # now recently active
+    page.goto(f"{keyed_server.url}/dashboard")
+    wait_text(page, "server-status", "API key required")
+    assert "API key required" in page.locator(tid("session-note")).inner_text()
+    assert "API key required" in page.locator(tid("models")).inner_text()
+
+    page.fill(tid("api-key"), "not-a-key")
+    page.press(tid("api-key"), "Enter")
+    wait_text(page, "server-status", "API key unknown")
+    assert "API key unknown" in page.locator(tid("session-note")).inner_text()
+
+    page.fill(tid("api-key"), ADMIN_KEY)
+    page.press(tid("api-key"), "Enter")
+    wait_picked(page, session_id)
+    wait_text(page, "watch-status", "watching")
+    wait_text(page, "server-status", "live")
+    assert page.locator(tid("session-note")).is_hidden()
+    steps = post_chunks(keyed_server, session_id, recording, 1, 4, USER_KEY)
+    wait_latest_step(page, steps - 1)
+    page.wait_for_timeout(100)  # one animation frame
+    assert page.evaluate(DARK_PIXELS, RASTER) > 0
+    assert wait_value(page, card("steps-total"), ">=", steps) >= steps
+
+    page.reload()
+    wait_picked(page, session_id)
+    assert page.locator(tid("api-key")).input_value() == ADMIN_KEY
+    wait_text(page, "watch-status", "watching")
+    steps = post_chunks(keyed_server, session_id, recording, 5, 2, USER_KEY)
+    wait_latest_step(page, steps - 1)
+    assert page_errors(page, 401) == []
 
 
 def test_dashboard_static_files_are_local(live_server: LiveServer) -> None:

@@ -3,6 +3,11 @@
 // Polls GET /v1/models/{name}/stats (1 s), GET /v1/sessions (2.5 s) and the chosen session's
 // totals (1 s); draws the chosen session's update raster from the watch WebSocket
 // /v1/sessions/{id}/watch, reconnecting when it drops.
+//
+// With API keys on, the key typed into the top bar (kept in sessionStorage) goes with every
+// request as `Authorization: Bearer` and on the watch socket as `access_token`; a 401 pauses
+// polling until another key is entered. When the server does not list sessions (403), a session
+// is picked by pasting its id or by `?session=<id>` in the URL.
 
 const WINDOW = 300; // steps shown in the raster
 const STATS_MS = 1000;
@@ -12,6 +17,9 @@ const SPARK_POINTS = 60;
 const RECONNECT_MIN_MS = 500;
 const RECONNECT_MAX_MS = 5000;
 const IDLE_SWITCH_MS = 5000; // when following, move on from a session quiet for this long
+const KEY_STORAGE = "sarnn-serve.api-key";
+const LISTING_OFF_NOTE =
+  "listing is off on this server: paste a session id, or use an admin API key";
 const PALETTE = [
   "#4e79a7", "#f28e2b", "#e15759", "#59a14f", "#b07aa1",
   "#edc948", "#76b7b2", "#ff9da7", "#9c755f", "#bab0ac",
@@ -90,7 +98,11 @@ function hexToRgb(colour) {
 // ---------------------------------------------------------------- http
 
 async function getJSON(path) {
-  const res = await fetch(path, { headers: { accept: "application/json" }, cache: "no-store" });
+  const key = auth.key;
+  const headers = { accept: "application/json" };
+  if (key) headers.authorization = `Bearer ${key}`;
+  const res = await fetch(path, { headers, cache: "no-store" });
+  if (res.status === 401) rejectKey(key);
   if (!res.ok) {
     const err = new Error(`${path}: HTTP ${res.status}`);
     err.status = res.status;
@@ -99,13 +111,19 @@ async function getJSON(path) {
   return res.json();
 }
 
+function report(err) {
+  // A 401 is shown in the page instead (top bar, session note).
+  if (err.status !== 401) console.warn(err);
+}
+
 function every(ms, fn) {
-  // Run fn now and then ms after each run ends (never overlapping).
+  // Run fn now and then ms after each run ends (never overlapping); paused while the server
+  // rejects the API key.
   const loop = async () => {
     try {
-      await fn();
+      if (!auth.rejected) await fn();
     } catch (err) {
-      console.warn(err);
+      report(err);
     }
     setTimeout(loop, ms);
   };
@@ -117,6 +135,11 @@ function every(ms, fn) {
 const models = new Map(); // name -> {card, el, spark: number[]}
 let serverOk = null;
 
+const auth = {
+  key: sessionStorage.getItem(KEY_STORAGE) || "",
+  rejected: false, // the server answered 401 to this key: wait for another one
+};
+
 const params = new URLSearchParams(location.search);
 const session = {
   id: params.get("session") || null,
@@ -125,6 +148,7 @@ const session = {
   threshold: null,
   ended: false,
   known: [], // [{id, model}] from GET /v1/sessions, newest first
+  listingOff: false, // GET /v1/sessions answered 403: pick sessions by id
   chosenAt: 0, // performance.now() when chosen
   lastStepAt: 0, // performance.now() of the last watch event
 };
@@ -155,6 +179,49 @@ function setServer(ok, text) {
 function setWatch(kind, text) {
   $("watch-dot").className = `dot ${kind}`;
   $("watch-text").textContent = text;
+}
+
+// ---------------------------------------------------------------- API key
+
+function authMessage() {
+  return auth.key ? "API key unknown" : "API key required";
+}
+
+function rejectKey(key) {
+  // Only a 401 for the key in use counts: an answer to a key since replaced is stale.
+  if (key !== auth.key || auth.rejected) return;
+  auth.rejected = true;
+  closeWatch();
+  renderAuth();
+}
+
+function renderAuth() {
+  const message = auth.rejected ? authMessage() : "";
+  $("api-key").classList.toggle("bad", auth.rejected);
+  if (auth.rejected) {
+    setServer(false, message);
+    setWatch("bad", message);
+  }
+  if (!models.size) $("models-empty").textContent = message ? `${message}.` : "Loading models\u2026";
+  renderPicker();
+}
+
+function setKey(value) {
+  const key = value.trim();
+  if (key === auth.key && !auth.rejected) return;
+  auth.key = key;
+  if (key) sessionStorage.setItem(KEY_STORAGE, key);
+  else sessionStorage.removeItem(KEY_STORAGE);
+  auth.rejected = false;
+  session.listingOff = false;
+  session.known = [];
+  session.ended = false;
+  renderAuth();
+  // Poll now rather than at the next tick, and reopen the watch socket with the new key.
+  pollStats().catch(report);
+  pollSessions().catch(report);
+  connectWatch();
+  pollSession().catch(report);
 }
 
 // ---------------------------------------------------------------- models
@@ -210,7 +277,7 @@ async function pollStats() {
     try {
       await loadModels();
     } catch (err) {
-      setServer(false, "server unreachable");
+      if (err.status !== 401) setServer(false, "server unreachable");
       throw err;
     }
   }
@@ -221,7 +288,7 @@ async function pollStats() {
     results.forEach((s) => models.get(s.model) && showStats(models.get(s.model), s));
     setServer(true, `live \u00b7 ${new Date().toLocaleTimeString("en-GB")}`);
   } catch (err) {
-    setServer(false, "server unreachable");
+    if (err.status !== 401) setServer(false, "server unreachable");
     throw err;
   }
 }
@@ -265,19 +332,31 @@ function sessionLabel(s) {
   return `${s.id} \u00b7 ${s.model}`;
 }
 
+function autoLabel() {
+  if (auth.rejected || session.listingOff) return "Session list unavailable";
+  return session.known.length ? "\u21bb Follow most recent" : "No active sessions yet";
+}
+
+function noteText() {
+  if (auth.rejected) return `${authMessage()}: enter a key in the API key field at the top`;
+  return session.listingOff ? LISTING_OFF_NOTE : "";
+}
+
+function renderNote() {
+  const note = $("session-note");
+  note.textContent = noteText();
+  note.hidden = !note.textContent;
+}
+
 function renderPicker() {
   const select = $("session-select");
   const ids = session.known.map((s) => s.id);
   if (session.id && !ids.includes(session.id)) ids.push(session.id);
-  const want = ["auto", ...ids].join("|");
+  const want = [autoLabel(), ...ids].join("|");
   if (select.dataset.ids !== want) {
     select.dataset.ids = want;
     select.replaceChildren();
-    const auto = new Option(
-      session.known.length ? "\u21bb Follow most recent" : "No active sessions yet",
-      "auto",
-    );
-    select.add(auto);
+    select.add(new Option(autoLabel(), "auto"));
     for (const s of session.known) select.add(new Option(sessionLabel(s), s.id));
     if (session.id && !session.known.some((s) => s.id === session.id)) {
       select.add(new Option(`${session.id} (not recently active)`, session.id));
@@ -285,6 +364,7 @@ function renderPicker() {
   }
   select.value = session.id || "auto";
   renderChip();
+  renderNote();
 }
 
 function renderChip() {
@@ -296,7 +376,16 @@ function renderChip() {
 }
 
 async function pollSessions() {
-  session.known = await getJSON("/v1/sessions");
+  if (session.listingOff) return;
+  try {
+    session.known = await getJSON("/v1/sessions");
+  } catch (err) {
+    if (err.status !== 403) throw err;
+    session.listingOff = true; // a server setting: ask again only when the key changes
+    session.known = [];
+    renderPicker();
+    return;
+  }
   const newest = session.known[0];
   if (!session.pinned && newest && newest.id !== session.id) {
     // Following: take the most recently active session when there is none, when ours is gone,
@@ -410,6 +499,13 @@ function closeWatch() {
   }
 }
 
+function watchUrl(id) {
+  const proto = location.protocol === "https:" ? "wss" : "ws";
+  const url = new URL(`${proto}://${location.host}/v1/sessions/${encodeURIComponent(id)}/watch`);
+  if (auth.key) url.searchParams.set("access_token", auth.key); // browsers cannot set headers
+  return url.href;
+}
+
 function connectWatch() {
   closeWatch();
   const id = session.id;
@@ -417,8 +513,9 @@ function connectWatch() {
     setWatch("", "no session");
     return;
   }
-  const proto = location.protocol === "https:" ? "wss" : "ws";
-  const ws = new WebSocket(`${proto}://${location.host}/v1/sessions/${encodeURIComponent(id)}/watch`);
+  if (auth.rejected) return;
+  const key = auth.key;
+  const ws = new WebSocket(watchUrl(id));
   watch.ws = ws;
   watch.forId = id;
   setWatch("wait", watch.attempt ? "reconnecting\u2026" : "connecting\u2026");
@@ -434,7 +531,8 @@ function connectWatch() {
       return;
     }
     if (event.type === "error") {
-      endSession(event.error?.message || "session ended");
+      if (event.error?.code === "unauthorized") rejectKey(key);
+      else endSession(event.error?.message || "session ended");
       return;
     }
     ingest(event);
@@ -442,6 +540,10 @@ function connectWatch() {
   ws.onclose = (ev) => {
     if (watch.ws !== ws) return;
     watch.ws = null;
+    if (ev.code === 4401) {
+      rejectKey(key);
+      return;
+    }
     if (ev.code === 4404) {
       endSession("session ended");
       return;
@@ -671,7 +773,25 @@ function render() {
 
 // ---------------------------------------------------------------- start
 
+function watchById(ev) {
+  ev.preventDefault();
+  const input = $("session-id");
+  const id = input.value.trim();
+  if (!id) return;
+  input.value = "";
+  choose(id, true);
+}
+
+function submitKey(ev) {
+  ev.preventDefault();
+  setKey($("api-key").value);
+}
+
 function start() {
+  $("api-key").value = auth.key;
+  $("key-form").addEventListener("submit", submitKey);
+  $("api-key").addEventListener("change", (ev) => setKey(ev.target.value));
+  $("session-form").addEventListener("submit", watchById);
   $("session-select").addEventListener("change", (ev) => {
     const value = ev.target.value;
     if (value === "auto") {
@@ -687,7 +807,7 @@ function start() {
     for (const m of models.values()) drawSpark(q(m.el, "steps-spark"), m.spark);
   });
   resetSessionView();
-  renderPicker();
+  renderAuth();
   if (session.id) connectWatch();
   every(STATS_MS, pollStats);
   every(SESSIONS_MS, pollSessions);
