@@ -1,6 +1,7 @@
 """Export a trained checkpoint into a self-describing model directory.
 
     models/<name>/model.onnx     the chunk graph (export.onnx_graph)
+    models/<name>/model.sparse.onnx  the same graph computing only updated rows (export.onnx_sparse)
     models/<name>/model.json     the model card (sarnn_serve.card.ModelCard)
     models/<name>/verify.json    parity report against the checkpoint (export.verify)
     + checkpoint.pt, metrics.json and plots copied from beside the checkpoint
@@ -21,6 +22,8 @@ import torch
 
 from export.model import SARNN, load_checkpoint
 from export.onnx_graph import OPSET, CellWeights, build_chunk_graph
+from export.onnx_sparse import build_sparse_chunk_graph
+from export.verify import SPARSE_GRAPH
 from sarnn_serve.card import Evaluation as CardEvaluation
 from sarnn_serve.card import ExportInfo, ModelCard, TrainingInfo
 
@@ -47,11 +50,12 @@ def cell_weights(model: SARNN) -> CellWeights:
     )
 
 
-def build_model(model: SARNN) -> onnx.ModelProto:
-    """Chunk graph of `model`, passing onnx's full checker."""
+def build_model(model: SARNN, sparse: bool = False) -> onnx.ModelProto:
+    """Chunk graph of `model` (dense, or the sparse twin), passing onnx's full checker."""
     if not model.config.selective:
         raise ValueError("the checkpoint is a dense baseline; export an SA-RNN checkpoint")
-    proto = build_chunk_graph(
+    builder = build_sparse_chunk_graph if sparse else build_chunk_graph
+    proto = builder(
         cell_weights(model),
         metadata={"cell": model.config.cell, "hidden": str(model.config.hidden)},
     )
@@ -99,6 +103,7 @@ def make_card(model: SARNN, blob: dict, name: str, graph_bytes: bytes) -> ModelC
         ),
     )
     card.cost_per_step = card.cost_summary()
+    card.sparse_graph = SPARSE_GRAPH
     return card
 
 
@@ -113,12 +118,14 @@ def export_model(checkpoint: Path, out: Path, name: str | None = None, force: bo
     model, blob = load_checkpoint(str(checkpoint))
     proto = build_model(model)
     graph_bytes = proto.SerializeToString()
+    sparse_bytes = build_model(model, sparse=True).SerializeToString()
     card = make_card(model, blob, name or out.name, graph_bytes)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     tmp.chmod(0o755)
     try:
         (tmp / "model.onnx").write_bytes(graph_bytes)
+        (tmp / SPARSE_GRAPH).write_bytes(sparse_bytes)
         (tmp / "model.json").write_text(card.model_dump_json(indent=2) + "\n")
         for companion in COMPANIONS:
             src = checkpoint.parent / companion

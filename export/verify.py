@@ -1,4 +1,4 @@
-"""Parity of an exported chunk graph against its PyTorch checkpoint.
+"""Parity of an exported chunk graph (and its sparse twin) against its PyTorch checkpoint.
 
 Step by step: at every step both runtimes start from the PyTorch state, so one float32 rounding
 flip cannot derail a trajectory. Masks must agree on every decision with |a| >= NEAR_TIE; the
@@ -16,6 +16,7 @@ import torch
 from export.data import load_dataset, pad_recordings
 from export.model import SARNN, load_checkpoint
 
+SPARSE_GRAPH = "model.sparse.onnx"
 NEAR_TIE = 1e-5
 TOLERANCE = 1e-4
 
@@ -40,15 +41,26 @@ class Report:
 
     data: StepParity
     random: StepParity
+    sparse_data: StepParity | None = None
+    sparse_random: StepParity | None = None
     free_running_divergent_steps: int = 0
     free_running_steps: int = 0
     accuracy_torch: float = 0.0
     accuracy_onnx: float = 0.0
     notes: list[str] = field(default_factory=list)
 
+    def _parts(self) -> list[tuple[str, StepParity]]:
+        parts = [("test data", self.data), ("random", self.random)]
+        if self.sparse_data is not None and self.sparse_random is not None:
+            parts += [
+                ("sparse, test data", self.sparse_data),
+                ("sparse, random", self.sparse_random),
+            ]
+        return parts
+
     @property
     def ok(self) -> bool:
-        parts = (self.data, self.random)
+        parts = [p for _, p in self._parts()]
         return all(
             p.mismatches_far == 0
             and p.max_logit_diff <= TOLERANCE
@@ -61,7 +73,7 @@ class Report:
 
     def summary(self) -> str:
         lines = [f"parity {'OK' if self.ok else 'FAILED'}"]
-        for label, p in (("test data", self.data), ("random", self.random)):
+        for label, p in self._parts():
             lines.append(
                 f"  {label}: {p.steps} steps, {p.decisions} gate decisions, "
                 f"{p.mismatches_far} mismatches with |a|>={NEAR_TIE:g}, "
@@ -76,14 +88,13 @@ class Report:
         return "\n".join(lines + [f"  note: {n}" for n in self.notes])
 
 
-def open_session(model_dir: Path) -> ort.InferenceSession:
-    if not (model_dir / "model.onnx").is_file():
-        raise FileNotFoundError(f"{model_dir / 'model.onnx'} does not exist")
+def open_session(model_dir: Path, graph: str = "model.onnx") -> ort.InferenceSession:
+    if not (model_dir / graph).is_file():
+        raise FileNotFoundError(f"{model_dir / graph} does not exist")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
-    return ort.InferenceSession(
-        str(model_dir / "model.onnx"), opts, providers=["CPUExecutionProvider"]
-    )
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(model_dir / graph), opts, providers=["CPUExecutionProvider"])
 
 
 @torch.no_grad()
@@ -134,6 +145,10 @@ def verify(checkpoint: Path, model_dir: Path, random_steps: int = 10_000, seed: 
     xr = (mean + 2 * std * rng.standard_normal((batch, steps, len(mean)))).astype(np.float32)
     random_parity = step_parity(model, sess, xr, np.full(batch, steps))
     report = Report(data=data_parity, random=random_parity)
+    if (model_dir / SPARSE_GRAPH).is_file():
+        sparse = open_session(model_dir, SPARSE_GRAPH)
+        report.sparse_data = step_parity(model, sparse, x, lengths)
+        report.sparse_random = step_parity(model, sparse, xr, np.full(batch, steps))
     with torch.no_grad():
         ref = model(torch.from_numpy(x), deterministic=True).logits.argmax(-1).numpy()
     logits, _, _ = sess.run(

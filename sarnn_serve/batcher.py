@@ -2,7 +2,8 @@
 
 Jobs queue up while a call runs; the next call takes every waiting job (up to the row and
 step limits), groups them by padded length (powers of two, so short chunks are not padded to
-long ones), stacks their states and runs each group once in the engine's thread pool.
+long ones), stacks their states and runs each group once in the engine's thread pool, on the
+graph (dense or sparse) that the router picks from the jobs' recent update rates.
 """
 
 import asyncio
@@ -12,7 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sarnn_serve.engine import Engine, EngineOutput
+from sarnn_serve.engine import DENSE, Engine, EngineOutput
+from sarnn_serve.routing import Router
 
 
 @dataclass
@@ -30,7 +32,20 @@ class _Job:
     x: np.ndarray
     state: np.ndarray
     threshold: float
+    rate: float
     future: asyncio.Future = field(repr=False)
+
+
+@dataclass(frozen=True)
+class CallTiming:
+    """One engine call: the graph it ran on, its rows and steps, measured seconds, and the
+    seconds the dense graph would have taken (measured if it ran dense, else calibrated)."""
+
+    path: str
+    rows: int
+    steps: int
+    seconds: float
+    dense_seconds: float
 
 
 def _bucket(steps: int) -> int:
@@ -48,8 +63,10 @@ class MicroBatcher:
         max_steps: int = 65_536,
         wait_s: float = 0.0,
         observe=None,
+        router: Router | None = None,
     ) -> None:
         self.engine = engine
+        self.router = router or Router(DENSE, None)
         self.executor = executor
         self.max_rows = max_rows
         self.max_steps = max_steps
@@ -66,10 +83,13 @@ class MicroBatcher:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    async def run(self, x: np.ndarray, state: np.ndarray, threshold: float) -> RowResult:
-        """Advance one chunk x [T,F] from state [S]."""
+    async def run(
+        self, x: np.ndarray, state: np.ndarray, threshold: float, rate: float = 1.0
+    ) -> RowResult:
+        """Advance one chunk x [T,F] from state [S]; `rate` is the session's recent update
+        rate (it predicts this chunk's, for the choice of graph)."""
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Job(x, state, threshold, future))
+        await self._queue.put(_Job(x, state, threshold, rate, future))
         return await future
 
     def _take(self, jobs: list[_Job]) -> list[_Job]:
@@ -87,7 +107,7 @@ class MicroBatcher:
             groups[-1].append(job)
         return [g for groups in by_bucket.values() for g in groups]
 
-    def _call(self, jobs: list[_Job]) -> tuple[EngineOutput, float]:
+    def _call(self, jobs: list[_Job]) -> tuple[EngineOutput, CallTiming]:
         steps = max(len(j.x) for j in jobs)
         x = np.zeros((len(jobs), steps, jobs[0].x.shape[1]), np.float32)
         for i, job in enumerate(jobs):
@@ -95,9 +115,12 @@ class MicroBatcher:
         state = np.stack([j.state for j in jobs])
         lengths = np.asarray([len(j.x) for j in jobs], np.int64)
         threshold = np.asarray([j.threshold for j in jobs], np.float32)
+        path = self.router.choose(len(jobs), [j.rate for j in jobs])
         started = time.perf_counter()
-        out = self.engine.run(x, state, lengths, threshold)
-        return out, time.perf_counter() - started
+        out = self.engine.run(x, state, lengths, threshold, path=path)
+        seconds = time.perf_counter() - started
+        dense = seconds if path == DENSE else self.router.dense_seconds(len(jobs), steps)
+        return out, CallTiming(path, len(jobs), steps, seconds, dense or seconds)
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -111,17 +134,19 @@ class MicroBatcher:
                 if not live:
                     continue
                 try:
-                    out, seconds = await loop.run_in_executor(self.executor, self._call, live)
+                    out, timing = await loop.run_in_executor(self.executor, self._call, live)
                 except Exception as exc:
                     for job in live:
                         if not job.future.done():
                             job.future.set_exception(exc)
                     continue
                 if self.observe:
-                    self.observe(seconds)
+                    self.observe(timing)
                 for i, job in enumerate(live):
                     if not job.future.done():
                         n = len(job.x)
                         job.future.set_result(
-                            RowResult(out.logits[i, :n], out.updates[i, :n], out.state[i], seconds)
+                            RowResult(
+                                out.logits[i, :n], out.updates[i, :n], out.state[i], timing.seconds
+                            )
                         )

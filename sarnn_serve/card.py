@@ -69,6 +69,11 @@ class ModelCard(BaseModel):
     evaluation: Evaluation
     cost_per_step: CostPerStep | None = None
     export: ExportInfo | None = None
+    sparse_graph: str | None = Field(
+        None,
+        description="File of the sparse twin of model.onnx (same inputs, outputs and answers; "
+        "computes only the rows of neurons that update), if exported.",
+    )
 
     @property
     def state_size(self) -> int:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 from sarnn_serve.accounting import Usage
+from sarnn_serve.batcher import CallTiming
 
 disable_created_metrics()
 
@@ -47,6 +48,26 @@ class PromMetrics:
             "sarnn_requests", "Requests by endpoint and status.", ("endpoint", "status")
         )
         self.errors = counter("sarnn_errors", "Errors by reason.", ("reason",))
+        self.engine_seconds = Counter(
+            "sarnn_engine_seconds",
+            "Seconds spent in onnxruntime calls, by graph (dense or sparse).",
+            ("model", "path"),
+            registry=r,
+        )
+        self.engine_calls = Counter(
+            "sarnn_engine_calls", "onnxruntime calls, by graph.", ("model", "path"), registry=r
+        )
+        self.engine_dense_seconds = counter(
+            "sarnn_engine_dense_equivalent_seconds",
+            "Seconds the dense graph would have spent on the same calls: measured for calls "
+            "that ran dense, predicted by the load-time calibration for calls that ran sparse.",
+        )
+        self.sparse_crossover = Gauge(
+            "sarnn_sparse_crossover_update_rate",
+            "Calibrated union update rate below which the sparse graph is faster, by batch size.",
+            ("model", "batch"),
+            registry=r,
+        )
         self.ws_connections = Gauge(
             "sarnn_ws_connections", "Open WebSocket streams of this process.", registry=r
         )
@@ -84,6 +105,28 @@ class ModelStats:
         self.started = clock()
         self.total = _Second(0)
         self.recent: deque[_Second] = deque()
+        self.engine_seconds: dict[str, float] = {}
+        self.engine_calls: dict[str, int] = {}
+        self.dense_seconds = 0.0
+
+    def add_call(self, timing: CallTiming) -> None:
+        """One engine call: its measured seconds and its dense equivalent."""
+        self.engine_seconds[timing.path] = (
+            self.engine_seconds.get(timing.path, 0.0) + timing.seconds
+        )
+        self.engine_calls[timing.path] = self.engine_calls.get(timing.path, 0) + 1
+        self.dense_seconds += timing.dense_seconds
+
+    def engine_snapshot(self) -> dict:
+        """Measured engine time by graph, beside what the dense graph would have spent."""
+        spent = sum(self.engine_seconds.values())
+        return {
+            "calls": dict(self.engine_calls),
+            "seconds": dict(self.engine_seconds),
+            "dense_equivalent_seconds": self.dense_seconds,
+            "measured_time_saved_s": self.dense_seconds - spent,
+            "measured_time_saved": 1 - spent / self.dense_seconds if self.dense_seconds else 0.0,
+        }
 
     def add(self, u: Usage) -> None:
         now = int(self.clock())
@@ -153,6 +196,18 @@ class Monitor:
         dense.inc(u.macs_dense)
         selective.inc(u.macs_selective)
         self.stats[model].add(u)
+
+    def record_call(self, model: str, timing: CallTiming) -> None:
+        """One engine call of a model (every transport's chunks pass through here)."""
+        self.prom.inference_seconds.labels(model).observe(timing.seconds)
+        self.prom.engine_seconds.labels(model, timing.path).inc(timing.seconds)
+        self.prom.engine_calls.labels(model, timing.path).inc()
+        self.prom.engine_dense_seconds.labels(model).inc(timing.dense_seconds)
+        self.stats[model].add_call(timing)
+
+    def set_crossover(self, model: str, crossover: dict[int, float]) -> None:
+        for batch, rate in crossover.items():
+            self.prom.sparse_crossover.labels(model, str(batch)).set(rate)
 
     def record_error(self, code: str) -> None:
         """One client-visible error, counted by its code (every transport calls this)."""

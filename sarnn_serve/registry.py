@@ -66,11 +66,22 @@ def _check_graph(card: ModelCard, engine: Engine, path: Path) -> None:
             raise ModelLoadError(
                 f"{path}: {name} has size {got} on axis {axis} but the card says {size}"
             )
-    probe = engine.run(
-        np.zeros((1, 2, card.n_features), np.float32), np.zeros((1, card.state_size), np.float32)
-    )
-    if probe.logits.shape != (1, 2, card.n_classes) or probe.updates.shape != (1, 2, card.hidden):
-        raise ModelLoadError(f"{path}: a probe run returned shapes unlike the card's")
+    x = np.zeros((2, 3, card.n_features), np.float32)
+    state = np.full((2, card.state_size), 0.1, np.float32)
+    probes = {p: engine.run(x, state, path=p) for p in engine.paths}
+    for name, probe in probes.items():
+        if probe.logits.shape != (2, 3, card.n_classes) or probe.updates.shape != (
+            2,
+            3,
+            card.hidden,
+        ):
+            raise ModelLoadError(f"{path}: a probe run of the {name} graph returned other shapes")
+    if len(probes) == 2:
+        dense, sparse = probes.values()
+        if not np.array_equal(dense.updates, sparse.updates) or not np.allclose(
+            dense.state, sparse.state, atol=1e-5
+        ):
+            raise ModelLoadError(f"{path}: the sparse graph does not answer as the dense one")
 
 
 def load_model(
@@ -79,12 +90,14 @@ def load_model(
     """Load one model directory; ModelLoadError names the bad file."""
     card = _read_card(directory / "model.json")
     graph = directory / "model.onnx"
-    if not graph.is_file():
-        raise ModelLoadError(f"{graph}: graph missing")
+    sparse = directory / card.sparse_graph if card.sparse_graph else None
+    for path in (graph, sparse):
+        if path is not None and not path.is_file():
+            raise ModelLoadError(f"{path}: graph missing")
     try:
-        engine = Engine(graph, intra_op_threads, inter_op_threads)
+        engine = Engine(graph, intra_op_threads, inter_op_threads, sparse)
     except Exception as exc:
-        raise ModelLoadError(f"{graph}: onnxruntime cannot load it: {exc}") from exc
+        raise ModelLoadError(f"{directory}: onnxruntime cannot load a graph: {exc}") from exc
     _check_graph(card, engine, graph)
     return LoadedModel(card, engine)
 

@@ -9,11 +9,13 @@ back with a compare-and-set and accounts the compute in one place (`Monitor.reco
 import asyncio
 import hashlib
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager, contextmanager
+from functools import partial
 
 import numpy as np
 import orjson
@@ -38,6 +40,7 @@ from sarnn_serve.metrics import Monitor
 from sarnn_serve.quotas import ConnectionLimit, CreationRate
 from sarnn_serve.registry import LoadedModel, Registry
 from sarnn_serve.results import ChunkResult, StepOutputs, chunk_body, step_list
+from sarnn_serve.routing import Router
 from sarnn_serve.schemas import ChunkRequest, PredictRequest, SessionCreate
 from sarnn_serve.sessions import SessionRecord, new_session_id
 from sarnn_serve.settings import Settings
@@ -62,6 +65,7 @@ class DataPlane:
         monitor: Monitor,
         executor: Executor,
         keyring: KeyRing | None = None,
+        routers: dict[str, Router] | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -85,7 +89,8 @@ class DataPlane:
                 max_rows=settings.batch_max_rows,
                 max_steps=settings.batch_max_steps,
                 wait_s=settings.batch_wait_ms / 1000,
-                observe=monitor.prom.inference_seconds.labels(name).observe,
+                observe=partial(monitor.record_call, name),
+                router=(routers or {}).get(name),
             )
             for name, model in registry.models.items()
         }
@@ -130,11 +135,22 @@ class DataPlane:
 
     def model_stats(self, name: str) -> dict:
         model = self.registry.get(name)
+        router = self.batchers[name].router
+        calibration = router.calibration.as_dict() if router.calibration else None
         return {
             "model": name,
             "hidden": model.card.hidden,
             "active_sessions": self.monitor.active.get(name, 0),
             **self.monitor.stats[name].snapshot(),
+            "engine": {
+                "graphs": model.engine.paths,
+                "routing": router.mode,
+                "calibration": calibration,
+                **self.monitor.stats[name].engine_snapshot(),
+                "note": "dense_equivalent_seconds: what the dense graph would have spent on the "
+                "same calls, measured for calls that ran dense and predicted by the load-time "
+                "calibration for calls that ran sparse",
+            },
         }
 
     # callers --------------------------------------------------------------------------
@@ -185,6 +201,7 @@ class DataPlane:
             ttl_s=request.idle_timeout_s or self.settings.session_ttl_s,
             state=np.zeros(card.state_size, np.float32),
             owner=caller.id,
+            recent_rate=_prior_rate(card),
         )
         gone = await self.store.create(
             record.id,
@@ -277,7 +294,9 @@ class DataPlane:
                     return self._replay(record, card, digest, seq)
                 if seq != record.next_seq:
                     raise SeqConflict(seq, record.next_seq)
-                result = await self.batchers[card.name].run(x, record.state, record.threshold)
+                result = await self.batchers[card.name].run(
+                    x, record.state, record.threshold, record.recent_rate
+                )
                 outputs = StepOutputs.from_graph(
                     record.steps, result.logits, result.updates, chunk.include_mask
                 )
@@ -286,6 +305,7 @@ class DataPlane:
                 record.steps += used.steps
                 record.updates += used.updates
                 record.next_seq = seq + 1
+                record.note_rate(used.steps, used.updates, card.hidden)
                 record.last_seen = time.time()
                 record.last_digest, record.last_outputs = digest, outputs
                 if await self.store.compare_and_set(
@@ -345,7 +365,8 @@ class DataPlane:
         tau = request.threshold if request.threshold is not None else card.threshold
         zero = np.zeros(card.state_size, np.float32)
         batcher = self.batchers[card.name]
-        results = await asyncio.gather(*(batcher.run(x, zero, tau) for x in xs))
+        prior = _prior_rate(card)
+        results = await asyncio.gather(*(batcher.run(x, zero, tau, prior) for x in xs))
         out, total_steps, total_updates = [], 0, 0
         for r in results:
             outputs = StepOutputs.from_graph(0, r.logits, r.updates, request.include_mask)
@@ -429,3 +450,9 @@ class DataPlane:
                 await self.sweep()
             except Exception:
                 log.exception("session sweep failed")
+
+
+def _prior_rate(card: ModelCard) -> float:
+    """A new session's expected update rate: the card's evaluated rate (1 if unknown)."""
+    rate = card.evaluation.update_rate
+    return rate if math.isfinite(rate) else 1.0

@@ -39,6 +39,12 @@ class SessionRecord:
     last_seen: float = field(default_factory=time.time)
     last_digest: bytes = b""
     last_outputs: StepOutputs | None = None
+    recent_rate: float = 1.0
+
+    def note_rate(self, steps: int, updates: int, hidden: int) -> None:
+        """Fold a chunk's update rate into `recent_rate`, weighing each step as 10% decay."""
+        weight = 1.0 - 0.9**steps
+        self.recent_rate += weight * (updates / (steps * hidden) - self.recent_rate)
 
     def encode(self) -> bytes:
         return msgpack.packb(
@@ -57,6 +63,7 @@ class SessionRecord:
                 self.last_seen,
                 self.last_digest,
                 self.last_outputs.pack() if self.last_outputs is not None else None,
+                self.recent_rate,
             ]
         )
 

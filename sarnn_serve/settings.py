@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     batch_max_rows: int = Field(256, ge=1, description="Rows (sessions) per batched call.")
     batch_max_steps: int = Field(65_536, ge=1, description="Rows x padded steps per call.")
     batch_wait_ms: float = Field(1.0, ge=0, description="How long a batch waits to fill.")
+    engine_path: Literal["auto", "dense", "sparse"] = Field(
+        "auto",
+        description="Graph that runs batches: auto (the faster one per batch, by the timing "
+        "calibration at load), or always dense / sparse (sparse needs model.sparse.onnx).",
+    )
     switch_interval_s: float = Field(1e-4, gt=0, description="sys.setswitchinterval value.")
 
     api_keys: str = Field(

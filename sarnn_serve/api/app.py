@@ -12,8 +12,11 @@ from sarnn_serve import logs
 from sarnn_serve.api import dashboard, docs, errors, health, models, openapi, sessions, stream
 from sarnn_serve.api.limits import BodyLimit, RequestMetrics
 from sarnn_serve.auth import KeyRing
+from sarnn_serve.engine import DENSE, SPARSE
+from sarnn_serve.errors import ModelLoadError
 from sarnn_serve.metrics import Monitor, PromMetrics
 from sarnn_serve.registry import Registry
+from sarnn_serve.routing import Router, calibrate
 from sarnn_serve.service import DataPlane
 from sarnn_serve.settings import Settings
 from sarnn_serve.store import SessionStore
@@ -31,6 +34,27 @@ def make_store(settings: Settings) -> SessionStore:
     return MemoryStore(settings.max_sessions, settings.max_store_bytes)
 
 
+def make_routers(settings: Settings, registry: Registry, monitor: Monitor) -> dict[str, Router]:
+    """Per model, the router between its graphs: calibrated on this machine when both exist."""
+    routers = {}
+    for name, model in registry.models.items():
+        mode = settings.engine_path
+        calibration = None
+        if SPARSE in model.engine.paths and mode != DENSE:
+            card = model.card
+            calibration = calibrate(model.engine, card.n_features, card.state_size)
+            crossover = calibration.crossover()
+            monitor.set_crossover(name, dict(zip(calibration.batches, crossover, strict=True)))
+            log.info(
+                "graphs calibrated",
+                extra={"model": name, "batch_sizes": calibration.batches, "crossover": crossover},
+            )
+        elif mode == SPARSE:
+            raise ModelLoadError(f"{name}: SARNN_ENGINE_PATH=sparse but it has no sparse graph")
+        routers[name] = Router(mode, calibration)
+    return routers
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The ASGI app; models load when the lifespan starts (a bad model stops start-up)."""
     settings = settings or Settings()
@@ -44,10 +68,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.model_dir, settings.ort_intra_op_threads, settings.ort_inter_op_threads
         )
         monitor = Monitor(prom, {n: m.card.hidden for n, m in registry.models.items()})
+        routers = make_routers(settings, registry, monitor)
         executor = ThreadPoolExecutor(settings.engine_threads, thread_name_prefix="ort")
         keyring = KeyRing.from_settings(settings)
         store = make_store(settings)
-        plane = DataPlane(settings, registry, store, monitor, executor, keyring)
+        plane = DataPlane(settings, registry, store, monitor, executor, keyring, routers)
         await plane.start()
         app.state.plane, app.state.monitor = plane, monitor
         log.info(
