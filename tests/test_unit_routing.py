@@ -1,0 +1,61 @@
+"""Routing between the dense and the sparse graph: the calibration's arithmetic and choices."""
+
+import pytest
+
+from sarnn_serve.engine import DENSE, SPARSE
+from sarnn_serve.routing import Calibration, Router
+
+# dense costs 10 us/step at B=1 and 80 at B=64; sparse costs 2 + 40 x rate at B=1, 5 + 150 x rate
+# at B=64: crossovers at 0.2 and 0.5
+CAL = Calibration([1, 64], [10e-6, 80e-6], [2e-6, 5e-6], [40e-6, 150e-6])
+
+
+def test_crossover_is_where_the_sparse_line_meets_the_dense_time() -> None:
+    assert CAL.crossover() == pytest.approx([0.2, 0.5])
+    never = Calibration([1], [1e-6], [2e-6], [1e-6])
+    always = Calibration([1], [5e-6], [1e-6], [0.0])
+    assert never.crossover() == [0.0] and always.crossover() == [1.0]
+
+
+def test_auto_routes_by_predicted_union_rate() -> None:
+    router = Router("auto", CAL)
+    assert router.choose(1, [0.1]) == SPARSE
+    assert router.choose(1, [0.3]) == DENSE
+    # two sessions at 10%: union 1 - 0.9^2 = 19% < crossover ~0.2 at B=2
+    assert router.choose(2, [0.1, 0.1]) == SPARSE
+    # eight at 10%: union 57%, above any crossover
+    assert router.choose(8, [0.1] * 8) == DENSE
+
+
+def test_forced_modes_and_no_sparse_graph() -> None:
+    assert Router("dense", CAL).choose(1, [0.0]) == DENSE
+    assert Router("sparse", CAL).choose(64, [1.0]) == SPARSE
+    assert Router("auto", None).choose(1, [0.0]) == DENSE
+    assert Router("auto", None).dense_seconds(1, 10) is None
+
+
+def test_dense_equivalent_interpolates_between_batch_sizes() -> None:
+    assert CAL.dense_seconds(1, 10) == pytest.approx(100e-6)
+    assert CAL.dense_seconds(64, 2) == pytest.approx(160e-6)
+    assert 10e-6 < CAL.dense_seconds(32, 1) < 80e-6
+
+
+@pytest.mark.slow
+def test_calibration_of_real_graphs(tmp_path) -> None:
+    from export.onnx_export import build_model
+    from sarnn_serve.engine import Engine
+    from sarnn_serve.routing import BATCHES, THRESHOLDS, calibrate
+    from tests.conftest import TINY_FEATURES, build_tiny_sarnn
+
+    model = build_tiny_sarnn("gru", hidden=24)
+    (tmp_path / "d.onnx").write_bytes(build_model(model).SerializeToString())
+    (tmp_path / "s.onnx").write_bytes(build_model(model, sparse=True).SerializeToString())
+    engine = Engine(tmp_path / "d.onnx", sparse_path=tmp_path / "s.onnx")
+    cal = calibrate(engine, TINY_FEATURES, 24)
+    assert cal.batches == list(BATCHES)
+    assert all(d > 0 for d in cal.dense)
+    assert all(0.0 <= c <= 1.0 for c in cal.crossover())
+    # the thresholds spread the measured union rates
+    assert all(
+        len(rates) == len(THRESHOLDS) and max(rates) > min(rates) for rates in cal.measured_rates
+    )
