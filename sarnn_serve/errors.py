@@ -1,6 +1,7 @@
 """Typed errors of the service. Each carries its HTTP status and machine-readable code; the
 transports render them in one place (`api/errors.py` for HTTP, `api/stream.py` for frames)."""
 
+import json
 from typing import Any, ClassVar
 
 
@@ -18,6 +19,11 @@ class ServiceError(Exception):
     def body(self) -> dict[str, Any]:
         """The JSON error body: {"error": {"code", "message", ...detail}}."""
         return {"error": {"code": self.code, "message": self.message, **self.detail}}
+
+    def json(self, **extra: Any) -> str:
+        """The error body (with `extra` top-level fields) as ASCII JSON: a client's string that
+        is not valid UTF-8 (a lone surrogate) is escaped, never a reason to fail."""
+        return json.dumps({**extra, **self.body()}, ensure_ascii=True)
 
     def http_headers(self) -> dict[str, str] | None:
         """Extra HTTP response headers (Retry-After, WWW-Authenticate)."""

@@ -4,7 +4,8 @@ At model load `calibrate` times the dense graph and the sparse graph at a few ba
 (sparse at several update rates, set through the threshold) and fits, per batch size, the
 sparse graph's time per step as a line in the union update rate (the fraction of neurons that
 update in at least one row: the rows the sparse graph computes). A batch then runs sparse when
-its predicted union rate is below the crossover where that line meets the dense time. The
+its predicted union rate is below the crossover where that line meets 80% of the dense time
+(a margin for noisy timings). The
 union rate of a batch is predicted from its sessions' recent update rates as if they were
 independent, 1 - prod(1 - r_i), which over-estimates it (neurons that update often do so in
 every session), so the choice errs towards dense.
@@ -22,6 +23,9 @@ BATCHES = (1, 8, 64)
 THRESHOLDS = (0.02, 0.3, 0.5, 0.7, 0.9, 0.98)
 STEPS = 16
 SAMPLE_S = 0.02
+# the sparse graph must be predicted this much faster: timings on a busy machine are noisy,
+# and a wrong choice for sparse costs more than one for dense
+SPARSE_MARGIN = 0.8
 
 
 @dataclass
@@ -36,13 +40,14 @@ class Calibration:
     measured_rates: list[list[float]] = field(default_factory=list)
 
     def crossover(self) -> list[float]:
-        """Per batch size: the union rate below which the sparse graph is faster."""
+        """Per batch size: the union rate below which the sparse graph is faster by the margin."""
         out = []
         for dense, base, slope in zip(self.dense, self.sparse_base, self.sparse_slope, strict=True):
+            target = SPARSE_MARGIN * dense
             if slope <= 0:
-                out.append(1.0 if base < dense else 0.0)
+                out.append(1.0 if base < target else 0.0)
             else:
-                out.append(float(min(1.0, max(0.0, (dense - base) / slope))))
+                out.append(float(min(1.0, max(0.0, (target - base) / slope))))
         return out
 
     def dense_seconds(self, batch: int, steps: int) -> float:
@@ -50,9 +55,11 @@ class Calibration:
         return float(np.interp(batch, self.batches, self.dense)) * steps
 
     def sparse_faster(self, batch: int, union: float) -> bool:
+        """Whether the sparse graph is predicted faster by at least the margin."""
         base = float(np.interp(batch, self.batches, self.sparse_base))
         slope = float(np.interp(batch, self.batches, self.sparse_slope))
-        return base + slope * union < float(np.interp(batch, self.batches, self.dense))
+        dense = float(np.interp(batch, self.batches, self.dense))
+        return base + slope * union < SPARSE_MARGIN * dense
 
     def as_dict(self) -> dict:
         return {

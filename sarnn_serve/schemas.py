@@ -41,13 +41,19 @@ class SessionCreate(BaseModel):
     )
 
 
-class StreamOpen(SessionCreate):
-    """Query parameters of WS /v1/stream: those of POST /v1/sessions, and two more."""
+class StreamAttach(BaseModel):
+    """Query parameters of WS /v1/sessions/{id}/stream."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     delete_on_close: bool = Field(False, description="Delete the session when the socket closes.")
     access_token: str | None = Field(
         None, description="An API key, for clients that cannot send an Authorization header."
     )
+
+
+class StreamOpen(SessionCreate, StreamAttach):
+    """Query parameters of WS /v1/stream: those of POST /v1/sessions, and StreamAttach's."""
 
 
 class Usage(BaseModel):

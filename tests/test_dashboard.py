@@ -4,7 +4,10 @@ A client streams a real watch recording over the WebSocket while the page is ope
 numbers (read from `data-testid` elements, raw values in `data-value`) and its raster canvas
 (pixels read back with getImageData) must move with it, and the page must log no errors.
 The page is run in the server's three modes: sessions listed to anyone (SARNN_LIST_SESSIONS),
-listing off (the default: sessions are picked by id) and API keys on.
+listing off (the default: sessions are picked by id) and API keys on. The model card's engine
+fields (measured time saved, sparse-graph calls, routing) must match GET
+/v1/models/{name}/stats, with the default routing (auto) and with every batch sent to the sparse
+graph (SARNN_ENGINE_PATH=sparse).
 """
 
 import json
@@ -109,6 +112,18 @@ def keyed_server(
 
 
 @pytest.fixture(scope="module")
+def sparse_server(
+    served_models: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """A server that runs every batch on the sparse graph (SARNN_ENGINE_PATH=sparse)."""
+    server = start_server(
+        served_models, tmp_path_factory.mktemp("sparse"), {"SARNN_ENGINE_PATH": "sparse"}
+    )
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture(scope="module")
 def browser() -> Iterator:
     from playwright.sync_api import sync_playwright
 
@@ -189,6 +204,55 @@ def wait_value(page, selector: str, op: str, bound: float) -> float:
         timeout=TIMEOUT_MS,
     )
     return value(page, selector)
+
+
+def pct(text: str) -> float:
+    """A percentage as the page writes it ("12.3%", "\u221212.3%") as a number of percent."""
+    assert re.fullmatch(r"\u2212?\d+\.\d%", text), text
+    return float(text.replace("\u2212", "-")[:-1])
+
+
+def seconds(text: str) -> float:
+    """A duration as the page writes it ("0 s", "850 \u00b5s", "\u22121.25 ms", "2.41 s")."""
+    m = re.fullmatch(r"(\u2212?)(\d+(?:\.\d+)?) (\u00b5s|ms|s)", text)
+    assert m, text
+    scale = {"\u00b5s": 1e-6, "ms": 1e-3, "s": 1.0}[m[3]]
+    return (-1 if m[1] else 1) * float(m[2]) * scale
+
+
+def engine_stats(server: LiveServer) -> dict:
+    return httpx.get(f"{server.url}/v1/models/{TINY_MODEL}/stats").json()["engine"]
+
+
+def assert_engine_shown(page, server: LiveServer) -> dict:
+    """Once the model card shows as many engine calls as GET /v1/models/{name}/stats counts,
+    its measured-time and graph fields must show that answer's numbers; return the answer.
+    Call it when no chunks are in flight, so the server's numbers hold still."""
+    engine = engine_stats(server)
+    calls = sum(engine["calls"].values())
+    sparse = engine["calls"].get("sparse", 0)
+    assert calls > 0
+    wait_value(page, card("engine-calls"), "==", calls)
+    assert page.locator(card("routing")).inner_text() == engine["routing"]
+    assert value(page, card("sparse-calls")) == sparse
+    assert value(page, card("sparse-share")) == pytest.approx(sparse / calls)
+    share_text = pct(page.locator(card("sparse-share")).inner_text())
+    assert 0 <= share_text <= 100
+    assert share_text == pytest.approx(100 * sparse / calls, abs=0.051)
+    saved = engine["measured_time_saved"]
+    assert value(page, card("time-saved")) == pytest.approx(saved)
+    assert pct(page.locator(card("time-saved")).inner_text()) == pytest.approx(
+        100 * saved, abs=0.051
+    )
+    for testid, key in (
+        ("time-saved-s", "measured_time_saved_s"),
+        ("dense-equivalent-s", "dense_equivalent_seconds"),
+    ):
+        assert value(page, card(testid)) == pytest.approx(engine[key])
+        shown = seconds(page.locator(card(testid)).inner_text())
+        assert shown == pytest.approx(engine[key], rel=0.01, abs=6e-7)
+    assert engine["dense_equivalent_seconds"] > 0
+    return engine
 
 
 def wait_text(page, testid: str, text: str) -> None:
@@ -273,12 +337,45 @@ def test_dashboard_follows_a_live_stream(
         assert wait_value(page, tid("session-macs-saved"), ">", 0) > 0
         assert "watching live" in page.locator(tid("watch-status")).inner_text()
 
+        # beside the counted multiply-adds: measured engine time, sparse-graph calls, routing
+        assert wait_value(page, card("engine-calls"), ">", 0) > 0
+        assert page.locator(card("routing")).inner_text() == "auto"
+        assert 0 <= pct(page.locator(card("sparse-share")).inner_text()) <= 100
+        assert 0 <= value(page, card("sparse-share")) <= 1
+        assert pct(page.locator(card("time-saved")).inner_text()) <= 100
+        dense_s = seconds(page.locator(card("dense-equivalent-s")).inner_text())
+        assert dense_s > 0
+        assert seconds(page.locator(card("time-saved-s")).inner_text()) <= dense_s
+        assert_labelled(page)
+        for testid in ("macs-saved", "time-saved", "sparse-share", "routing"):
+            box = page.locator(card(testid)).bounding_box()
+            assert box and box["y"] + box["height"] <= page.viewport_size["height"], testid
+
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=ARTIFACTS / "dashboard.png")
     finally:
         streamer.finish()
     assert streamer.steps > 100
+    # the stream is over: the page settles on the server's own engine numbers
+    assert assert_engine_shown(page, listing_server)["routing"] == "auto"
     assert page.errors == []
+
+
+def assert_labelled(page) -> None:
+    """Each saving says what it is: a visible caption, and the full explanation as a tooltip."""
+    macs, time_saved = card("macs-saved-stat"), card("time-saved-stat")
+    assert page.locator(f"{macs} .label").inner_text().lower() == "multiply-adds saved"
+    assert page.locator(card("macs-saved-caption")).inner_text() == "counted from update counts"
+    macs_title = page.locator(macs).get_attribute("title")
+    assert macs_title.startswith("Multiply-adds saved (counted from update counts)")
+    assert page.locator(f"{time_saved} .label").inner_text().lower() == "measured time saved"
+    assert page.locator(card("time-saved-caption")).inner_text() == "engine seconds vs. dense graph"
+    time_title = page.locator(time_saved).get_attribute("title")
+    assert time_title.startswith(
+        "Measured time saved (engine seconds vs. the dense graph: measured on dense calls, "
+        "calibrated at load for sparse calls)"
+    )
+    assert "sparse graph" in page.locator(card("sparse-share-stat")).get_attribute("title")
 
 
 def bearer(key: str | None) -> dict[str, str]:
@@ -413,6 +510,27 @@ def test_dashboard_with_api_keys(keyed_server: LiveServer, page, recording: np.n
     steps = post_chunks(keyed_server, session_id, recording, 5, 2, USER_KEY)
     wait_latest_step(page, steps - 1)
     assert page_errors(page, 401) == []
+
+
+def test_dashboard_engine_fields_with_sparse_routing(
+    sparse_server: LiveServer, page, recording: np.ndarray
+) -> None:
+    """Routing forced to the sparse graph: before any call the engine fields are blank; after
+    some chunks every call is a sparse one and the card shows the server's measured times."""
+    page.goto(f"{sparse_server.url}/dashboard")
+    page.wait_for_selector(f"{card('engine-calls')}[data-value]", timeout=TIMEOUT_MS)
+    assert page.locator(card("routing")).inner_text() == "sparse"
+    assert value(page, card("engine-calls")) == 0
+    for testid in ("time-saved", "time-saved-s", "dense-equivalent-s", "sparse-share"):
+        assert page.locator(card(testid)).inner_text() == "\u2014", testid
+
+    session_id = create_session(sparse_server)
+    post_chunks(sparse_server, session_id, recording, 0, 6)
+    engine = assert_engine_shown(page, sparse_server)
+    assert engine["calls"] == {"sparse": engine["calls"]["sparse"]}
+    assert page.locator(card("sparse-share")).inner_text() == "100.0%"
+    assert_labelled(page)
+    assert page_errors(page, 403) == []
 
 
 def test_dashboard_static_files_are_local(live_server: LiveServer) -> None:

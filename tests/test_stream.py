@@ -17,6 +17,8 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.service_fixtures import TINY_MODEL, LiveServer
 
+pytestmark = pytest.mark.slow  # trains a model and starts sarnn-serve processes
+
 FEATURES = 6
 HIDDEN = 16
 TIMEOUT = 10
@@ -137,7 +139,7 @@ BAD_FRAMES = {
     "ragged rows": ({"seq": 1, "inputs": [[1, 2, 3, 4, 5, 6], [1]]}, False, 422, "inputs[1]"),
     "string number": ({"seq": 1, "inputs": [[1, 2, "x", 4, 5, 6]]}, False, 422, "inputs[0][2]"),
     "null number": ({"seq": 1, "inputs": [[1, 2, 3, 4, None, 6]]}, False, 422, "inputs[0][4]"),
-    "NaN in JSON": ("""{"seq": 1, "inputs": [[1, 2, 3, 4, 5, NaN]]}""", False, 422, "body"),
+    "NaN in JSON": ("""{"seq": 1, "inputs": [[1, 2, 3, 4, 5, NaN]]}""", False, 422, "inputs[0][5]"),
     "NaN in msgpack": (
         {"seq": 1, "inputs": [[1.0, 2, 3, 4, 5, float("nan")]]},
         True,

@@ -5,14 +5,14 @@ import pytest
 from sarnn_serve.engine import DENSE, SPARSE
 from sarnn_serve.routing import Calibration, Router
 
-# dense costs 10 us/step at B=1 and 80 at B=64; sparse costs 2 + 40 x rate at B=1, 5 + 150 x rate
-# at B=64: crossovers at 0.2 and 0.5
-CAL = Calibration([1, 64], [10e-6, 80e-6], [2e-6, 5e-6], [40e-6, 150e-6])
+# dense costs 10 us/step at B=1 and 80 at B=64; sparse costs 2 + 30 x rate at B=1, 4 + 120 x rate
+# at B=64: with the 0.8 margin, crossovers at 0.2 and 0.5
+CAL = Calibration([1, 64], [10e-6, 80e-6], [2e-6, 4e-6], [30e-6, 120e-6])
 
 
 def test_crossover_is_where_the_sparse_line_meets_the_dense_time() -> None:
     assert CAL.crossover() == pytest.approx([0.2, 0.5])
-    never = Calibration([1], [1e-6], [2e-6], [1e-6])
+    never = Calibration([1], [1e-6], [0.9e-6], [1e-6])
     always = Calibration([1], [5e-6], [1e-6], [0.0])
     assert never.crossover() == [0.0] and always.crossover() == [1.0]
 
@@ -21,8 +21,8 @@ def test_auto_routes_by_predicted_union_rate() -> None:
     router = Router("auto", CAL)
     assert router.choose(1, [0.1]) == SPARSE
     assert router.choose(1, [0.3]) == DENSE
-    # two sessions at 10%: union 1 - 0.9^2 = 19% < crossover ~0.2 at B=2
-    assert router.choose(2, [0.1, 0.1]) == SPARSE
+    # two sessions at 9%: union 1 - 0.91^2 = 17% < crossover ~0.2 at B=2
+    assert router.choose(2, [0.09, 0.09]) == SPARSE
     # eight at 10%: union 57%, above any crossover
     assert router.choose(8, [0.1] * 8) == DENSE
 

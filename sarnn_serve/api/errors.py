@@ -2,7 +2,7 @@
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sarnn_serve.errors import InvalidJson, ServiceError
@@ -22,21 +22,26 @@ ERROR_RESPONSES = {
 PARSE_FAILURE = "There was an error parsing the body"
 
 
-def render(request: Request, exc: ServiceError) -> JSONResponse:
+def render(request: Request, exc: ServiceError) -> Response:
     """The response for a typed error, counted once."""
     request.app.state.plane.record_error(exc)
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.http_headers())
+    return Response(
+        exc.json(),
+        status_code=exc.status,
+        headers=exc.http_headers(),
+        media_type="application/json",
+    )
 
 
 def install(app: FastAPI) -> None:
     """Register the handlers that turn errors into {"error": {...}} bodies."""
 
     @app.exception_handler(ServiceError)
-    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+    async def service_error(request: Request, exc: ServiceError) -> Response:
         return render(request, exc)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 400 and exc.detail == PARSE_FAILURE:
             return render(request, InvalidJson("not valid UTF-8 JSON"))
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
@@ -45,5 +50,5 @@ def install(app: FastAPI) -> None:
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         return render(request, error_from(exc.errors()))

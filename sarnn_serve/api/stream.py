@@ -9,13 +9,13 @@ stays open. Close codes are listed in `api/ws.py`.
 """
 
 import contextlib
+import json
 import logging
 import time
-from typing import Annotated
 
 import msgpack
 import orjson
-from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from sarnn_serve.api.ws import (
     CLOSE_BAD_REQUEST,
@@ -27,7 +27,7 @@ from sarnn_serve.api.ws import (
 )
 from sarnn_serve.auth import Principal
 from sarnn_serve.errors import InvalidJson, PayloadTooLarge, ServiceError, SessionNotFound
-from sarnn_serve.schemas import ChunkRequest, StreamOpen
+from sarnn_serve.schemas import ChunkRequest, StreamAttach, StreamOpen
 from sarnn_serve.service import DataPlane
 from sarnn_serve.validation import validate_request
 
@@ -36,16 +36,36 @@ log = logging.getLogger("sarnn.stream")
 ENDPOINT = "WS /v1/sessions/{session_id}/stream"
 
 
+def _size(text: str) -> int:
+    """Bytes of a text frame in UTF-8 (counted only when its characters could exceed a limit)."""
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _parse_text(text: str) -> object:
+    """JSON as REST parses it: orjson first; on failure Python's json, which also reads NaN,
+    Infinity and overflowing numbers, so that the request model names the bad field."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        try:
+            return json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise InvalidJson(f"not valid JSON: {exc}") from None
+
+
 def decode_chunk(message: dict, limit: int) -> ChunkRequest:
     """A client frame as a ChunkRequest; the same errors as the REST body would get."""
     data = message.get("bytes")
-    raw = data if data is not None else message.get("text") or ""
-    if len(raw) > limit:
+    text = message.get("text") or ""
+    size = len(data) if data is not None else len(text)
+    if size > limit or (data is None and 4 * size > limit and _size(text) > limit):
         raise PayloadTooLarge(f"message exceeds {limit} bytes", field="body")
+    if data is None:
+        return validate_request(ChunkRequest, _parse_text(text))
     try:
-        body = msgpack.unpackb(data) if data is not None else orjson.loads(raw)
+        body = msgpack.unpackb(data)
     except Exception as exc:
-        raise InvalidJson(f"not valid {'msgpack' if data is not None else 'JSON'}: {exc}") from None
+        raise InvalidJson(f"not valid msgpack: {exc}") from None
     return validate_request(ChunkRequest, body)
 
 
@@ -80,20 +100,24 @@ async def _serve(
 
 
 @router.websocket("/v1/sessions/{session_id}/stream")
-async def stream_session(
-    ws: WebSocket, session_id: str, delete_on_close: Annotated[bool, Query()] = False
-) -> None:
-    """Stream chunks into an existing session (reconnect and continue at next_seq)."""
+async def stream_session(ws: WebSocket, session_id: str) -> None:
+    """Stream chunks into an existing session (reconnect and continue at next_seq); query
+    parameters: delete_on_close, access_token."""
     dp: DataPlane = ws.app.state.plane
     with contextlib.suppress(Refused):
         async with handshake(ws, dp) as who:
+            try:
+                query = validate_request(StreamAttach, dict(ws.query_params), strict=False)
+            except ServiceError as exc:
+                await refuse(ws, dp, exc, CLOSE_BAD_REQUEST)
+                return
             try:
                 summary = await dp.get_session(who, session_id)
             except ServiceError as exc:
                 await refuse(ws, dp, exc, CLOSE_NOT_FOUND)
                 return
             await ws.send_text(orjson.dumps({"type": "session", "session": summary}).decode())
-            await _serve(ws, dp, who, session_id, delete_on_close)
+            await _serve(ws, dp, who, session_id, query.delete_on_close)
 
 
 @router.websocket("/v1/stream")

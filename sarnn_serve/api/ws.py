@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from contextlib import ExitStack, asynccontextmanager
 from urllib.parse import urlsplit
 
-import orjson
 from fastapi import WebSocket
 
 from sarnn_serve.auth import Principal
@@ -42,8 +41,7 @@ def origin_allowed(ws: WebSocket, settings: Settings) -> bool:
 async def send_error(ws: WebSocket, dp: DataPlane, exc: ServiceError) -> None:
     """An error frame (counted once, as the HTTP handler counts errors)."""
     dp.record_error(exc)
-    frame = {"type": "error", "status": exc.status, **exc.body()}
-    await ws.send_text(orjson.dumps(frame).decode())
+    await ws.send_text(exc.json(type="error", status=exc.status))
 
 
 async def refuse(ws: WebSocket, dp: DataPlane, exc: ServiceError, code: int) -> None:

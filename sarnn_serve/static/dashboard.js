@@ -4,6 +4,11 @@
 // totals (1 s); draws the chosen session's update raster from the watch WebSocket
 // /v1/sessions/{id}/watch, reconnecting when it drops.
 //
+// A model card shows two different savings: multiply-adds saved, counted from update counts
+// (bookkeeping), and measured time saved, engine seconds against what the dense graph would
+// have spent (measured on dense calls, calibrated at load for sparse calls), with the share of
+// calls routed to the sparse graph and the routing mode.
+//
 // With API keys on, the key typed into the top bar (kept in sessionStorage) goes with every
 // request as `Authorization: Bearer` and on the watch socket as `access_token`; a 401 pauses
 // polling until another key is entered. When the server does not list sessions (403), a session
@@ -56,6 +61,15 @@ function fmtSI(n) {
 function fmtPct(x) {
   const v = x * 100;
   return `${v < 0 ? "\u2212" : ""}${Math.abs(v).toFixed(1)}%`;
+}
+
+function fmtSeconds(s) {
+  const sign = s < 0 ? "\u2212" : "";
+  const a = Math.abs(s);
+  if (a === 0) return "0 s";
+  if (a < 1e-3) return `${sign}${(a * 1e6).toFixed(a < 1e-5 ? 1 : 0)} \u00b5s`;
+  if (a < 1) return `${sign}${(a * 1e3).toFixed(a < 1e-2 ? 2 : 1)} ms`;
+  return `${sign}${a.toFixed(a < 10 ? 2 : 1)} s`;
 }
 
 function fmtRate(x) {
@@ -267,9 +281,30 @@ function showStats(m, s) {
   setValue(q(el, "active-sessions"), s.active_sessions, fmtInt(s.active_sessions));
   setValue(q(el, "steps-total"), s.steps, fmtInt(s.steps));
   setValue(q(el, "updates-total"), s.updates, fmtSI(s.updates));
+  showEngine(el, s.engine);
   m.spark.push(lm.steps_per_s);
   if (m.spark.length > SPARK_POINTS) m.spark.shift();
   drawSpark(q(el, "steps-spark"), m.spark);
+}
+
+function showEngine(el, e) {
+  // The stats' `engine` object: measured engine seconds and which graph ran the calls.
+  const calls = Object.values(e.calls).reduce((a, b) => a + b, 0);
+  const sparse = e.calls.sparse || 0;
+  const share = calls ? sparse / calls : 0;
+  const shown = (fmt, x) => (calls ? fmt(x) : "\u2014");
+  const saved = e.measured_time_saved;
+  const savedS = e.measured_time_saved_s;
+  const denseS = e.dense_equivalent_seconds;
+  setValue(q(el, "time-saved"), saved, shown(fmtPct, saved), true);
+  setValue(q(el, "time-saved-s"), savedS, shown(fmtSeconds, savedS), true);
+  setValue(q(el, "dense-equivalent-s"), denseS, shown(fmtSeconds, denseS));
+  setValue(q(el, "sparse-share"), share, shown(fmtPct, share));
+  setValue(q(el, "sparse-calls"), sparse, fmtInt(sparse));
+  setValue(q(el, "engine-calls"), calls, fmtInt(calls));
+  const routing = q(el, "routing");
+  routing.dataset.value = e.routing;
+  routing.textContent = e.graphs.includes("sparse") ? e.routing : `${e.routing} (no sparse graph)`;
 }
 
 async function pollStats() {
