@@ -4,7 +4,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+MAX_ABS_INPUT = 1e9
+Number = Annotated[
+    float, Field(strict=True, allow_inf_nan=False, ge=-MAX_ABS_INPUT, le=MAX_ABS_INPUT)
+]
 Step = Annotated[list[Number], Field(min_length=1)]
 MAX_IDLE_TIMEOUT_S = 7 * 24 * 3600
 
@@ -123,7 +126,9 @@ class ChunkResponse(BaseModel):
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    inputs: list[list[Step]] = Field(description="A batch of sequences [N][T_i][F].")
+    inputs: list[Annotated[list[Step], Field(min_length=1)]] = Field(
+        min_length=1, description="A batch of sequences [N][T_i][F]."
+    )
     threshold: float | None = Field(None, gt=0, lt=1, allow_inf_nan=False)
     include_steps: bool = Field(True, description="Return per-step predictions.")
     include_mask: bool = False

@@ -45,7 +45,7 @@ from sarnn_serve.schemas import ChunkRequest, PredictRequest, SessionCreate
 from sarnn_serve.sessions import SessionRecord, new_session_id
 from sarnn_serve.settings import Settings
 from sarnn_serve.store import Gone, SessionStore
-from sarnn_serve.validation import parse_inputs
+from sarnn_serve.validation import check_outputs, parse_inputs
 
 log = logging.getLogger("sarnn.service")
 JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
@@ -297,6 +297,7 @@ class DataPlane:
                 result = await self.batchers[card.name].run(
                     x, record.state, record.threshold, record.recent_rate
                 )
+                check_outputs(result.state, result.logits)
                 outputs = StepOutputs.from_graph(
                     record.steps, result.logits, result.updates, chunk.include_mask
                 )
@@ -368,7 +369,8 @@ class DataPlane:
         prior = _prior_rate(card)
         results = await asyncio.gather(*(batcher.run(x, zero, tau, prior) for x in xs))
         out, total_steps, total_updates = [], 0, 0
-        for r in results:
+        for i, r in enumerate(results):
+            check_outputs(r.state, r.logits, f"inputs[{i}]")
             outputs = StepOutputs.from_graph(0, r.logits, r.updates, request.include_mask)
             steps, used = step_list(card, outputs), outputs.usage(card)
             total_steps += used.steps

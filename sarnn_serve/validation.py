@@ -7,6 +7,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from sarnn_serve.errors import InvalidInput, InvalidJson, PayloadTooLarge, ServiceError
+from sarnn_serve.schemas import MAX_ABS_INPUT
 
 RequestModel = TypeVar("RequestModel", bound=BaseModel)
 
@@ -79,17 +80,16 @@ def parse_inputs(raw: Any, n_features: int, max_steps: int, field: str = "inputs
     if arr.shape[1] != n_features:
         raise InvalidInput(field, f"expected {n_features} features per step, got {arr.shape[1]}")
     arr = arr.astype(np.float32, copy=False)
-    finite = np.isfinite(arr)
-    if not finite.all():
-        i, j = np.argwhere(~finite)[0]
-        raise InvalidInput(f"{field}[{i}][{j}]", "must be a finite number (no NaN or infinity)")
+    bad = ~np.isfinite(arr) | (np.abs(arr) > MAX_ABS_INPUT)
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise InvalidInput(
+            f"{field}[{i}][{j}]", f"must be a finite number within ±{MAX_ABS_INPUT:g}"
+        )
     return arr
 
 
-def check_threshold(value: Any, field: str = "threshold") -> float | None:
-    """None, or a number strictly between 0 and 1."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
-        raise InvalidInput(field, f"must be a number in (0, 1), got {value!r}")
-    return float(value)
+def check_outputs(state: np.ndarray, logits: np.ndarray, field: str = "inputs") -> None:
+    """InvalidInput if a chunk drove the model out of float range (nothing is stored then)."""
+    if not (np.isfinite(state).all() and np.isfinite(logits).all()):
+        raise InvalidInput(field, "these values drive the model's state out of float range")

@@ -13,6 +13,7 @@ ERROR_RESPONSES = {
     401: {"model": ErrorBody, "description": "API keys are on and the key is missing or unknown."},
     404: {"model": ErrorBody, "description": "Unknown model, or a session unknown/expired."},
     409: {"model": ErrorBody, "description": "Chunk seq out of order (body names expected_seq)."},
+    410: {"model": ErrorBody, "description": "The session's model is no longer served."},
     413: {"model": ErrorBody, "description": "Body or chunk over the configured limit."},
     422: {"model": ErrorBody, "description": "Malformed field (body names it) or invalid JSON."},
     429: {"model": ErrorBody, "description": "A per-key quota; Retry-After says when to retry."},
