@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sarnn_serve.engine import DENSE, Engine, EngineOutput
+from sarnn_serve.engine import DENSE, Engine
 from sarnn_serve.routing import Router
 
 
@@ -107,7 +107,8 @@ class MicroBatcher:
             groups[-1].append(job)
         return [g for groups in by_bucket.values() for g in groups]
 
-    def _call(self, jobs: list[_Job]) -> tuple[EngineOutput, CallTiming]:
+    def _run_rows(self, jobs: list[_Job], path: str) -> tuple[list[RowResult], float]:
+        """One engine call on `path` for `jobs`, padded to the longest; each job's rows."""
         steps = max(len(j.x) for j in jobs)
         x = np.zeros((len(jobs), steps, jobs[0].x.shape[1]), np.float32)
         for i, job in enumerate(jobs):
@@ -115,12 +116,33 @@ class MicroBatcher:
         state = np.stack([j.state for j in jobs])
         lengths = np.asarray([len(j.x) for j in jobs], np.int64)
         threshold = np.asarray([j.threshold for j in jobs], np.float32)
-        path = self.router.choose(len(jobs), [j.rate for j in jobs])
         started = time.perf_counter()
         out = self.engine.run(x, state, lengths, threshold, path=path)
         seconds = time.perf_counter() - started
-        dense = seconds if path == DENSE else self.router.dense_seconds(len(jobs), steps)
-        return out, CallTiming(path, len(jobs), steps, seconds, dense or seconds)
+        rows = [
+            RowResult(out.logits[i, : len(j.x)], out.updates[i, : len(j.x)], out.state[i], seconds)
+            for i, j in enumerate(jobs)
+        ]
+        return rows, seconds
+
+    def _call(self, jobs: list[_Job]) -> tuple[list[RowResult], list[CallTiming]]:
+        """Run a group of jobs as the router plans it (one call, or several smaller ones)."""
+        steps = max(len(j.x) for j in jobs)
+        plan = self.router.plan([j.rate for j in jobs])
+        results: list[RowResult | None] = [None] * len(jobs)
+        timings = []
+        for path, rows in plan:
+            answers, seconds = self._run_rows([jobs[i] for i in rows], path)
+            for i, answer in zip(rows, answers, strict=True):
+                results[i] = answer
+            if path == DENSE:
+                dense = seconds
+            else:  # this call's share of one dense call of the whole group
+                dense = (self.router.dense_seconds(len(jobs), steps) or seconds) * (
+                    len(rows) / len(jobs)
+                )
+            timings.append(CallTiming(path, len(rows), steps, seconds, dense))
+        return results, timings
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -134,19 +156,15 @@ class MicroBatcher:
                 if not live:
                     continue
                 try:
-                    out, timing = await loop.run_in_executor(self.executor, self._call, live)
+                    results, timings = await loop.run_in_executor(self.executor, self._call, live)
                 except Exception as exc:
                     for job in live:
                         if not job.future.done():
                             job.future.set_exception(exc)
                     continue
                 if self.observe:
-                    self.observe(timing)
-                for i, job in enumerate(live):
+                    for timing in timings:
+                        self.observe(timing)
+                for job, result in zip(live, results, strict=True):
                     if not job.future.done():
-                        n = len(job.x)
-                        job.future.set_result(
-                            RowResult(
-                                out.logits[i, :n], out.updates[i, :n], out.state[i], timing.seconds
-                            )
-                        )
+                        job.future.set_result(result)

@@ -5,7 +5,8 @@ At model load `calibrate` times the dense graph and the sparse graph at a few ba
 sparse graph's time per step as a line in the union update rate (the fraction of neurons that
 update in at least one row: the rows the sparse graph computes). A batch then runs sparse when
 its predicted union rate is below the crossover where that line meets 80% of the dense time
-(a margin for noisy timings). The
+(a margin for noisy timings), or splits it into small sparse calls when that is cheaper
+(`Router.plan`). The
 union rate of a batch is predicted from its sessions' recent update rates as if they were
 independent, 1 - prod(1 - r_i), which over-estimates it (neurons that update often do so in
 every session), so the choice errs towards dense.
@@ -26,6 +27,7 @@ SAMPLE_S = 0.02
 # the sparse graph must be predicted this much faster: timings on a busy machine are noisy,
 # and a wrong choice for sparse costs more than one for dense
 SPARSE_MARGIN = 0.8
+GROUP_SIZES = (1, 8)
 
 
 @dataclass
@@ -50,16 +52,24 @@ class Calibration:
                 out.append(float(min(1.0, max(0.0, (target - base) / slope))))
         return out
 
+    def _at(self, values: list[float], batch: int) -> float:
+        """A per-step time at `batch` rows: interpolated, and proportional past the largest."""
+        top = self.batches[-1]
+        if batch > top:
+            return values[-1] * batch / top
+        return float(np.interp(batch, self.batches, values))
+
+    def dense_step(self, batch: int) -> float:
+        """Predicted seconds per step of a dense call of `batch` rows."""
+        return self._at(self.dense, batch)
+
+    def sparse_step(self, batch: int, union: float) -> float:
+        """Predicted seconds per step of a sparse call of `batch` rows at a union rate."""
+        return self._at(self.sparse_base, batch) + self._at(self.sparse_slope, batch) * union
+
     def dense_seconds(self, batch: int, steps: int) -> float:
         """Predicted time of a dense call of `batch` rows and `steps` steps."""
-        return float(np.interp(batch, self.batches, self.dense)) * steps
-
-    def sparse_faster(self, batch: int, union: float) -> bool:
-        """Whether the sparse graph is predicted faster by at least the margin."""
-        base = float(np.interp(batch, self.batches, self.sparse_base))
-        slope = float(np.interp(batch, self.batches, self.sparse_slope))
-        dense = float(np.interp(batch, self.batches, self.dense))
-        return base + slope * union < SPARSE_MARGIN * dense
+        return self.dense_step(batch) * steps
 
     def as_dict(self) -> dict:
         return {
@@ -114,8 +124,23 @@ def calibrate(engine: Engine, n_features: int, state_size: int, seed: int = 0) -
     return cal
 
 
+def union_rate(rates: list[float]) -> float:
+    """Predicted fraction of neurons that update in at least one of the rows."""
+    return 1.0 - float(np.prod([1.0 - min(1.0, max(0.0, r)) for r in rates]))
+
+
+Plan = list[tuple[str, list[int]]]
+
+
 class Router:
-    """Chooses the graph of each batch: `mode` "auto" (by calibration), "dense" or "sparse"."""
+    """Plans the calls of a batch: `mode` "auto" (by calibration), "dense" or "sparse".
+
+    In auto mode the options are: one dense call; one sparse call; or sparse calls on groups of
+    GROUP_SIZES rows, the rows sorted by rate (the sparse graph computes the union of its rows'
+    updates, so rows that update little are cheaper together, and at large H single rows can
+    beat every batch). The cheapest predicted option wins; a sparse one must beat the dense
+    call by the margin.
+    """
 
     def __init__(self, mode: str, calibration: Calibration | None) -> None:
         if mode != DENSE and calibration is None:
@@ -123,15 +148,29 @@ class Router:
         self.mode = mode
         self.calibration = calibration
 
-    def choose(self, batch: int, rates: list[float]) -> str:
-        """The path for a batch whose sessions recently updated `rates` of their neurons."""
-        if self.mode != "auto" or self.calibration is None:
-            return self.mode
-        union = 1.0 - float(np.prod([1.0 - min(1.0, max(0.0, r)) for r in rates]))
-        return SPARSE if self.calibration.sparse_faster(batch, union) else DENSE
+    def plan(self, rates: list[float]) -> Plan:
+        """Calls for a batch whose rows recently updated `rates` of their neurons: a list of
+        (graph, row indices)."""
+        everyone = list(range(len(rates)))
+        cal = self.calibration
+        if self.mode == SPARSE:
+            return [(SPARSE, everyone)]
+        if self.mode != "auto" or cal is None:
+            return [(DENSE, everyone)]
+        order = sorted(everyone, key=lambda i: rates[i])
+        best: Plan = [(DENSE, everyone)]
+        best_cost = SPARSE_MARGIN * cal.dense_step(len(rates))
+        for size in sorted({len(rates), *GROUP_SIZES}, reverse=True):
+            if size > len(rates):
+                continue
+            groups = [order[k : k + size] for k in range(0, len(order), size)]
+            cost = sum(cal.sparse_step(len(g), union_rate([rates[i] for i in g])) for g in groups)
+            if cost < best_cost:
+                best, best_cost = [(SPARSE, g) for g in groups], cost
+        return best
 
     def dense_seconds(self, batch: int, steps: int) -> float | None:
-        """What the dense graph would have spent on this call, from the calibration."""
+        """What the dense graph would have spent on a call, from the calibration."""
         if self.calibration is None:
             return None
         return self.calibration.dense_seconds(batch, steps)

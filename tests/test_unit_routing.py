@@ -17,20 +17,33 @@ def test_crossover_is_where_the_sparse_line_meets_the_dense_time() -> None:
     assert never.crossover() == [0.0] and always.crossover() == [1.0]
 
 
-def test_auto_routes_by_predicted_union_rate() -> None:
+def paths(plan: list[tuple[str, list[int]]]) -> list[tuple[str, int]]:
+    return [(path, len(rows)) for path, rows in plan]
+
+
+def test_auto_plans_by_predicted_union_rate() -> None:
     router = Router("auto", CAL)
-    assert router.choose(1, [0.1]) == SPARSE
-    assert router.choose(1, [0.3]) == DENSE
-    # two sessions at 9%: union 1 - 0.91^2 = 17% < crossover ~0.2 at B=2
-    assert router.choose(2, [0.09, 0.09]) == SPARSE
-    # eight at 10%: union 57%, above any crossover
-    assert router.choose(8, [0.1] * 8) == DENSE
+    assert router.plan([0.1]) == [(SPARSE, [0])]
+    assert router.plan([0.3]) == [(DENSE, [0])]
+    # two sessions at 9%: one sparse call (union 17%) beats two single ones and the dense call
+    assert paths(router.plan([0.09, 0.09])) == [(SPARSE, 2)]
+    # eight at 30%: every sparse option costs more than the dense call
+    assert router.plan([0.3] * 8) == [(DENSE, list(range(8)))]
+
+
+def test_auto_splits_a_batch_into_single_sparse_calls_when_cheaper() -> None:
+    # at large H one row is cheap sparse and batching barely helps the dense graph
+    big = Calibration([1, 8], [100e-6, 700e-6], [5e-6, 40e-6], [100e-6, 800e-6])
+    plan = Router("auto", big).plan([0.02, 0.5, 0.01, 0.03])
+    assert paths(plan) == [(SPARSE, 1)] * 4
+    # rows go lowest rate first, each row exactly once
+    assert [rows[0] for _, rows in plan] == [2, 0, 3, 1]
 
 
 def test_forced_modes_and_no_sparse_graph() -> None:
-    assert Router("dense", CAL).choose(1, [0.0]) == DENSE
-    assert Router("sparse", CAL).choose(64, [1.0]) == SPARSE
-    assert Router("auto", None).choose(1, [0.0]) == DENSE
+    assert Router("dense", CAL).plan([0.0]) == [(DENSE, [0])]
+    assert Router("sparse", CAL).plan([1.0, 1.0]) == [(SPARSE, [0, 1])]
+    assert Router("auto", None).plan([0.0]) == [(DENSE, [0])]
     assert Router("auto", None).dense_seconds(1, 10) is None
 
 
@@ -38,6 +51,7 @@ def test_dense_equivalent_interpolates_between_batch_sizes() -> None:
     assert CAL.dense_seconds(1, 10) == pytest.approx(100e-6)
     assert CAL.dense_seconds(64, 2) == pytest.approx(160e-6)
     assert 10e-6 < CAL.dense_seconds(32, 1) < 80e-6
+    assert CAL.dense_seconds(128, 1) == pytest.approx(160e-6)  # past the largest: per row
 
 
 @pytest.mark.slow
