@@ -43,13 +43,18 @@ class Engine:
         sparse_path: Path | None = None,
     ) -> None:
         self.path = path
-        self.sessions = {DENSE: _session(path, intra_op_threads, inter_op_threads)}
+        self._threads = (intra_op_threads, inter_op_threads)
+        self.sessions = {DENSE: _session(path, *self._threads)}
         if sparse_path is not None:
-            self.sessions[SPARSE] = _session(sparse_path, intra_op_threads, inter_op_threads)
+            self.load_sparse(sparse_path)
         dense = self.sessions[DENSE]
         optional = dense.get_overridable_initializers()
         self.inputs = {i.name: i for i in [*dense.get_inputs(), *optional]}
         self.outputs = {o.name: o for o in dense.get_outputs()}
+
+    def load_sparse(self, path: Path) -> None:
+        """Add the sparse twin of the dense graph."""
+        self.sessions[SPARSE] = _session(path, *self._threads)
 
     @property
     def paths(self) -> list[str]:

@@ -38,6 +38,11 @@ class CreationRate:
         while len(self._buckets) > MAX_TRACKED:
             self._buckets.popitem(last=False)
 
+    def refund(self, caller: str) -> None:
+        """Give back the token of a creation that was refused after `take`."""
+        tokens, then = self._buckets.get(caller, (float(self.burst), self._clock()))
+        self._buckets[caller] = (min(float(self.burst), tokens + 1.0), then)
+
 
 class ConnectionLimit:
     """Counts open WebSocket connections, in all and per caller."""

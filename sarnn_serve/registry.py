@@ -91,13 +91,19 @@ def load_model(
     card = _read_card(directory / "model.json")
     graph = directory / "model.onnx"
     sparse = directory / card.sparse_graph if card.sparse_graph else None
-    for path in (graph, sparse):
-        if path is not None and not path.is_file():
-            raise ModelLoadError(f"{path}: graph missing")
+    if not graph.is_file():
+        raise ModelLoadError(f"{graph}: graph missing")
     try:
-        engine = Engine(graph, intra_op_threads, inter_op_threads, sparse)
+        engine = Engine(graph, intra_op_threads, inter_op_threads)
     except Exception as exc:
-        raise ModelLoadError(f"{directory}: onnxruntime cannot load a graph: {exc}") from exc
+        raise ModelLoadError(f"{graph}: onnxruntime cannot load it: {exc}") from exc
+    if sparse is not None:
+        if not sparse.is_file():
+            raise ModelLoadError(f"{sparse}: graph missing (the card names it)")
+        try:
+            engine.load_sparse(sparse)
+        except Exception as exc:
+            raise ModelLoadError(f"{sparse}: onnxruntime cannot load it: {exc}") from exc
     _check_graph(card, engine, graph)
     return LoadedModel(card, engine)
 

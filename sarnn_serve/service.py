@@ -203,14 +203,18 @@ class DataPlane:
             owner=caller.id,
             recent_rate=_prior_rate(card),
         )
-        gone = await self.store.create(
-            record.id,
-            card.name,
-            record.encode(),
-            record.ttl_s,
-            owner=caller.id,
-            max_owned=self.settings.max_sessions_per_key,
-        )
+        try:
+            gone = await self.store.create(
+                record.id,
+                card.name,
+                record.encode(),
+                record.ttl_s,
+                owner=caller.id,
+                max_owned=self.settings.max_sessions_per_key,
+            )
+        except ServiceError:
+            self._creation_rate.refund(caller.id)
+            raise
         self._account_gone(gone)
         self.monitor.session_created(card.name)
         log.info(

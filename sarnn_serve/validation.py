@@ -79,7 +79,8 @@ def parse_inputs(raw: Any, n_features: int, max_steps: int, field: str = "inputs
         raise InvalidInput(where, "must be a number")
     if arr.shape[1] != n_features:
         raise InvalidInput(field, f"expected {n_features} features per step, got {arr.shape[1]}")
-    arr = arr.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):  # an overflow to inf is refused just below
+        arr = arr.astype(np.float32, copy=False)
     bad = ~np.isfinite(arr) | (np.abs(arr) > MAX_ABS_INPUT)
     if bad.any():
         i, j = np.argwhere(bad)[0]

@@ -23,6 +23,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from sarnn_serve.sessions import new_session_id
 from tests.service_fixtures import TINY_MODEL, LiveServer, start_server, stop_server
 
+pytestmark = pytest.mark.slow
+
 FEATURES = 6
 TIMEOUT = 10
 CHUNK = [[0.1 * (t + f) for f in range(FEATURES)] for t in range(5)]

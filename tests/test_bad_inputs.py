@@ -49,6 +49,8 @@ from tests.bad_input_cases import (
 )
 from tests.service_fixtures import LiveServer, start_server, stop_server
 
+pytestmark = pytest.mark.slow
+
 TIMEOUT = 30
 LIMITS = {
     "SARNN_MAX_CHUNK_STEPS": str(MAX_STEPS),

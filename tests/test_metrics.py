@@ -20,6 +20,8 @@ from websockets.sync.client import connect
 
 from tests.service_fixtures import TINY_MODEL, LiveServer, start_server, stop_server
 
+pytestmark = pytest.mark.slow  # trains a model and starts sarnn-serve processes
+
 GATES = {"gru": 3, "lstm": 4, "rnn": 1}
 CHUNKS = "POST /v1/sessions/{session_id}/chunks"
 WS = "WS /v1/sessions/{session_id}/stream"

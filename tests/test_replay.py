@@ -15,6 +15,8 @@ import pytest
 from sarnn_serve.cli import main
 from tests.service_fixtures import TINY_MODEL, LiveServer
 
+pytestmark = pytest.mark.slow  # trains a model and starts sarnn-serve processes
+
 ROWS = 300
 FEATURES = ["ax", "ay", "az", "wx", "wy", "wz"]
 

@@ -19,6 +19,8 @@ from tests.service_fixtures import (
     stop_server,
 )
 
+pytestmark = pytest.mark.slow  # trains a model and starts sarnn-serve processes
+
 
 @pytest.fixture(scope="module")
 def replicas(

@@ -92,7 +92,7 @@ class RedisBackend(Backend):
         await _drop_prefix(self.url, self.prefix)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.slow)])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     if request.param == "memory":
         yield MemoryBackend()
@@ -204,15 +204,15 @@ async def test_sweep_finds_expired_sessions_nobody_loaded(backend: Backend) -> N
 
 async def test_load_and_compare_and_set_refresh_the_idle_ttl(backend: Backend) -> None:
     store = backend.open()
-    await store.create("a", "m", b"x", 0.5)
+    await store.create("a", "m", b"x", 1.0)
     await backend.elapse(0.3)
     assert (await store.load("a")).version == 1
     await backend.elapse(0.3)  # 0.6 s since creation, 0.3 s since the load
-    assert await store.compare_and_set("a", 1, b"y", 0.5) is True
+    assert await store.compare_and_set("a", 1, b"y", 1.0) is True
     await backend.elapse(0.3)  # 0.9 s since creation
     assert await store.load("a") == Stored(b"y", 2)
     assert await store.sweep() == []
-    await backend.elapse(0.7)
+    await backend.elapse(1.2)
     await _not_found(store.load("a"), "expired")
 
 
@@ -321,6 +321,7 @@ async def redis_pair(redis_url: str) -> AsyncIterator[tuple]:
         await _drop_prefix(redis_url, prefix)
 
 
+@pytest.mark.slow
 async def test_redis_key_layout(redis_pair: tuple) -> None:
     store, r = redis_pair
     p = store.prefix
@@ -342,6 +343,7 @@ async def test_redis_key_layout(redis_pair: tuple) -> None:
     assert not await r.exists(f"{p}:s:a", f"{p}:lru", f"{p}:deadline", f"{p}:tags", f"{p}:active")
 
 
+@pytest.mark.slow
 async def test_redis_session_expired_by_redis_itself(redis_pair: tuple) -> None:
     store, r = redis_pair
     await store.create("a", "m", b"x", 0.1)
@@ -354,6 +356,7 @@ async def test_redis_session_expired_by_redis_itself(redis_pair: tuple) -> None:
     assert await r.get(f"{store.prefix}:gone:a") == b"expired"
 
 
+@pytest.mark.slow
 async def test_redis_prefixes_are_isolated(redis_pair: tuple, redis_url: str) -> None:
     from sarnn_serve.store.redis import RedisStore
 
@@ -370,6 +373,7 @@ async def test_redis_prefixes_are_isolated(redis_pair: tuple, redis_url: str) ->
         await _drop_prefix(redis_url, store.prefix + "-other")
 
 
+@pytest.mark.slow
 async def test_redis_survives_a_script_cache_flush(redis_pair: tuple) -> None:
     store, r = redis_pair
     await store.create("a", "m", b"x", LONG)
