@@ -20,8 +20,9 @@ $(VENV)/.dev: pyproject.toml | $(VENV)/bin/python
 	$(PIP) -e '.[dev]'
 	touch $@ $(VENV)/.serve
 
+# models/ ships more than one model; requests that name none get the default one
 serve: $(VENV)/.serve
-	$(VENV)/bin/sarnn-serve serve
+	SARNN_DEFAULT_MODEL=$${SARNN_DEFAULT_MODEL:-watch-gru} $(VENV)/bin/sarnn-serve serve
 
 system-deps:
 	bash scripts/system-deps.sh

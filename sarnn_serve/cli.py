@@ -130,11 +130,16 @@ def check(settings: Settings) -> None:
                 f"pip install 'sarnn-serve[redis]' (import redis failed: {exc})"
             ) from None
     try:
-        Registry.load(
+        registry = Registry.load(
             settings.model_dir, settings.ort_intra_op_threads, settings.ort_inter_op_threads
         )
     except ModelLoadError as exc:
         raise UsageError(str(exc)) from None
+    if settings.default_model and settings.default_model not in registry.names():
+        raise UsageError(
+            f"{env_var('default_model')}={settings.default_model}: no such model under "
+            f"{settings.model_dir} (available: {', '.join(registry.names())})"
+        )
 
 
 def _serve(args: argparse.Namespace) -> int:

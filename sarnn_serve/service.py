@@ -112,12 +112,12 @@ class DataPlane:
     # models ---------------------------------------------------------------------------
 
     def model(self, name: str | None) -> LoadedModel:
-        """The named model, or the only one when no name is given."""
+        """The named model; with no name, the default model or the only one."""
         if name is None:
             names = self.registry.names()
-            if len(names) != 1:
+            name = self.settings.default_model or (names[0] if len(names) == 1 else None)
+            if name is None:
                 raise InvalidInput("model", f"required; available: {', '.join(names)}")
-            name = names[0]
         return self.registry.get(name)
 
     def list_models(self) -> list[dict]:

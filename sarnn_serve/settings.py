@@ -15,6 +15,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SARNN_", protected_namespaces=())
 
     model_dir: Path = Field(DEFAULT_MODEL_DIR, description="Directory of model directories.")
+    default_model: str | None = Field(
+        None,
+        description="Model used when a request names none and several are served "
+        "(with one model served, that one).",
+    )
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on.")
     workers: int = Field(1, ge=1, description="uvicorn worker processes.")
