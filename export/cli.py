@@ -6,18 +6,28 @@ from dataclasses import fields
 from pathlib import Path
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """A comma-separated list of names."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
 def _train(args: argparse.Namespace) -> int:
     from export.train import TrainConfig, train
 
     names = {f.name for f in fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
     metrics = train(cfg, Path(args.out), progress=not args.quiet)
-    test = metrics["test"]
-    print(
-        f"streaming accuracy {test['streaming_accuracy']:.3f}  "
-        f"last-step accuracy {test['last_step_accuracy']:.3f}  "
-        f"update rate {test['update_rate']:.3f}  -> {args.out}"
-    )
+    for part in ("validation", "test"):
+        ev = metrics[part]
+        print(
+            f"{part:<10}  streaming accuracy {ev['streaming_accuracy']:.3f}  "
+            f"last-step accuracy {ev['last_step_accuracy']:.3f}  "
+            f"update rate {ev['update_rate']:.3f}"
+        )
+    target = metrics["budget"]["target_rate"]
+    aim = f", target update rate {target:g}" if target is not None else ""
+    print(f"final slope {metrics['alpha']:g}{aim}")
+    print(f"-> {args.out}")
     return 0
 
 
@@ -38,27 +48,81 @@ def _verify(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from export.data import DATASETS
+    from export.model import BUDGETS, GATE_GRADS
     from export.train import TrainConfig
 
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train an SA-RNN (or a dense baseline with --dense)")
     d = TrainConfig()
-    t.add_argument("--dataset", default=d.dataset, choices=DATASETS)
+    source = t.add_mutually_exclusive_group()
+    source.add_argument("--dataset", default=d.dataset, choices=DATASETS)
+    source.add_argument(
+        "--data", help="your own recordings: a folder of CSV files (one per recording) or a .npz"
+    )
+    t.add_argument("--label-column", default=d.label_column, help="CSV column of the class")
+    t.add_argument(
+        "--ignore-columns", type=_names, default=d.ignore_columns, help="CSV columns to skip: a,b"
+    )
+    t.add_argument("--group-column", help="CSV column of the group to split by (e.g. subject)")
+    t.add_argument(
+        "--val-groups", type=_names, default=d.val_groups, help="validation groups (subjects): a,b"
+    )
+    t.add_argument(
+        "--test-groups", type=_names, default=d.test_groups, help="test groups (subjects): a,b"
+    )
+    t.add_argument(
+        "--val-fraction",
+        type=float,
+        default=d.val_fraction,
+        help="share of groups (basicmotions: of each class) to validate on, if none are named",
+    )
+    t.add_argument(
+        "--test-fraction",
+        type=float,
+        default=d.test_fraction,
+        help="share of groups to test on, if none are named",
+    )
+    t.add_argument("--split-seed", type=int, default=d.split_seed)
+    t.add_argument("--sample-rate", type=float, help="samples per second of your recordings")
+    t.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="let a .npz hold object arrays (unpickling can run code: trusted files only)",
+    )
     t.add_argument("--cell", default=d.cell, choices=["gru", "lstm", "rnn"])
     t.add_argument("--hidden", type=int, default=d.hidden)
-    t.add_argument("--lam", type=float, default=d.lam, help="budget loss weight on mean(u)")
+    t.add_argument("--lam", type=float, default=d.lam, help="budget loss weight")
     t.add_argument(
         "--lam-warmup-epochs",
         type=int,
         default=d.lam_warmup_epochs,
-        help="ramp lambda up from 0 over this many epochs",
+        help="ramp lambda up from 0 over this many epochs (not with --target-rate)",
+    )
+    t.add_argument(
+        "--budget",
+        default=d.budget,
+        choices=BUDGETS,
+        help="mean: lambda x mean(u); sum: lambda x sum over steps, mean over batch and neurons",
+    )
+    t.add_argument(
+        "--target-rate",
+        type=float,
+        help="update rate to reach (0..1): coordinator biases start there and the budget "
+        "becomes lambda x |rate - target|",
+    )
+    t.add_argument(
+        "--gate-grad",
+        default=d.gate_grad,
+        choices=GATE_GRADS,
+        help="gate gradient: smooth (sigmoid surrogate) or band (the hard sigmoid's own)",
     )
     t.add_argument("--dense", action="store_true", help="train the plain cell, no coordinator")
     t.add_argument("--epochs", type=int, default=d.epochs)
     t.add_argument("--batches-per-epoch", type=int, default=d.batches_per_epoch)
     t.add_argument("--batch-size", type=int, default=d.batch_size)
     t.add_argument("--window", type=int, default=d.window)
+    t.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (one-cycle)")
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--threads", type=int, default=d.threads)
     t.add_argument("--quiet", action="store_true")

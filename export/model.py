@@ -3,7 +3,7 @@
 The math follows docs/architecture.md, section "The model":
 
     a_t = W_x x_t + w_d * h_{t-1} + b                 coordinator (w_d: one weight per neuron)
-    p_t = clamp((alpha a_t + 1) / 2, 0, 1)            hard sigmoid, slope alpha annealed
+    p_t = clamp((alpha a_t + 1) / 2, 0, 1)            hard sigmoid, slope alpha annealed 1 -> 5
     u_t = round(p_t) = [a_t > 0], straight through    training gate (tie a = 0: no update)
     u_t = [a_t > (2 tau - 1) / alpha]                 inference gate (tau = 0.5: [a_t > 0])
     s_t = s_{t-1} + u_t (cell(x_t, s_{t-1}) - s_{t-1})
@@ -12,6 +12,11 @@ The math follows docs/architecture.md, section "The model":
 Input projections of all T steps are computed before the time loop; the loop only does the
 recurrent part. The candidate uses the weights and gate order of torch.nn.GRUCell, LSTMCell and
 RNNCell, so a model with every gate open equals the plain torch cell.
+
+The training gate's backward pass (`gate_grad`): "band" is the hard sigmoid's own derivative,
+alpha / 2 inside |a| < 1 / alpha and zero outside, so a neuron that leaves the band gets no
+gradient from its gate again; "smooth" (the default) is the derivative of sigmoid(2 alpha a),
+equal to the band's at a = 0 and never zero. Either way the forward value is exactly [a > 0].
 """
 
 from dataclasses import asdict, dataclass
@@ -22,6 +27,10 @@ from torch import Tensor, nn
 
 CELLS = ("gru", "lstm", "rnn")
 GATES = {"gru": 3, "lstm": 4, "rnn": 1}
+GATE_GRADS = ("smooth", "band")
+BUDGETS = ("mean", "sum")
+ALPHA_START = 1.0
+ALPHA_END = 5.0
 
 
 @dataclass
@@ -56,9 +65,10 @@ class Output:
     state: Tensor
 
 
-def slope(epoch: int) -> float:
-    """Annealed hard-sigmoid slope: alpha_e = min(5, 1 + 0.04 e)."""
-    return min(5.0, 1.0 + 0.04 * epoch)
+def slope(progress: float) -> float:
+    """Annealed hard-sigmoid slope at `progress` (0 at the first step, 1 at the last) of a run:
+    linear from 1 to the paper's final 5."""
+    return ALPHA_START + (ALPHA_END - ALPHA_START) * min(1.0, max(0.0, progress))
 
 
 def gate_threshold(tau: float, alpha: float) -> float:
@@ -128,10 +138,13 @@ class SARNN(nn.Module):
         deterministic: bool = False,
         threshold: float = 0.5,
         force_gate: float | None = None,
+        gate_grad: str = "smooth",
     ) -> Output:
         """Run T steps. `deterministic` applies u = [a > (2 tau - 1) / alpha] (inference);
-        otherwise u = round(hard_sigmoid) with a straight-through gradient. `force_gate`
-        (0 or 1) overrides every gate, for tests."""
+        otherwise u = round(hard_sigmoid) with a straight-through gradient of the `gate_grad`
+        surrogate (module docstring). `force_gate` (0 or 1) overrides every gate, for tests."""
+        if gate_grad not in GATE_GRADS:
+            raise ValueError(f"unknown gate_grad {gate_grad!r}; expected one of {GATE_GRADS}")
         self._check_input(x)
         batch, steps, _ = x.shape
         hidden = self.config.hidden
@@ -150,7 +163,10 @@ class SARNN(nn.Module):
             elif deterministic:
                 u = (a > cut).to(a.dtype)
             else:
-                p = torch.clamp((self.alpha * a + 1) / 2, 0, 1)
+                if gate_grad == "band":
+                    p = torch.clamp((self.alpha * a + 1) / 2, 0, 1)
+                else:
+                    p = torch.sigmoid(2 * self.alpha * a)
                 # forward value [a > 0] (= round(p) but exact for 0 < alpha a < 2^-24 too)
                 u = p + ((a > 0).to(a.dtype) - p).detach()
             h_new, c_new = self._candidate(gx_all[t], h, c)
@@ -168,9 +184,19 @@ class SARNN(nn.Module):
         return Output(self.head(hseq), torch.stack(us, 1), torch.stack(as_, 1), final)
 
 
-def budget_loss(updates: Tensor, lam: float) -> Tensor:
-    """lambda times the mean gate value over batch, steps and neurons."""
-    return lam * updates.mean()
+def budget_loss(
+    updates: Tensor, lam: float, form: str = "mean", target: float | None = None
+) -> Tensor:
+    """The budget loss on gates u [B, T, H]. "mean": lambda x the mean of u over batch, steps
+    and neurons (the update rate r); "sum", the reference's: lambda x the sum over steps, mean
+    over batch and neurons (T r: its weight depends on the window length). With a `target` rate
+    R the penalty is toward it, lambda |r - R| (times T for "sum"): it pushes gates shut above
+    the target and open below it."""
+    if form not in BUDGETS:
+        raise ValueError(f"unknown budget form {form!r}; expected one of {', '.join(BUDGETS)}")
+    rate = updates.mean()
+    cost = rate if target is None else (rate - target).abs()
+    return lam * cost * (updates.shape[1] if form == "sum" else 1)
 
 
 CHECKPOINT_FORMAT = "sarnn-checkpoint/1"

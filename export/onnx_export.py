@@ -63,12 +63,29 @@ def build_model(model: SARNN, sparse: bool = False) -> onnx.ModelProto:
     return proto
 
 
+def _subjects(values: list) -> list[int]:
+    """Subject numbers for the card's *_subjects fields: empty unless every group is a number."""
+    try:
+        return [int(v) for v in values]
+    except (TypeError, ValueError):
+        return []
+
+
+def _evaluation(figures: dict) -> CardEvaluation:
+    return CardEvaluation(
+        streaming_accuracy=float(figures.get("streaming_accuracy", float("nan"))),
+        last_step_accuracy=float(figures.get("last_step_accuracy", float("nan"))),
+        update_rate=float(figures.get("update_rate", float("nan"))),
+    )
+
+
 def make_card(model: SARNN, blob: dict, name: str, graph_bytes: bytes) -> ModelCard:
     """Model card from the checkpoint's metadata; version is a hash of the graph."""
     metrics = blob.get("metrics", {})
-    test = metrics.get("test", {})
     ds = metrics.get("dataset", {})
+    budget = metrics.get("budget", {})
     train_cfg = blob.get("train_config", {})
+    parts = {p: ds.get(f"{p}_subjects", []) for p in ("train", "val", "test")}
     cfg = model.config
     card = ModelCard(
         name=name,
@@ -87,14 +104,16 @@ def make_card(model: SARNN, blob: dict, name: str, graph_bytes: bytes) -> ModelC
             seed=int(train_cfg.get("seed", 0)),
             lam=float(train_cfg.get("lam", 0.0)),
             steps=int(train_cfg.get("epochs", 0)) * int(train_cfg.get("batches_per_epoch", 0)),
-            train_subjects=ds.get("train_subjects", []),
-            test_subjects=ds.get("test_subjects", []),
+            train_subjects=_subjects(parts["train"]),
+            val_subjects=_subjects(parts["val"]),
+            test_subjects=_subjects(parts["test"]),
+            groups={p: [str(g) for g in v] for p, v in parts.items()} if parts["val"] else None,
+            budget=budget.get("form"),
+            target_rate=budget.get("target_rate"),
+            gate_grad=train_cfg.get("gate_grad"),
         ),
-        evaluation=CardEvaluation(
-            streaming_accuracy=float(test.get("streaming_accuracy", float("nan"))),
-            last_step_accuracy=float(test.get("last_step_accuracy", float("nan"))),
-            update_rate=float(test.get("update_rate", float("nan"))),
-        ),
+        evaluation=_evaluation(metrics.get("test", {})),
+        validation=_evaluation(metrics["validation"]) if "validation" in metrics else None,
         export=ExportInfo(
             exporter="export.onnx_graph (onnx.helper, Scan over time)",
             opset=OPSET,

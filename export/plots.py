@@ -13,17 +13,17 @@ from export.model import SARNN
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
-    """Train loss, test streaming accuracy and update rate per epoch."""
+    """Train loss, validation streaming accuracy and update rate per epoch."""
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     axes[0].plot(epochs, [h["train_loss"] for h in history])
     axes[0].set_title("train task loss")
-    axes[1].plot(epochs, [h["test_streaming_accuracy"] for h in history], label="streaming")
-    axes[1].plot(epochs, [h["test_last_step_accuracy"] for h in history], label="last step")
-    axes[1].set_title("test accuracy")
+    axes[1].plot(epochs, [h["val_streaming_accuracy"] for h in history], label="streaming")
+    axes[1].plot(epochs, [h["val_last_step_accuracy"] for h in history], label="last step")
+    axes[1].set_title("validation accuracy")
     axes[1].legend()
     axes[2].plot(epochs, [h["train_update_rate"] for h in history], label="train")
-    axes[2].plot(epochs, [h["test_update_rate"] for h in history], label="test")
+    axes[2].plot(epochs, [h["val_update_rate"] for h in history], label="validation")
     axes[2].set_title("update rate")
     axes[2].set_ylim(0, 1.05)
     axes[2].legend()

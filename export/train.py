@@ -1,7 +1,13 @@
-"""Training loop for SA-RNN and its dense baseline: seeds, checkpoint, metrics JSON, plots."""
+"""Training loop for SA-RNN and its dense baseline: seeds, checkpoint, metrics JSON, plots.
+
+Every epoch evaluates on the validation part (progress, the curves); the test part is read once,
+after the last epoch, for the model that is saved: the last one. (Keeping the epoch of best
+validation accuracy would favour early epochs, before the slope reaches 5 and the update rate
+settles at its budget or target.)
+"""
 
 import json
-import math
+import shlex
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -10,20 +16,54 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from export.data import Dataset, load_dataset, pad_recordings, sample_windows
-from export.model import SARNN, ModelConfig, budget_loss, save_checkpoint, slope
+from export.data import (
+    TEST_FRACTION,
+    VAL_FRACTION,
+    Dataset,
+    load_basicmotions,
+    load_dataset,
+    load_files,
+    load_watch,
+    pad_recordings,
+    sample_windows,
+)
+from export.model import (
+    BUDGETS,
+    GATE_GRADS,
+    SARNN,
+    ModelConfig,
+    budget_loss,
+    save_checkpoint,
+    slope,
+)
 from sarnn_serve.accounting import CellCost
+from sarnn_serve.recordings import LABEL_COLUMN
 
 
 @dataclass
 class TrainConfig:
-    """Recipe of one training run."""
+    """Recipe of one training run. `dataset` names a shipped dataset; `data` (a folder of CSV
+    files or a .npz archive) replaces it with your own recordings."""
 
-    dataset: str = "watch"
+    dataset: str | None = "watch"
+    data: str | None = None
+    label_column: str = LABEL_COLUMN
+    ignore_columns: tuple[str, ...] = ()
+    group_column: str | None = None
+    val_groups: tuple[str, ...] = ()
+    test_groups: tuple[str, ...] = ()
+    val_fraction: float = VAL_FRACTION
+    test_fraction: float = TEST_FRACTION
+    split_seed: int = 0
+    sample_rate: float | None = None
+    allow_pickle: bool = False
     cell: str = "gru"
     hidden: int = 128
     lam: float = 2.5
     lam_warmup_epochs: int = 4
+    budget: str = "mean"
+    target_rate: float | None = None
+    gate_grad: str = "smooth"
     dense: bool = False
     epochs: int = 24
     batches_per_epoch: int = 50
@@ -35,33 +75,114 @@ class TrainConfig:
     eval_skip_seconds: float = 2.0
     threads: int = 1
 
+    def __post_init__(self) -> None:
+        if self.data is not None:
+            self.dataset = None
+        if self.budget not in BUDGETS:
+            raise ValueError(f"unknown budget {self.budget!r}; expected one of {BUDGETS}")
+        if self.gate_grad not in GATE_GRADS:
+            raise ValueError(f"unknown gate_grad {self.gate_grad!r}; expected one of {GATE_GRADS}")
+        if self.target_rate is not None and not 0 < self.target_rate < 1:
+            raise ValueError(f"target_rate must be between 0 and 1, got {self.target_rate:g}")
+        if self.target_rate is not None and self.dense:
+            raise ValueError("a dense baseline updates every neuron; drop target_rate")
+        for name in ("epochs", "batches_per_epoch", "batch_size", "window"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
     def recipe(self, out: str) -> str:
         """The CLI command that reproduces this run."""
-        flags = [
-            f"--dataset {self.dataset}",
+        if self.data is not None:
+            flags = [f"--data {shlex.quote(self.data)}", f"--label-column {self.label_column}"]
+            for name in ("ignore_columns", "val_groups", "test_groups"):
+                if getattr(self, name):
+                    flags.append(f"--{name.replace('_', '-')} {','.join(getattr(self, name))}")
+            if self.group_column:
+                flags.append(f"--group-column {self.group_column}")
+            if self.sample_rate:
+                flags.append(f"--sample-rate {self.sample_rate:g}")
+            if self.allow_pickle:
+                flags.append("--allow-pickle")
+        else:
+            flags = [f"--dataset {self.dataset}"]
+            for name in ("val_groups", "test_groups"):
+                if getattr(self, name):
+                    flags.append(f"--{name.replace('_', '-')} {','.join(getattr(self, name))}")
+        if self.data is not None or self.dataset == "basicmotions":
+            flags.append(f"--val-fraction {self.val_fraction:g}")
+            if self.data is not None:
+                flags.append(f"--test-fraction {self.test_fraction:g}")
+            flags.append(f"--split-seed {self.split_seed}")
+        flags += [
             f"--cell {self.cell}",
             f"--hidden {self.hidden}",
             f"--lam {self.lam:g}",
             f"--lam-warmup-epochs {self.lam_warmup_epochs}",
+            f"--budget {self.budget}",
+            f"--gate-grad {self.gate_grad}",
+        ]
+        if self.target_rate is not None:
+            flags.append(f"--target-rate {self.target_rate:g}")
+        flags += [
             f"--epochs {self.epochs}",
             f"--batches-per-epoch {self.batches_per_epoch}",
             f"--batch-size {self.batch_size}",
             f"--window {self.window}",
+            f"--lr {self.lr:g}",
             f"--seed {self.seed}",
         ]
         if self.dense:
             flags.append("--dense")
-        return f"python -m export train {' '.join(flags)} --out {out}"
+        return f"python -m export train {' '.join(flags)} --out {shlex.quote(out)}"
 
 
 @dataclass
 class Evaluation:
-    """Held-out figures of a model in deterministic mode."""
+    """Figures of a model on held-out recordings in deterministic mode."""
 
     streaming_accuracy: float
     last_step_accuracy: float
     update_rate: float
     steps: int
+
+
+def _subjects(groups: tuple[str, ...], option: str) -> list[int]:
+    try:
+        return [int(g) for g in groups]
+    except ValueError:
+        raise ValueError(f"{option} of the watch data are subject numbers, got {groups}") from None
+
+
+def load_training_data(cfg: TrainConfig) -> Dataset:
+    """The dataset and split `cfg` asks for."""
+    if cfg.data is not None:
+        return load_files(
+            cfg.data,
+            label_column=cfg.label_column,
+            ignore_columns=cfg.ignore_columns,
+            group_column=cfg.group_column,
+            val_groups=cfg.val_groups,
+            test_groups=cfg.test_groups,
+            val_fraction=cfg.val_fraction,
+            test_fraction=cfg.test_fraction,
+            split_seed=cfg.split_seed,
+            sample_rate_hz=cfg.sample_rate,
+            allow_pickle=cfg.allow_pickle,
+        )
+    if cfg.sample_rate is not None:
+        raise ValueError(f"--sample-rate goes with --data; {cfg.dataset} knows its own")
+    if cfg.dataset == "watch":
+        split = {}
+        if cfg.val_groups:
+            split["val_subjects"] = _subjects(cfg.val_groups, "--val-groups")
+        if cfg.test_groups:
+            split["test_subjects"] = _subjects(cfg.test_groups, "--test-groups")
+        return load_watch(**split)
+    if cfg.dataset == "basicmotions":
+        if cfg.val_groups or cfg.test_groups:
+            raise ValueError("basicmotions has no subjects; use --val-fraction and --split-seed")
+        return load_basicmotions(cfg.val_fraction, cfg.split_seed)
+    return load_dataset(str(cfg.dataset))
 
 
 def budget_weight(cfg: TrainConfig, epoch: int) -> float:
@@ -73,15 +194,29 @@ def budget_weight(cfg: TrainConfig, epoch: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: SARNN, data: Dataset, skip_steps: int, threshold: float = 0.5) -> Evaluation:
-    """Stream every test recording from a zero state; score the prediction at every step after
-    `skip_steps` (pooled over steps), the last-step prediction per recording and the update rate."""
+def calibrate_gates(model: SARNN, x: np.ndarray, rate: float) -> None:
+    """Set each neuron's coordinator bias so that its gate opens on a share `rate` of the steps
+    of the raw inputs x [B, T, F]: b = -quantile(W_x x, 1 - rate). Exact while w_d = 0 (as at
+    initialisation), where a = W_x x + b."""
+    xn = (torch.from_numpy(x) - model.mean) / model.std
+    drive = (xn @ model.coord_x.weight.T).reshape(-1, model.config.hidden)
+    model.coord_x.bias.copy_(-torch.quantile(drive, 1.0 - rate, dim=0))
+
+
+@torch.no_grad()
+def evaluate(
+    model: SARNN, data: Dataset, skip_steps: int, threshold: float = 0.5, part: str = "test"
+) -> Evaluation:
+    """Stream every recording of `part` ("val" or "test") from a zero state; score the
+    prediction at every step after `skip_steps` (pooled over steps), the last-step prediction
+    per recording and the update rate."""
+    recordings = getattr(data, part)
     model.eval()
-    x, lengths = pad_recordings(data.test)
+    x, lengths = pad_recordings(recordings)
     out = model(torch.from_numpy(x), deterministic=True, threshold=threshold)
     pred = out.logits.argmax(-1).numpy()
     upd = out.updates.numpy()
-    labels = np.asarray([r.label for r in data.test])
+    labels = np.asarray([r.label for r in recordings])
     correct = scored = updates = steps = last_ok = 0
     for i, n in enumerate(lengths):
         skip = min(skip_steps, n - 1)
@@ -99,15 +234,33 @@ def evaluate(model: SARNN, data: Dataset, skip_steps: int, threshold: float = 0.
 
 
 def _step_loss(
-    model: SARNN, x: torch.Tensor, y: torch.Tensor, lam: float, warmup: int
+    model: SARNN, x: torch.Tensor, y: torch.Tensor, lam: float, cfg: TrainConfig
 ) -> tuple[torch.Tensor, float, float]:
-    out = model(x)
+    """Cross-entropy at every step past the warm-up, plus the budget loss; (loss, task, rate)."""
+    out = model(x, gate_grad=cfg.gate_grad)
+    warmup = min(cfg.warmup_steps, x.shape[1] // 4)
     logits = out.logits[:, warmup:]
     task = torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), y.repeat_interleave(logits.shape[1])
     )
-    loss = task + (budget_loss(out.updates, lam) if model.config.selective else 0.0)
+    budget = budget_loss(out.updates, lam, cfg.budget, cfg.target_rate)
+    loss = task + (budget if model.config.selective else 0.0)
     return loss, float(task.detach()), float(out.updates.detach().mean())
+
+
+def optimiser_step(model: SARNN, opt: torch.optim.Optimizer, loss: torch.Tensor) -> bool:
+    """Backpropagate and step, unless the loss or the gradient norm is not finite: then nothing
+    changes. Gradients are clipped to norm 1. True when the step was taken."""
+    opt.zero_grad()
+    if not torch.isfinite(loss):
+        return False
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    if not torch.isfinite(grad_norm):
+        opt.zero_grad()
+        return False
+    opt.step()
+    return True
 
 
 def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict:
@@ -115,7 +268,7 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    data = load_dataset(cfg.dataset)
+    data = load_training_data(cfg)
     model = SARNN(
         ModelConfig(
             cell=cfg.cell,
@@ -126,63 +279,76 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict:
         )
     )
     model.set_normalisation(*data.normalisation())
+    if cfg.target_rate is not None:
+        calibrate_gates(
+            model, sample_windows(data.train, cfg.batch_size, cfg.window, rng)[0], cfg.target_rate
+        )
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     total = cfg.epochs * cfg.batches_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total)
     skip = int(cfg.eval_skip_seconds * (data.sample_rate_hz or 0))
-    warmup = min(cfg.warmup_steps, cfg.window // 4)
-    history, skipped = [], 0
+    history, skipped, step = [], 0, 0
     started = time.perf_counter()
     bar = tqdm(total=total, disable=not progress, desc=f"{cfg.cell} lam={cfg.lam:g} s{cfg.seed}")
     for epoch in range(cfg.epochs):
         model.train()
-        model.alpha = slope(epoch)
-        lam = budget_weight(cfg, epoch)
         losses, rates = [], []
         for _ in range(cfg.batches_per_epoch):
+            model.alpha = slope(step / max(1, total - 1))
+            lam = cfg.lam if cfg.target_rate is not None else budget_weight(cfg, epoch)
             xb, yb = sample_windows(data.train, cfg.batch_size, cfg.window, rng)
             loss, task, rate = _step_loss(
-                model, torch.from_numpy(xb), torch.from_numpy(yb), lam, warmup
+                model, torch.from_numpy(xb), torch.from_numpy(yb), lam, cfg
             )
-            opt.zero_grad()
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            if math.isfinite(float(loss.detach())) and math.isfinite(float(grad_norm)):
-                opt.step()
+            if optimiser_step(model, opt, loss):
+                losses.append(task)
+                rates.append(rate)
             else:
                 skipped += 1
             sched.step()
-            losses.append(task)
-            rates.append(rate)
+            step += 1
             bar.update()
-            bar.set_postfix(loss=f"{task:.3f}", rate=f"{rate:.2f}")
-        ev = evaluate(model, data, skip)
+            bar.set_postfix(loss=f"{task:.3f}", rate=f"{rate:.2f}", lam=f"{lam:.3g}")
+        val = evaluate(model, data, skip, part="val")
         history.append(
             {
                 "epoch": epoch,
                 "alpha": model.alpha,
                 "lam": lam,
-                "train_loss": float(np.mean(losses)),
-                "train_update_rate": float(np.mean(rates)),
-                **{f"test_{k}": v for k, v in asdict(ev).items() if k != "steps"},
+                "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                "train_update_rate": float(np.mean(rates)) if rates else float("nan"),
+                **{f"val_{k}": v for k, v in asdict(val).items() if k != "steps"},
             }
         )
     bar.close()
-    final = evaluate(model, data, skip)
+    test = evaluate(model, data, skip, part="test")
     cost = CellCost(cfg.cell, data.n_features, cfg.hidden)
-    rate = 1.0 if cfg.dense else final.update_rate
+    rate = 1.0 if cfg.dense else test.update_rate
     metrics = {
         "config": asdict(cfg),
         "recipe": cfg.recipe(str(out_dir)),
         "dataset": {
             "name": data.name,
+            "spec": data.spec,
             "train_subjects": data.train_subjects,
+            "val_subjects": data.val_subjects,
             "test_subjects": data.test_subjects,
+            "train_recordings": len(data.train),
+            "val_recordings": len(data.val),
             "test_recordings": len(data.test),
-            "test_steps": final.steps,
+            "val_steps": val.steps,
+            "test_steps": test.steps,
             "scored_after_steps": skip,
         },
-        "test": asdict(final),
+        "kept": "last epoch",
+        "validation": asdict(val),
+        "test": asdict(test),
+        "budget": {
+            "form": cfg.budget,
+            "target_rate": cfg.target_rate,
+            "val_update_rate": val.update_rate,
+        },
+        "gate_grad": cfg.gate_grad,
         "macs_per_step": {
             "dense": cost.dense_step,
             "selective": cost.coordinator + rate * cfg.hidden * cost.per_neuron
@@ -200,11 +366,14 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict:
         str(out_dir / "checkpoint.pt"),
         {
             "dataset": data.name,
+            "data": data.spec,
             "feature_names": data.feature_names,
             "class_labels": data.class_labels,
             "sample_rate_hz": data.sample_rate_hz,
             "train_config": asdict(cfg),
-            "metrics": {k: metrics[k] for k in ("test", "dataset", "recipe")},
+            "metrics": {
+                k: metrics[k] for k in ("test", "validation", "dataset", "recipe", "budget")
+            },
         },
     )
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))

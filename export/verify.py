@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from export.data import load_dataset, pad_recordings
+from export.data import load_data, pad_recordings
 from export.model import SARNN, load_checkpoint
 
 SPARSE_GRAPH = "model.sparse.onnx"
@@ -131,11 +131,17 @@ def step_parity(model: SARNN, sess: ort.InferenceSession, x: np.ndarray, lengths
     return out
 
 
+def checkpoint_data_spec(blob: dict) -> dict:
+    """The data spec a checkpoint was trained with; older checkpoints name only their dataset
+    (then its default split, whose test part is what they were tested on)."""
+    return blob.get("data") or {"dataset": blob.get("dataset", "watch")}
+
+
 def verify(checkpoint: Path, model_dir: Path, random_steps: int = 10_000, seed: int = 0) -> Report:
     """Compare the graph in model_dir with the checkpoint on test data and random inputs."""
     model, blob = load_checkpoint(str(checkpoint))
     sess = open_session(model_dir)
-    data = load_dataset(blob.get("dataset", "watch"))
+    data = load_data(checkpoint_data_spec(blob))
     x, lengths = pad_recordings(data.test)
     data_parity = step_parity(model, sess, x, lengths)
     rng = np.random.default_rng(seed)

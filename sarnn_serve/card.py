@@ -19,6 +19,14 @@ class TrainingInfo(BaseModel):
     steps: int = Field(description="Optimiser steps taken.")
     train_subjects: list[int] = []
     test_subjects: list[int] = []
+    val_subjects: list[int] = []
+    groups: dict[str, list[str]] | None = Field(
+        None,
+        description="Groups (e.g. subjects) of the train, val and test recordings, as text.",
+    )
+    budget: str | None = Field(None, description="Budget loss form: mean or sum.")
+    target_rate: float | None = Field(None, description="Update rate lambda was adapted to.")
+    gate_grad: str | None = Field(None, description="Gate gradient surrogate: smooth or band.")
 
 
 class Evaluation(BaseModel):
@@ -67,6 +75,9 @@ class ModelCard(BaseModel):
     selective: bool = True
     training: TrainingInfo
     evaluation: Evaluation
+    validation: Evaluation | None = Field(
+        None, description="The same figures on the validation recordings (`evaluation`: test)."
+    )
     cost_per_step: CostPerStep | None = None
     export: ExportInfo | None = None
     sparse_graph: str | None = Field(

@@ -5,10 +5,11 @@
         [--threshold T] [--binary] [--keep-session] [--no-progress]
 
 The model card (GET /v1/models/{name}) says which features the model reads and its sampling
-rate. A CSV file has a header row of column names; the columns named by the card's
-feature_names are used in that order (other columns are ignored) and an optional column `label`
-holds the true class (a class label of the card, or its index). `--dataset watch --recording N`
-takes held-out recording N of the watch data (needs the training extra: seglearn).
+rate. A CSV file (read by sarnn_serve.recordings, as training reads one) has a header row of
+column names; the columns named by the card's feature_names are used in that order (other
+columns are ignored) and an optional column `label` holds the true class (a class label of the
+card, or its index). `--dataset watch --recording N` takes held-out (test) recording N of the
+watch data (needs the training extra: seglearn).
 
 The samples go to a new session (/v1/stream) in messages of --chunk samples, at --rate samples
 per second (default: the card's sample_rate_hz) on absolute deadlines, or back to back with
@@ -21,7 +22,6 @@ This module never imports torch (nor does export.data, which --dataset uses).
 
 import argparse
 import asyncio
-import csv
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,9 +32,10 @@ import msgpack
 import numpy as np
 import orjson
 
+from sarnn_serve.recordings import LABEL_COLUMN, read_csv
+
 WARMUP_S = 2.0
 ANSWER_TIMEOUT_S = 60.0
-LABEL_COLUMN = "label"
 
 
 class ReplayError(Exception):
@@ -95,57 +96,21 @@ def _true_label(value: str, class_labels: list[str], where: str) -> str | None:
 
 
 def load_csv(path: Path, card: dict) -> Recording:
-    """Read a CSV with a header row; pick the card's feature columns by name."""
-    features: list[str] = card["feature_names"]
+    """Read a CSV with a header row (sarnn_serve.recordings); pick the card's feature columns by
+    name and, if there is one, the `label` column."""
     try:
-        handle = path.open(newline="")
-    except OSError as exc:
-        raise ReplayError(f"cannot read {path}: {exc.strerror or exc}") from None
-    with handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None:
-            raise ReplayError(f"{path} is empty; expected a header row of column names")
-        names = [h.strip() for h in header]
-        missing = [f for f in features if f not in names]
-        if missing:
-            raise ReplayError(
-                f"{path} lacks column{'s' if len(missing) > 1 else ''} "
-                f"{', '.join(repr(m) for m in missing)} needed by model {card['name']} "
-                f"(it reads {', '.join(features)}; the file has {', '.join(names) or 'none'})"
-            )
-        cols = [names.index(f) for f in features]
-        label_col = names.index(LABEL_COLUMN) if LABEL_COLUMN in names else None
-        rows: list[list[float]] = []
-        labels: list[str | None] = []
-        for line, row in enumerate(reader, start=2):
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            if len(row) < len(names):
-                raise ReplayError(f"{path}, line {line}: {len(row)} cells, expected {len(names)}")
-            values = []
-            for c in cols:
-                try:
-                    v = float(row[c])
-                except ValueError:
-                    raise ReplayError(
-                        f"{path}, line {line}, column {names[c]!r}: {row[c]!r} is not a number"
-                    ) from None
-                if not np.isfinite(v):
-                    raise ReplayError(
-                        f"{path}, line {line}, column {names[c]!r}: {row[c]!r} is not finite"
-                    )
-                values.append(v)
-            rows.append(values)
-            if label_col is not None:
-                labels.append(
-                    _true_label(row[label_col], card["class_labels"], f"{path}, line {line}")
-                )
-    if not rows:
-        raise ReplayError(f"{path} has a header but no data rows")
+        table = read_csv(path, features=card["feature_names"], label_column=LABEL_COLUMN)
+    except ValueError as exc:
+        raise ReplayError(str(exc)) from None
+    labels: list[str | None] = []
+    if table.labels is not None:
+        labels = [
+            _true_label(value, card["class_labels"], f"{path}, line {line}")
+            for value, line in zip(table.labels, table.lines, strict=True)
+        ]
     if all(label is None for label in labels):
         labels = []
-    return Recording(str(path), np.asarray(rows, dtype=np.float32), labels)
+    return Recording(str(path), table.x, labels)
 
 
 def load_dataset_recording(name: str, index: int, card: dict) -> Recording:

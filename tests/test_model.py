@@ -311,21 +311,24 @@ def test_watch_is_split_by_subject_with_train_only_statistics():
     """seglearn ships the watch data; loading takes about a second, fine for every run."""
     data = load_watch()
     assert (data.n_features, data.n_classes) == (6, 7)
-    assert len(data.train) + len(data.test) == 140
+    assert len(data.train) + len(data.val) + len(data.test) == 140
     train_subjects = {r.subject for r in data.train}
+    val_subjects = {r.subject for r in data.val}
     test_subjects = {r.subject for r in data.test}
     assert test_subjects == {9, 10} and data.test_subjects == [9, 10]
-    assert not train_subjects & test_subjects
-    assert len(train_subjects | test_subjects) == 10
-    assert sorted(train_subjects) == data.train_subjects == list(range(1, 9))
+    assert val_subjects == {7, 8} and data.val_subjects == [7, 8]
+    assert not train_subjects & (test_subjects | val_subjects)
+    assert len(train_subjects | val_subjects | test_subjects) == 10
+    assert sorted(train_subjects) == data.train_subjects == list(range(1, 7))
     assert all(r.x.dtype == np.float32 and r.x.shape[1] == 6 for r in data.train + data.test)
 
     mean, std = data.normalisation()
     stacked = np.concatenate([r.x for r in data.train]).astype(np.float64)
     assert np.allclose(mean, stacked.mean(0), rtol=1e-5, atol=1e-5)
     assert np.allclose(std, stacked.std(0), rtol=1e-5, atol=1e-5)
-    everything = np.concatenate([r.x for r in data.train + data.test]).astype(np.float64)
-    assert not np.allclose(mean, everything.mean(0), rtol=1e-4, atol=1e-4), "test data leaked"
+    for part in (data.val, data.test):
+        held = np.concatenate([r.x for r in data.train + part]).astype(np.float64)
+        assert not np.allclose(mean, held.mean(0), rtol=1e-4, atol=1e-4), "held-out data leaked"
 
     with pytest.raises(ValueError, match="not in the watch data"):
         load_watch(test_subjects=(11,))
@@ -334,7 +337,8 @@ def test_watch_is_split_by_subject_with_train_only_statistics():
 def test_basicmotions_loads():
     data = load_basicmotions()
     assert (data.n_features, data.n_classes) == (6, 4)
-    assert (len(data.train), len(data.test)) == (40, 40)
+    assert (len(data.train), len(data.val), len(data.test)) == (32, 8, 40)
+    assert sorted(r.label for r in data.val) == [0, 0, 1, 1, 2, 2, 3, 3], "stratified"
     assert all(r.x.shape == (100, 6) and r.x.dtype == np.float32 for r in data.train)
     assert {r.label for r in data.test} == {0, 1, 2, 3}
 
