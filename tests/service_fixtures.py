@@ -48,6 +48,7 @@ def served_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
             dataset="watch",
             hidden=16,
             lam=2.0,
+            target_rate=0.5,
             epochs=2,
             batches_per_epoch=4,
             batch_size=8,
