@@ -42,7 +42,7 @@ from sarnn_serve.registry import LoadedModel, Registry
 from sarnn_serve.results import ChunkResult, StepOutputs, chunk_body, step_list
 from sarnn_serve.routing import Router
 from sarnn_serve.schemas import ChunkRequest, PredictRequest, SessionCreate
-from sarnn_serve.sessions import SessionRecord, new_session_id
+from sarnn_serve.sessions import SessionRecord, new_session_id, request_digest
 from sarnn_serve.settings import Settings
 from sarnn_serve.store import Gone, SessionStore
 from sarnn_serve.validation import check_outputs, parse_inputs
@@ -189,12 +189,16 @@ class DataPlane:
 
     # sessions -------------------------------------------------------------------------
 
-    async def create_session(self, caller: Principal, request: SessionCreate) -> dict:
+    async def create_session(
+        self, caller: Principal, request: SessionCreate, session_id: str | None = None
+    ) -> dict:
+        """Open a session under a new random id, or under `session_id` (an Open Inference
+        Protocol sequence's) when no live session has that id (ConcurrentUpdate otherwise)."""
         model = self.model(request.model)
         card = model.card
         self._creation_rate.take(caller.id)
         record = SessionRecord(
-            id=new_session_id(),
+            id=session_id or new_session_id(),
             model=card.name,
             model_version=card.version,
             threshold=request.threshold if request.threshold is not None else card.threshold,
@@ -204,14 +208,17 @@ class DataPlane:
             recent_rate=_prior_rate(card),
         )
         try:
-            gone = await self.store.create(
-                record.id,
-                card.name,
-                record.encode(),
-                record.ttl_s,
-                owner=caller.id,
-                max_owned=self.settings.max_sessions_per_key,
-            )
+            async with self._locks.hold(record.id):
+                if session_id is not None and await self._exists(session_id):
+                    raise ConcurrentUpdate(f"session {session_id} was opened concurrently; retry")
+                gone = await self.store.create(
+                    record.id,
+                    card.name,
+                    record.encode(),
+                    record.ttl_s,
+                    owner=caller.id,
+                    max_owned=self.settings.max_sessions_per_key,
+                )
         except ServiceError:
             self._creation_rate.refund(caller.id)
             raise
@@ -227,6 +234,13 @@ class DataPlane:
             },
         )
         return record.summary(card.cost)
+
+    async def _exists(self, session_id: str) -> bool:
+        try:
+            await self.store.load(session_id)
+        except SessionNotFound:
+            return False
+        return True
 
     async def _record(
         self, session_id: str, caller: Principal
@@ -246,6 +260,16 @@ class DataPlane:
     async def get_session(self, caller: Principal, session_id: str) -> dict:
         record, _, model = await self._record(session_id, caller)
         return record.summary(model.card.cost)
+
+    async def sequence_seq(
+        self, caller: Principal, session_id: str, request_id: str
+    ) -> tuple[int, bool]:
+        """The seq of a request in an Open Inference Protocol sequence: (next_seq, False), or
+        (next_seq - 1, True) when `request_id` is the last applied chunk's (a retry)."""
+        record, _, _ = await self._record(session_id, caller)
+        if record.repeats(request_id):
+            return record.next_seq - 1, True
+        return record.next_seq, False
 
     async def list_sessions(self, caller: Principal) -> list[dict]:
         """Sessions recently active on this replica that the caller may see, newest first."""
@@ -281,8 +305,11 @@ class DataPlane:
         self._check_owner(record, caller)
         return record
 
-    async def advance(self, caller: Principal, session_id: str, chunk: ChunkRequest) -> ChunkResult:
-        """Apply one chunk, or answer a retry of the last seq again without applying it."""
+    async def advance(
+        self, caller: Principal, session_id: str, chunk: ChunkRequest, request_id: str = ""
+    ) -> ChunkResult:
+        """Apply one chunk, or answer a retry of the last seq again without applying it;
+        `request_id` (of an Open Inference Protocol request) is kept to recognise its retry."""
         async with self._locks.hold(session_id):
             record, version, model = await self._record(session_id, caller)
             card = model.card
@@ -313,6 +340,7 @@ class DataPlane:
                 record.note_rate(used.steps, used.updates, card.hidden)
                 record.last_seen = time.time()
                 record.last_digest, record.last_outputs = digest, outputs
+                record.last_request = request_digest(request_id) if request_id else b""
                 if await self.store.compare_and_set(
                     session_id, version, record.encode(), record.ttl_s
                 ):

@@ -5,6 +5,8 @@ chunk's outputs for replay (`results.StepOutputs.pack`: 4 x C + 2 bytes per step
 per step when masks were asked for), so at most `max_chunk_steps` x (4C + 2 + H/8) for that part.
 """
 
+import base64
+import hashlib
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -19,6 +21,18 @@ from sarnn_serve.results import StepOutputs
 def new_session_id() -> str:
     """An unguessable id: 128 random bits, URL-safe."""
     return secrets.token_urlsafe(16)
+
+
+def sequence_session_id(owner: str, model: str, sequence_id: int | str) -> str:
+    """The session of an Open Inference Protocol sequence: the same for the same caller, model
+    and sequence id (an integer id and its decimal string are different ids)."""
+    key = hashlib.blake2b(msgpack.packb([owner, model, sequence_id]), digest_size=16).digest()
+    return "seq-" + base64.urlsafe_b64encode(key).rstrip(b"=").decode()
+
+
+def request_digest(request_id: str) -> bytes:
+    """16 bytes that stand for a request id in the record, whatever its length."""
+    return hashlib.blake2b(request_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 @dataclass
@@ -40,11 +54,20 @@ class SessionRecord:
     last_digest: bytes = b""
     last_outputs: StepOutputs | None = None
     recent_rate: float = 1.0
+    last_request: bytes = b""  # request_digest of the last chunk's request id (/v2 retries)
 
     def note_rate(self, steps: int, updates: int, hidden: int) -> None:
         """Fold a chunk's update rate into `recent_rate`, weighing each step as 10% decay."""
         weight = 1.0 - 0.9**steps
         self.recent_rate += weight * (updates / (steps * hidden) - self.recent_rate)
+
+    def repeats(self, request_id: str) -> bool:
+        """Whether `request_id` is the id of the last applied chunk (a retry of it)."""
+        return (
+            request_id != ""
+            and self.last_outputs is not None
+            and self.last_request == request_digest(request_id)
+        )
 
     def encode(self) -> bytes:
         return msgpack.packb(
@@ -64,6 +87,7 @@ class SessionRecord:
                 self.last_digest,
                 self.last_outputs.pack() if self.last_outputs is not None else None,
                 self.recent_rate,
+                self.last_request,
             ]
         )
 

@@ -471,7 +471,7 @@ PATHS: dict[str, Http] = {
     "POST /healthz": wrong_method("POST", "/healthz"),
     "POST /metrics": wrong_method("POST", "/metrics"),
     "GET /v1/session": no_route("GET", "/v1/session"),
-    "GET /v2/sessions": no_route("GET", "/v2/sessions"),
+    "GET /v3/sessions": no_route("GET", "/v3/sessions"),
     "POST /v1/sessions/{id}/chunk": no_route("POST", "/v1/sessions/{sid}/chunk"),
     "POST /v1/sessions/{id}/chunks/1": no_route("POST", CHUNKS_PATH + "/1"),
     "GET /v1/sessions/{id}/stream over HTTP": no_route("GET", "/v1/sessions/{sid}/stream"),

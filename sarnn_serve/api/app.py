@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from sarnn_serve import logs
-from sarnn_serve.api import dashboard, docs, errors, health, models, openapi, sessions, stream
+from sarnn_serve.api import dashboard, docs, errors, health, models, openapi, sessions, stream, v2
 from sarnn_serve.api.limits import BodyLimit, RequestMetrics
 from sarnn_serve.auth import KeyRing
 from sarnn_serve.engine import DENSE, SPARSE
@@ -102,7 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     errors.install(app)
     openapi.install(app)
-    for module in (sessions, models, stream, health, dashboard, docs):
+    for module in (sessions, models, stream, health, dashboard, docs, v2):
         app.include_router(module.router)
     app.add_middleware(RequestMetrics, metrics=prom)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

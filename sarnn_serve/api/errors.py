@@ -21,6 +21,7 @@ ERROR_RESPONSES = {
     507: {"model": ErrorBody, "description": "The session store is out of memory."},
 }
 PARSE_FAILURE = "There was an error parsing the body"
+V2_PREFIX = "/v2/"
 
 
 def render(request: Request, exc: ServiceError) -> Response:
@@ -47,7 +48,10 @@ def install(app: FastAPI) -> None:
             return render(request, InvalidJson("not valid UTF-8 JSON"))
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         request.app.state.plane.monitor.record_error(code)
-        body = {"error": {"code": code, "message": str(exc.detail)}}
+        if request.url.path.startswith(V2_PREFIX):  # the Open Inference Protocol's error body
+            body = {"error": f"{code}: {exc.detail}"}
+        else:
+            body = {"error": {"code": code, "message": str(exc.detail)}}
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)

@@ -28,16 +28,13 @@ class BodyLimit:
         self.app = app
         self.max_bytes = max_bytes
 
-    async def _reject(self, send: Send) -> None:
-        body = orjson.dumps(
-            {
-                "error": {
-                    "code": "payload_too_large",
-                    "message": f"request body exceeds {self.max_bytes} bytes",
-                    "field": "body",
-                }
-            }
-        )
+    async def _reject(self, send: Send, path: str) -> None:
+        message = f"request body exceeds {self.max_bytes} bytes"
+        if path.startswith("/v2/"):  # the Open Inference Protocol's error body is a string
+            error: dict | str = f"payload_too_large: {message}"
+        else:
+            error = {"code": "payload_too_large", "message": message, "field": "body"}
+        body = orjson.dumps({"error": error})
         await send(
             {
                 "type": "http.response.start",
@@ -53,7 +50,7 @@ class BodyLimit:
             return
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await self._reject(send)
+            await self._reject(send, scope["path"])
             return
         seen = 0
         started = False
@@ -76,7 +73,7 @@ class BodyLimit:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await self._reject(send)
+                await self._reject(send, scope["path"])
 
 
 class RequestMetrics:
