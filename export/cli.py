@@ -46,6 +46,29 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _pareto(args: argparse.Namespace) -> int:
+    from export.pareto import Grid, parse_parts, run
+    from export.pareto_report import report
+
+    grid = Grid(
+        hidden=tuple(args.hidden),
+        target_rates=tuple(args.target_rates),
+        seeds=tuple(args.seeds),
+        cell=args.cell,
+        dataset=args.dataset,
+        lam=args.lam,
+        epochs=args.epochs,
+        batches_per_epoch=args.batches_per_epoch,
+        batch_size=args.batch_size,
+        window=args.window,
+        root=Path(args.root),
+    )
+    if not args.report_only:
+        run(grid, parse_parts(args.parts))
+    print(report(grid.root, Path(args.out or args.root)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from export.data import DATASETS
     from export.model import BUDGETS, GATE_GRADS
@@ -53,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train an SA-RNN (or a dense baseline with --dense)")
+    t = sub.add_parser(
+        "train",
+        help="train an SA-RNN, or a baseline: --dense, --skip-every K or --random-mask R",
+    )
     d = TrainConfig()
     source = t.add_mutually_exclusive_group()
     source.add_argument("--dataset", default=d.dataset, choices=DATASETS)
@@ -117,7 +143,27 @@ def build_parser() -> argparse.ArgumentParser:
         choices=GATE_GRADS,
         help="gate gradient: smooth (sigmoid surrogate) or band (the hard sigmoid's own)",
     )
-    t.add_argument("--dense", action="store_true", help="train the plain cell, no coordinator")
+    baseline = t.add_mutually_exclusive_group()
+    baseline.add_argument(
+        "--dense",
+        action="store_true",
+        help="baseline: the plain cell, every neuron at every step (exportable and servable)",
+    )
+    baseline.add_argument(
+        "--skip-every",
+        type=int,
+        default=d.skip_every,
+        metavar="K",
+        help="baseline: the plain cell updates every neuron at every K-th step and none between "
+        "(K times fewer multiply-adds); offline only: not exportable to the chunk graph",
+    )
+    baseline.add_argument(
+        "--random-mask",
+        type=float,
+        metavar="R",
+        help="baseline: each neuron updates with probability R per step, independently of the "
+        "input (a fixed seeded pattern at evaluation); offline only: not exportable",
+    )
     t.add_argument("--epochs", type=int, default=d.epochs)
     t.add_argument("--batches-per-epoch", type=int, default=d.batches_per_epoch)
     t.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -128,18 +174,58 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true")
     t.add_argument("--out", required=True)
     t.set_defaults(func=_train)
-    o = sub.add_parser("onnx", help="export a checkpoint to an ONNX chunk graph + model card")
+    o = sub.add_parser(
+        "onnx",
+        help="export a checkpoint (an SA-RNN or a --dense baseline) to an ONNX chunk graph + card",
+    )
     o.add_argument("--checkpoint", required=True)
     o.add_argument("--out", required=True, help="model directory to create")
     o.add_argument("--name", default=None, help="model name (default: the directory name)")
     o.add_argument("--force", action="store_true", help="replace an existing model directory")
     o.set_defaults(func=_onnx)
+    _add_pareto(sub)
     v = sub.add_parser("verify", help="check an exported model against its checkpoint")
     v.add_argument("--checkpoint", required=True)
     v.add_argument("--model", required=True, help="model directory holding model.onnx")
     v.add_argument("--random-steps", type=int, default=10_000)
     v.set_defaults(func=_verify)
     return parser
+
+
+def _add_pareto(sub: argparse._SubParsersAction) -> None:
+    from export import pareto
+    from export.data import DATASETS
+
+    g = pareto.Grid()
+    p = sub.add_parser(
+        "pareto",
+        help="train SA-RNNs and cost-matched baselines (dense, skip, random mask) over seeds; "
+        "table and plot of accuracy against multiply-adds per step (resumable)",
+        description=pareto.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--hidden", type=int, nargs="+", default=list(g.hidden))
+    p.add_argument("--target-rates", type=float, nargs="+", default=list(g.target_rates))
+    p.add_argument("--seeds", type=int, nargs="+", default=list(g.seeds))
+    p.add_argument("--cell", default=g.cell, choices=["gru", "lstm", "rnn"])
+    p.add_argument("--dataset", default=g.dataset, choices=DATASETS)
+    p.add_argument("--lam", type=float, default=g.lam, help="weight of |rate - target|")
+    p.add_argument("--epochs", type=int, default=g.epochs)
+    p.add_argument("--batches-per-epoch", type=int, default=g.batches_per_epoch)
+    p.add_argument("--batch-size", type=int, default=g.batch_size)
+    p.add_argument("--window", type=int, default=g.window)
+    p.add_argument("--root", default=str(g.root), help="one directory per run in here")
+    p.add_argument("--out", help="where pareto.csv, .md and .png go (default: --root)")
+    p.add_argument(
+        "--parts",
+        default="0/1",
+        metavar="I/N",
+        help="run every N-th configuration from the I-th (start N processes: 0/N .. N-1/N)",
+    )
+    p.add_argument(
+        "--report-only", action="store_true", help="rebuild table and plot; train nothing"
+    )
+    p.set_defaults(func=_pareto)
 
 
 def main(argv: list[str] | None = None) -> int:

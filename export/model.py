@@ -13,6 +13,13 @@ Input projections of all T steps are computed before the time loop; the loop onl
 recurrent part. The candidate uses the weights and gate order of torch.nn.GRUCell, LSTMCell and
 RNNCell, so a model with every gate open equals the plain torch cell.
 
+Baselines without a coordinator (`selective=False`): the dense cell updates every neuron at every
+step; `skip_every=k` updates every neuron at steps t = 0, k, 2k, ... and none in between;
+`random_mask=r` updates each neuron with probability r per step, independently of the input
+(fresh draws in training; in deterministic mode one fixed seeded [T, H] pattern, the same for
+every row). Both schedules count steps from the start of the sequence given to `forward`: they
+are evaluated on whole recordings, offline (the chunk graph carries no step counter).
+
 The training gate's backward pass (`gate_grad`): "band" is the hard sigmoid's own derivative,
 alpha / 2 inside |a| < 1 / alpha and zero outside, so a neuron that leaves the band gets no
 gradient from its gate again; "smooth" (the default) is the derivative of sigmoid(2 alpha a),
@@ -31,11 +38,13 @@ GATE_GRADS = ("smooth", "band")
 BUDGETS = ("mean", "sum")
 ALPHA_START = 1.0
 ALPHA_END = 5.0
+RANDOM_MASK_SEED = 0
 
 
 @dataclass
 class ModelConfig:
-    """Shape and kind of an SA-RNN (or its dense baseline)."""
+    """Shape and kind of an SA-RNN, or of a baseline without a coordinator (`selective=False`:
+    dense, or updating on a fixed schedule: every `skip_every`-th step, or a `random_mask`)."""
 
     cell: str = "gru"
     n_features: int = 6
@@ -43,13 +52,42 @@ class ModelConfig:
     n_classes: int = 7
     selective: bool = True
     coord_bias_init: float = 1.0
+    skip_every: int = 1
+    random_mask: float | None = None
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
             raise ValueError(f"unknown cell {self.cell!r}; expected one of {', '.join(CELLS)}")
-        for field in ("n_features", "hidden", "n_classes"):
+        for field in ("n_features", "hidden", "n_classes", "skip_every"):
             if getattr(self, field) <= 0:
                 raise ValueError(f"{field} must be positive, got {getattr(self, field)}")
+        if self.random_mask is not None and not 0 < self.random_mask <= 1:
+            raise ValueError(f"random_mask must be in (0, 1], got {self.random_mask:g}")
+        if self.skip_every > 1 and self.random_mask is not None:
+            raise ValueError("choose one schedule: skip_every or random_mask")
+        if self.selective and self.gating != "coordinator":
+            raise ValueError("a fixed update schedule replaces the coordinator; selective=False")
+
+    @property
+    def gating(self) -> str:
+        """What opens the gates: "coordinator" (SA-RNN), "dense", "skip" or "random"."""
+        if self.skip_every > 1:
+            return "skip"
+        if self.random_mask is not None:
+            return "random"
+        return "coordinator" if self.selective else "dense"
+
+    @property
+    def offline_only(self) -> str | None:
+        """Why this model cannot be exported to the chunk graph, or None when it can."""
+        flag = {"skip": f"--skip-every {self.skip_every}", "random": "--random-mask"}
+        if self.gating not in flag:
+            return None
+        return (
+            f"the checkpoint is a {self.gating} baseline ({flag[self.gating]}): its gates follow "
+            "the step index from the start of a recording, which the chunk graph does not "
+            "carry; it is trained and evaluated offline only"
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -142,7 +180,8 @@ class SARNN(nn.Module):
     ) -> Output:
         """Run T steps. `deterministic` applies u = [a > (2 tau - 1) / alpha] (inference);
         otherwise u = round(hard_sigmoid) with a straight-through gradient of the `gate_grad`
-        surrogate (module docstring). `force_gate` (0 or 1) overrides every gate, for tests."""
+        surrogate (module docstring). `force_gate` (0 or 1) overrides every gate, for tests.
+        Baselines ignore `threshold`: their gates are all open or follow their schedule."""
         if gate_grad not in GATE_GRADS:
             raise ValueError(f"unknown gate_grad {gate_grad!r}; expected one of {GATE_GRADS}")
         self._check_input(x)
@@ -155,11 +194,21 @@ class SARNN(nn.Module):
         gx_all = (xn @ self.cell.weight_ih.T + self.cell.bias_ih).unbind(1)
         ax_all = self.coord_x(xn).unbind(1)
         cut = gate_threshold(threshold, self.alpha)
+        gating = self.config.gating if force_gate is None else "forced"
+        pattern = self._random_pattern(steps) if gating == "random" and deterministic else None
         hs, us, as_ = [], [], []
         for t in range(steps):
             a = ax_all[t] + self.coord_d * h
-            if not self.config.selective or force_gate is not None:
+            if gating == "skip" and t % self.config.skip_every:
+                hs.append(h)  # a step without updates: nothing to compute
+                us.append(torch.zeros_like(a))
+                as_.append(a)
+                continue
+            if gating in ("dense", "skip", "forced"):
                 u = torch.full_like(a, 1.0 if force_gate is None else float(force_gate))
+            elif gating == "random":
+                draw = torch.rand_like(a) if pattern is None else pattern[t].expand_as(a)
+                u = (draw < self.config.random_mask).to(a.dtype)
             elif deterministic:
                 u = (a > cut).to(a.dtype)
             else:
@@ -170,7 +219,7 @@ class SARNN(nn.Module):
                 # forward value [a > 0] (= round(p) but exact for 0 < alpha a < 2^-24 too)
                 u = p + ((a > 0).to(a.dtype) - p).detach()
             h_new, c_new = self._candidate(gx_all[t], h, c)
-            if self.config.selective or force_gate is not None:
+            if gating != "dense":
                 h = u * h_new + (1 - u) * h  # bitwise h_new at u = 1, h at u = 0
                 if c is not None:
                     c = u * c_new + (1 - u) * c
@@ -182,6 +231,12 @@ class SARNN(nn.Module):
         hseq = torch.stack(hs, 1)
         final = h if c is None else torch.cat([h, c], 1)
         return Output(self.head(hseq), torch.stack(us, 1), torch.stack(as_, 1), final)
+
+    def _random_pattern(self, steps: int) -> Tensor:
+        """The fixed uniform draws [T, H] of deterministic mode (seed RANDOM_MASK_SEED); a
+        prefix of a longer sequence's draws."""
+        rng = np.random.default_rng(RANDOM_MASK_SEED)
+        return torch.from_numpy(rng.random((steps, self.config.hidden), dtype=np.float32))
 
 
 def budget_loss(

@@ -8,6 +8,12 @@
 
 Everything is written into a temporary sibling directory and renamed into place only after the
 checker and the parity check pass, so a failed export leaves nothing half-written behind.
+
+A dense baseline exports to the same graph with a coordinator that always opens (W_x = 0,
+w_d = 0, b = DENSE_GATE_BIAS): every cut (2 tau - 1) / alpha of a finite threshold lies below b,
+and the +inf cut past a row's length still shuts the gate, so `updates` is every neuron at every
+step. It has no sparse twin and its card says `selective: false`. The skip and random-mask
+baselines are offline only (`ModelConfig.offline_only`).
 """
 
 import hashlib
@@ -28,11 +34,17 @@ from sarnn_serve.card import Evaluation as CardEvaluation
 from sarnn_serve.card import ExportInfo, ModelCard, TrainingInfo
 
 COMPANIONS = ("checkpoint.pt", "metrics.json", "curves.png", "raster.png")
+DENSE_GATE_BIAS = 1e30
 
 
 def cell_weights(model: SARNN) -> CellWeights:
-    """The model's parameters as numpy arrays for the graph builder."""
+    """The model's parameters as numpy arrays for the graph builder; a dense baseline's
+    coordinator is replaced by one that always opens."""
     sd = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in model.state_dict().items()}
+    if not model.config.selective:
+        sd["coord_x.weight"] = np.zeros_like(sd["coord_x.weight"])
+        sd["coord_d"] = np.zeros_like(sd["coord_d"])
+        sd["coord_x.bias"] = np.full_like(sd["coord_x.bias"], DENSE_GATE_BIAS)
     return CellWeights(
         cell=model.config.cell,
         weight_ih=sd["cell.weight_ih"],
@@ -51,9 +63,12 @@ def cell_weights(model: SARNN) -> CellWeights:
 
 
 def build_model(model: SARNN, sparse: bool = False) -> onnx.ModelProto:
-    """Chunk graph of `model` (dense, or the sparse twin), passing onnx's full checker."""
-    if not model.config.selective:
-        raise ValueError("the checkpoint is a dense baseline; export an SA-RNN checkpoint")
+    """Chunk graph of `model` (dense, or the sparse twin of an SA-RNN), passing onnx's full
+    checker. Refuses the offline-only baselines."""
+    if model.config.offline_only:
+        raise ValueError(model.config.offline_only)
+    if sparse and not model.config.selective:
+        raise ValueError("a dense baseline updates every neuron; it has no sparse twin")
     builder = build_sparse_chunk_graph if sparse else build_chunk_graph
     proto = builder(
         cell_weights(model),
@@ -98,6 +113,7 @@ def make_card(model: SARNN, blob: dict, name: str, graph_bytes: bytes) -> ModelC
         class_labels=blob.get("class_labels") or [str(i) for i in range(cfg.n_classes)],
         sample_rate_hz=blob.get("sample_rate_hz"),
         alpha=float(model.alpha),
+        selective=cfg.selective,
         training=TrainingInfo(
             dataset=blob.get("dataset", "unknown"),
             recipe=metrics.get("recipe", ""),
@@ -122,7 +138,7 @@ def make_card(model: SARNN, blob: dict, name: str, graph_bytes: bytes) -> ModelC
         ),
     )
     card.cost_per_step = card.cost_summary()
-    card.sparse_graph = SPARSE_GRAPH
+    card.sparse_graph = SPARSE_GRAPH if cfg.selective else None
     return card
 
 
@@ -137,14 +153,16 @@ def export_model(checkpoint: Path, out: Path, name: str | None = None, force: bo
     model, blob = load_checkpoint(str(checkpoint))
     proto = build_model(model)
     graph_bytes = proto.SerializeToString()
-    sparse_bytes = build_model(model, sparse=True).SerializeToString()
+    selective = model.config.selective
+    sparse_bytes = build_model(model, sparse=True).SerializeToString() if selective else None
     card = make_card(model, blob, name or out.name, graph_bytes)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     tmp.chmod(0o755)
     try:
         (tmp / "model.onnx").write_bytes(graph_bytes)
-        (tmp / SPARSE_GRAPH).write_bytes(sparse_bytes)
+        if sparse_bytes is not None:
+            (tmp / SPARSE_GRAPH).write_bytes(sparse_bytes)
         (tmp / "model.json").write_text(card.model_dump_json(indent=2) + "\n")
         for companion in COMPANIONS:
             src = checkpoint.parent / companion

@@ -1,4 +1,4 @@
-"""Training loop for SA-RNN and its dense baseline: seeds, checkpoint, metrics JSON, plots.
+"""Training loop for SA-RNN and its baselines: seeds, checkpoint, metrics JSON, plots.
 
 Every epoch evaluates on the validation part (progress, the curves); the test part is read once,
 after the last epoch, for the model that is saved: the last one. (Keeping the epoch of best
@@ -9,7 +9,7 @@ settles at its budget or target.)
 import json
 import shlex
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,8 @@ from sarnn_serve.recordings import LABEL_COLUMN
 @dataclass
 class TrainConfig:
     """Recipe of one training run. `dataset` names a shipped dataset; `data` (a folder of CSV
-    files or a .npz archive) replaces it with your own recordings."""
+    files or a .npz archive) replaces it with your own recordings. At most one baseline: `dense`,
+    `skip_every` > 1 or `random_mask` (export.model's module docstring)."""
 
     dataset: str | None = "watch"
     data: str | None = None
@@ -65,6 +66,8 @@ class TrainConfig:
     target_rate: float | None = None
     gate_grad: str = "smooth"
     dense: bool = False
+    skip_every: int = 1
+    random_mask: float | None = None
     epochs: int = 24
     batches_per_epoch: int = 50
     batch_size: int = 32
@@ -86,9 +89,39 @@ class TrainConfig:
             raise ValueError(f"target_rate must be between 0 and 1, got {self.target_rate:g}")
         if self.target_rate is not None and self.dense:
             raise ValueError("a dense baseline updates every neuron; drop target_rate")
+        if self.skip_every < 1:
+            raise ValueError(f"skip_every must be at least 1, got {self.skip_every}")
+        if self.random_mask is not None and not 0 < self.random_mask <= 1:
+            raise ValueError(f"random_mask must be in (0, 1], got {self.random_mask:g}")
+        chosen = [self.dense, self.skip_every > 1, self.random_mask is not None]
+        if sum(chosen) > 1:
+            raise ValueError("choose one baseline: dense, skip_every or random_mask")
+        if self.target_rate is not None and any(chosen):
+            raise ValueError("a baseline has no coordinator to reach a target rate; drop it")
         for name in ("epochs", "batches_per_epoch", "batch_size", "window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    @property
+    def baseline(self) -> str | None:
+        """The baseline this recipe trains ("dense", "skip", "random"), or None for an SA-RNN."""
+        if self.dense:
+            return "dense"
+        if self.skip_every > 1:
+            return "skip"
+        return "random" if self.random_mask is not None else None
+
+    def model_config(self, n_features: int, n_classes: int) -> ModelConfig:
+        """The model this recipe trains on data of that shape."""
+        return ModelConfig(
+            cell=self.cell,
+            n_features=n_features,
+            hidden=self.hidden,
+            n_classes=n_classes,
+            selective=self.baseline is None,
+            skip_every=self.skip_every,
+            random_mask=self.random_mask,
+        )
 
     def recipe(self, out: str) -> str:
         """The CLI command that reproduces this run."""
@@ -133,17 +166,24 @@ class TrainConfig:
         ]
         if self.dense:
             flags.append("--dense")
+        if self.skip_every > 1:
+            flags.append(f"--skip-every {self.skip_every}")
+        if self.random_mask is not None:
+            flags.append(f"--random-mask {self.random_mask:g}")
         return f"python -m export train {' '.join(flags)} --out {shlex.quote(out)}"
 
 
 @dataclass
 class Evaluation:
-    """Figures of a model on held-out recordings in deterministic mode."""
+    """Figures of a model on held-out recordings in deterministic mode; per recording, the
+    steps scored and how many of them were right (for confidence intervals over recordings)."""
 
     streaming_accuracy: float
     last_step_accuracy: float
     update_rate: float
     steps: int
+    scored: list[int] = field(default_factory=list)
+    correct: list[int] = field(default_factory=list)
 
 
 def _subjects(groups: tuple[str, ...], option: str) -> list[int]:
@@ -217,19 +257,22 @@ def evaluate(
     pred = out.logits.argmax(-1).numpy()
     upd = out.updates.numpy()
     labels = np.asarray([r.label for r in recordings])
-    correct = scored = updates = steps = last_ok = 0
+    correct, scored = [], []
+    updates = steps = last_ok = 0
     for i, n in enumerate(lengths):
         skip = min(skip_steps, n - 1)
-        correct += int((pred[i, skip:n] == labels[i]).sum())
-        scored += int(n - skip)
+        correct.append(int((pred[i, skip:n] == labels[i]).sum()))
+        scored.append(int(n - skip))
         last_ok += int(pred[i, n - 1] == labels[i])
         updates += int(upd[i, :n].sum())
         steps += int(n)
     return Evaluation(
-        streaming_accuracy=correct / scored,
+        streaming_accuracy=sum(correct) / sum(scored),
         last_step_accuracy=last_ok / len(lengths),
         update_rate=updates / (steps * model.config.hidden),
         steps=steps,
+        scored=scored,
+        correct=correct,
     )
 
 
@@ -263,21 +306,39 @@ def optimiser_step(model: SARNN, opt: torch.optim.Optimizer, loss: torch.Tensor)
     return True
 
 
+def estimate_seconds(cfg: TrainConfig, data: Dataset, probe_batches: int = 2) -> float:
+    """Seconds a run of `cfg` on `data` should take on this machine: `probe_batches` training
+    batches (after one warm-up) and one validation pass, timed and scaled to the run's batches
+    and evaluations (data loading and plots not counted)."""
+    torch.set_num_threads(cfg.threads)
+    rng = np.random.default_rng(cfg.seed)
+    model = SARNN(cfg.model_config(data.n_features, data.n_classes))
+    model.set_normalisation(*data.normalisation())
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+
+    def one_batch() -> None:
+        xb, yb = sample_windows(data.train, cfg.batch_size, cfg.window, rng)
+        loss = _step_loss(model, torch.from_numpy(xb), torch.from_numpy(yb), cfg.lam, cfg)[0]
+        optimiser_step(model, opt, loss)
+
+    one_batch()
+    started = time.perf_counter()
+    for _ in range(probe_batches):
+        one_batch()
+    per_batch = (time.perf_counter() - started) / probe_batches
+    started = time.perf_counter()
+    evaluate(model, data, 0, part="val")
+    per_eval = time.perf_counter() - started
+    return cfg.epochs * cfg.batches_per_epoch * per_batch + (cfg.epochs + 1) * per_eval
+
+
 def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict:
     """Train one model, write checkpoint.pt, metrics.json and the plots into out_dir."""
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     data = load_training_data(cfg)
-    model = SARNN(
-        ModelConfig(
-            cell=cfg.cell,
-            n_features=data.n_features,
-            hidden=cfg.hidden,
-            n_classes=data.n_classes,
-            selective=not cfg.dense,
-        )
-    )
+    model = SARNN(cfg.model_config(data.n_features, data.n_classes))
     model.set_normalisation(*data.normalisation())
     if cfg.target_rate is not None:
         calibrate_gates(
@@ -289,7 +350,8 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict:
     skip = int(cfg.eval_skip_seconds * (data.sample_rate_hz or 0))
     history, skipped, step = [], 0, 0
     started = time.perf_counter()
-    bar = tqdm(total=total, disable=not progress, desc=f"{cfg.cell} lam={cfg.lam:g} s{cfg.seed}")
+    label = cfg.baseline or f"lam={cfg.lam:g}"
+    bar = tqdm(total=total, disable=not progress, desc=f"{cfg.cell} {label} s{cfg.seed}")
     for epoch in range(cfg.epochs):
         model.train()
         losses, rates = [], []
@@ -317,13 +379,14 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict:
                 "lam": lam,
                 "train_loss": float(np.mean(losses)) if losses else float("nan"),
                 "train_update_rate": float(np.mean(rates)) if rates else float("nan"),
-                **{f"val_{k}": v for k, v in asdict(val).items() if k != "steps"},
+                "val_streaming_accuracy": val.streaming_accuracy,
+                "val_last_step_accuracy": val.last_step_accuracy,
+                "val_update_rate": val.update_rate,
             }
         )
     bar.close()
     test = evaluate(model, data, skip, part="test")
-    cost = CellCost(cfg.cell, data.n_features, cfg.hidden)
-    rate = 1.0 if cfg.dense else test.update_rate
+    cost = CellCost(cfg.cell, data.n_features, cfg.hidden, model.config.selective)
     metrics = {
         "config": asdict(cfg),
         "recipe": cfg.recipe(str(out_dir)),
@@ -351,9 +414,8 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict:
         "gate_grad": cfg.gate_grad,
         "macs_per_step": {
             "dense": cost.dense_step,
-            "selective": cost.coordinator + rate * cfg.hidden * cost.per_neuron
-            if not cfg.dense
-            else cost.dense_step,
+            "selective": cost.per_step(test.update_rate),
+            "selective_val": cost.per_step(val.update_rate),
         },
         "alpha": model.alpha,
         "skipped_nonfinite_steps": skipped,

@@ -3,7 +3,8 @@
 Step by step: at every step both runtimes start from the PyTorch state, so one float32 rounding
 flip cannot derail a trajectory. Masks must agree on every decision with |a| >= NEAR_TIE; the
 rarer ones closer to zero are counted. Free running: whole recordings in one ONNX call each,
-predicted classes and accuracy compared with PyTorch's.
+predicted classes and accuracy compared with PyTorch's. A dense baseline's gates are always open
+(no ties); the offline-only baselines have no graph to verify.
 """
 
 from dataclasses import asdict, dataclass, field
@@ -110,8 +111,8 @@ def step_parity(model: SARNN, sess: ort.InferenceSession, x: np.ndarray, lengths
         st = state[live]
         ref = model(torch.from_numpy(xt), st, deterministic=True)
         logits, updates, state_out = sess.run(None, {"x": xt, "state": st.numpy()})
-        a = ref.coordinator.numpy()
         torch_mask = ref.updates.numpy() > 0
+        a = ref.coordinator.numpy() if model.config.selective else np.full(torch_mask.shape, np.inf)
         near = np.abs(a) < NEAR_TIE
         differ = updates != torch_mask
         out.steps += int(live.sum())
@@ -140,6 +141,8 @@ def checkpoint_data_spec(blob: dict) -> dict:
 def verify(checkpoint: Path, model_dir: Path, random_steps: int = 10_000, seed: int = 0) -> Report:
     """Compare the graph in model_dir with the checkpoint on test data and random inputs."""
     model, blob = load_checkpoint(str(checkpoint))
+    if model.config.offline_only:
+        raise ValueError(model.config.offline_only)
     sess = open_session(model_dir)
     data = load_data(checkpoint_data_spec(blob))
     x, lengths = pad_recordings(data.test)

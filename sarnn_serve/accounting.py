@@ -3,7 +3,9 @@
 Sessions, responses, metrics and the dashboard all report numbers from these functions.
 A step of a dense cell computes every gate row for every neuron; the selective cell always
 computes its coordinator (H x F input weights plus one diagonal weight per neuron) and then
-only the gate rows of the neurons it updates.
+only the gate rows of the neurons it updates. A cell without a coordinator (a dense baseline,
+or one whose updates follow a fixed schedule: `with_coordinator=False`) pays only for its
+updates, so a dense baseline's "selective" multiply-adds are its dense ones.
 """
 
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ class CellCost:
     cell: str
     n_features: int
     hidden: int
+    with_coordinator: bool = True
 
     @property
     def per_neuron(self) -> int:
@@ -26,8 +29,8 @@ class CellCost:
 
     @property
     def coordinator(self) -> int:
-        """Multiply-adds of the coordinator: W_x x plus the diagonal w_d * h."""
-        return self.hidden * (self.n_features + 1)
+        """Multiply-adds of the coordinator: W_x x plus the diagonal w_d * h (0 without one)."""
+        return self.hidden * (self.n_features + 1) if self.with_coordinator else 0
 
     @property
     def dense_step(self) -> int:
@@ -37,6 +40,10 @@ class CellCost:
     def selective(self, updates: int, steps: int = 1) -> int:
         """Multiply-adds the selective cell spends for `updates` neuron updates over `steps`."""
         return steps * self.coordinator + updates * self.per_neuron
+
+    def per_step(self, update_rate: float) -> float:
+        """Mean multiply-adds per step at an update rate (updates / (steps x H))."""
+        return self.coordinator + update_rate * self.hidden * self.per_neuron
 
     def dense(self, steps: int) -> int:
         """Multiply-adds a dense cell spends over `steps`."""

@@ -48,7 +48,8 @@ class ExportInfo(BaseModel):
 
 class CostPerStep(BaseModel):
     """Multiply-adds per step of one sequence: the dense cell, and the selective cell at the
-    evaluated update rate (coordinator included)."""
+    evaluated update rate (coordinator included). For a dense baseline (`selective` false) both
+    are the dense cell's."""
 
     dense_macs: int
     selective_macs: float
@@ -72,7 +73,10 @@ class ModelCard(BaseModel):
     sample_rate_hz: float | None = None
     threshold: float = Field(default=0.5, gt=0, lt=1)
     alpha: float = Field(gt=0, description="Final hard-sigmoid slope; sets the gate's threshold.")
-    selective: bool = True
+    selective: bool = Field(
+        default=True,
+        description="False for a dense baseline: no coordinator, every neuron updates every step.",
+    )
     training: TrainingInfo
     evaluation: Evaluation
     validation: Evaluation | None = Field(
@@ -93,15 +97,14 @@ class ModelCard(BaseModel):
 
     @property
     def cost(self) -> CellCost:
-        """Per-step multiply-add model of this cell."""
-        return CellCost(self.cell, self.n_features, self.hidden)
+        """Per-step multiply-add model of this cell (no coordinator unless selective)."""
+        return CellCost(self.cell, self.n_features, self.hidden, self.selective)
 
     def cost_summary(self) -> CostPerStep:
         """Dense and selective multiply-adds per step at the evaluated update rate."""
         cost = self.cost
-        updates = self.evaluation.update_rate * self.hidden
         return CostPerStep(
             dense_macs=cost.dense_step,
-            selective_macs=cost.coordinator + updates * cost.per_neuron,
+            selective_macs=cost.per_step(self.evaluation.update_rate),
             gates_per_neuron=GATES_PER_CELL[self.cell],
         )

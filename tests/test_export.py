@@ -254,9 +254,10 @@ def test_tie_gives_no_update_anywhere(
     assert np.array_equal(state_out, state) and np.array_equal(ref_state, state)
 
 
-def test_build_model_refuses_a_dense_model(make_tiny_sarnn):
-    with pytest.raises(ValueError, match="dense baseline"):
-        build_model(make_tiny_sarnn("gru", selective=False))
+def test_build_model_refuses_offline_only_baselines():
+    model = SARNN(ModelConfig(n_features=3, hidden=12, n_classes=4, selective=False, skip_every=2))
+    with pytest.raises(ValueError, match="offline only"):
+        build_model(model)
 
 
 # --- the export and verify CLIs -------------------------------------------------------------
@@ -368,8 +369,8 @@ def _foreign_pickle(path: Path) -> None:
     torch.save({"a": 1}, path)
 
 
-def _dense_checkpoint(path: Path) -> None:
-    model = SARNN(ModelConfig(n_features=6, hidden=8, n_classes=4, selective=False))
+def _skip_checkpoint(path: Path) -> None:
+    model = SARNN(ModelConfig(n_features=6, hidden=8, n_classes=4, selective=False, skip_every=3))
     save_checkpoint(model, str(path), {"dataset": "basicmotions"})
 
 
@@ -380,7 +381,7 @@ def _dense_checkpoint(path: Path) -> None:
         (None, "does not exist"),
         (_not_a_checkpoint, "not a readable torch checkpoint"),
         (_foreign_pickle, "not an sarnn checkpoint"),
-        (_dense_checkpoint, "dense baseline"),
+        (_skip_checkpoint, "offline only"),
     ],
 )
 def test_export_cli_failures_leave_nothing_behind(tmp_path, make, message):
