@@ -1,15 +1,19 @@
-"""Which graph runs a batch: dense or sparse, chosen by what was measured on this machine.
+"""Which graph runs a batch: dense or sparse, chosen by what is measured on this machine.
 
-At model load `calibrate` times the dense graph and the sparse graph at a few batch sizes
-(sparse at several update rates, set through the threshold) and fits, per batch size, the
-sparse graph's time per step as a line in the union update rate (the fraction of neurons that
-update in at least one row: the rows the sparse graph computes). A batch then runs sparse when
-its predicted union rate is below the crossover where that line meets 80% of the dense time
-(a margin for noisy timings), or splits it into small sparse calls when that is cheaper
-(`Router.plan`). The
-union rate of a batch is predicted from its sessions' recent update rates as if they were
-independent, 1 - prod(1 - r_i), which over-estimates it (neurons that update often do so in
-every session), so the choice errs towards dense.
+At model load `calibrate` times both graphs at a few batch sizes and at 1 and 16 steps per call
+(the sparse one at several update rates, set through the threshold), and fits, per batch size, a
+call's time as fixed + steps x per-step, where the sparse graph's per-step time is a line in the
+union update rate (the fraction of neurons that update in at least one row: the rows it
+computes). `Router.plan` then predicts, for every batch, the cost of one dense call, one sparse
+call, and sparse calls on small groups of rows, and takes the cheapest (a sparse plan must beat
+the dense call by a margin). The union rate of a batch is predicted from its sessions' recent
+update rates as if they were independent, 1 - prod(1 - r_i), which over-estimates it (neurons
+that update often do so in every session), so the choice errs towards dense.
+
+Calibration on a busy machine is noisy, so predictions are corrected while serving: every call
+reports its measured time, and each graph keeps a running ratio of measured to predicted time
+that scales its predictions. Every EXPLORE_EVERY-th batch runs the best plan of the other graph,
+so that a graph that looked slow once is measured again.
 """
 
 import statistics
@@ -22,27 +26,40 @@ from sarnn_serve.engine import DENSE, SPARSE, Engine
 
 BATCHES = (1, 8, 64)
 THRESHOLDS = (0.02, 0.3, 0.5, 0.7, 0.9, 0.98)
-STEPS = 16
+STEP_COUNTS = (1, 16)
 SAMPLE_S = 0.02
-# the sparse graph must be predicted this much faster: timings on a busy machine are noisy,
-# and a wrong choice for sparse costs more than one for dense
+# a sparse plan must be predicted this much cheaper than the dense call: a wrong choice for
+# sparse costs more than one for dense
 SPARSE_MARGIN = 0.8
 GROUP_SIZES = (1, 8)
+EXPLORE_EVERY = 64
+CORRECTION_WEIGHT = 0.05
+CORRECTION_BOUNDS = (0.2, 5.0)
+
+
+def _line(steps: tuple[int, int], seconds: tuple[float, float]) -> tuple[float, float]:
+    """Fixed and per-step seconds of a call from its times at two step counts (both >= 0)."""
+    (t1, t2), (s1, s2) = steps, seconds
+    per_step = max(0.0, (s2 - s1) / (t2 - t1))
+    return max(0.0, s1 - per_step * t1), per_step
 
 
 @dataclass
 class Calibration:
-    """Seconds per step of one call, per calibrated batch size: dense, and sparse as
-    base + slope x union rate; with the union rates that were measured."""
+    """Per calibrated batch size: dense call = fixed + steps x per-step; sparse call = fixed +
+    steps x (base + slope x union rate); with the union rates that were measured."""
 
     batches: list[int]
+    dense_fixed: list[float]
     dense: list[float]
+    sparse_fixed: list[float]
     sparse_base: list[float]
     sparse_slope: list[float]
     measured_rates: list[list[float]] = field(default_factory=list)
 
     def crossover(self) -> list[float]:
-        """Per batch size: the union rate below which the sparse graph is faster by the margin."""
+        """Per batch size, for long chunks: the union rate below which the sparse graph is
+        faster per step than the dense one by the margin."""
         out = []
         for dense, base, slope in zip(self.dense, self.sparse_base, self.sparse_slope, strict=True):
             target = SPARSE_MARGIN * dense
@@ -53,73 +70,89 @@ class Calibration:
         return out
 
     def _at(self, values: list[float], batch: int) -> float:
-        """A per-step time at `batch` rows: interpolated, and proportional past the largest."""
+        """A time at `batch` rows: interpolated, and proportional past the largest."""
         top = self.batches[-1]
         if batch > top:
             return values[-1] * batch / top
         return float(np.interp(batch, self.batches, values))
 
-    def dense_step(self, batch: int) -> float:
-        """Predicted seconds per step of a dense call of `batch` rows."""
-        return self._at(self.dense, batch)
+    def dense_call(self, batch: int, steps: int) -> float:
+        """Predicted seconds of a dense call of `batch` rows and `steps` steps."""
+        return self._at(self.dense_fixed, batch) + self._at(self.dense, batch) * steps
 
-    def sparse_step(self, batch: int, union: float) -> float:
-        """Predicted seconds per step of a sparse call of `batch` rows at a union rate."""
-        return self._at(self.sparse_base, batch) + self._at(self.sparse_slope, batch) * union
-
-    def dense_seconds(self, batch: int, steps: int) -> float:
-        """Predicted time of a dense call of `batch` rows and `steps` steps."""
-        return self.dense_step(batch) * steps
+    def sparse_call(self, batch: int, steps: int, union: float) -> float:
+        """Predicted seconds of a sparse call at a union update rate."""
+        per_step = self._at(self.sparse_base, batch) + self._at(self.sparse_slope, batch) * union
+        return self._at(self.sparse_fixed, batch) + per_step * steps
 
     def as_dict(self) -> dict:
+        def us(values: list[float]) -> list[float]:
+            return [round(v * 1e6, 2) for v in values]
+
         return {
             "batch_sizes": self.batches,
-            "dense_us_per_step": [round(d * 1e6, 2) for d in self.dense],
-            "sparse_us_per_step_at_rate_0": [round(b * 1e6, 2) for b in self.sparse_base],
-            "sparse_us_per_step_per_unit_rate": [round(s * 1e6, 2) for s in self.sparse_slope],
+            "dense_us_per_call": us(self.dense_fixed),
+            "dense_us_per_step": us(self.dense),
+            "sparse_us_per_call": us(self.sparse_fixed),
+            "sparse_us_per_step_at_rate_0": us(self.sparse_base),
+            "sparse_us_per_step_per_unit_rate": us(self.sparse_slope),
             "crossover_update_rate": [round(c, 4) for c in self.crossover()],
             "measured_union_rates": [[round(r, 3) for r in rs] for rs in self.measured_rates],
         }
 
 
 def _time(engine: Engine, path: str, feed: dict) -> tuple[float, np.ndarray]:
-    """Median seconds per step of one call (a few samples of at least SAMPLE_S each)."""
+    """Median seconds of one call (a few samples of at least SAMPLE_S each), and its updates."""
     out = engine.run(path=path, **feed)
     samples = []
-    for _ in range(3):
+    for _ in range(5):
         started, calls = time.perf_counter(), 0
         while (elapsed := time.perf_counter() - started) < SAMPLE_S or calls < 2:
             engine.run(path=path, **feed)
             calls += 1
-        samples.append(elapsed / calls / STEPS)
+        samples.append(elapsed / calls)
     return statistics.median(samples), out.updates
 
 
+def _feed(state: np.ndarray, steps: int, n_features: int, tau: float | None = None) -> dict:
+    """Zero inputs of `steps` steps for every row of `state`, at threshold `tau`."""
+    batch = len(state)
+    feed = {
+        "x": np.zeros((batch, steps, n_features), np.float32),
+        "state": state,
+        "lengths": np.full(batch, steps, np.int64),
+    }
+    if tau is not None:
+        feed["threshold"] = np.full(batch, tau, np.float32)
+    return feed
+
+
 def calibrate(engine: Engine, n_features: int, state_size: int, seed: int = 0) -> Calibration:
-    """Time both graphs of `engine` at BATCHES x THRESHOLDS (see the module docstring)."""
+    """Time both graphs of `engine` at BATCHES x STEP_COUNTS (sparse also x THRESHOLDS)."""
     rng = np.random.default_rng(seed)
-    cal = Calibration([], [], [], [])
+    cal = Calibration([], [], [], [], [], [])
     for batch in BATCHES:
-        x = np.zeros((batch, STEPS, n_features), np.float32)
         state = (0.5 * rng.standard_normal((batch, state_size))).astype(np.float32)
-        lengths = np.full(batch, STEPS, np.int64)
-        dense, _ = _time(engine, DENSE, {"x": x, "state": state, "lengths": lengths})
-        rates, times = [], []
+        dense = [_time(engine, DENSE, _feed(state, t, n_features))[0] for t in STEP_COUNTS]
+        fixed, per_step = _line(STEP_COUNTS, tuple(dense))
+        rates, per_steps, fixeds = [], [], []
         for tau in THRESHOLDS:
-            feed = {
-                "x": x,
-                "state": state,
-                "lengths": lengths,
-                "threshold": np.full(batch, tau, np.float32),
-            }
-            seconds, updates = _time(engine, SPARSE, feed)
+            short, _ = _time(engine, SPARSE, _feed(state, STEP_COUNTS[0], n_features, tau))
+            long, updates = _time(engine, SPARSE, _feed(state, STEP_COUNTS[1], n_features, tau))
+            f, s = _line(STEP_COUNTS, (short, long))
             rates.append(float(updates.any(axis=0).mean()))
-            times.append(seconds)
-        slope, base = np.polyfit(rates, times, 1) if np.ptp(rates) > 0 else (0.0, np.mean(times))
+            per_steps.append(s)
+            fixeds.append(f)
+        if np.ptp(rates) > 0:
+            slope, base = np.polyfit(rates, per_steps, 1)
+        else:
+            slope, base = 0.0, float(np.mean(per_steps))
         cal.batches.append(batch)
-        cal.dense.append(dense)
-        cal.sparse_base.append(float(base))
-        cal.sparse_slope.append(float(slope))
+        cal.dense_fixed.append(fixed)
+        cal.dense.append(per_step)
+        cal.sparse_fixed.append(float(statistics.median(fixeds)))
+        cal.sparse_base.append(max(0.0, float(base)))
+        cal.sparse_slope.append(max(0.0, float(slope)))
         cal.measured_rates.append(rates)
     return cal
 
@@ -147,30 +180,59 @@ class Router:
             mode = DENSE
         self.mode = mode
         self.calibration = calibration
+        self.correction = {DENSE: 1.0, SPARSE: 1.0}
+        self._plans = 0
 
-    def plan(self, rates: list[float]) -> Plan:
-        """Calls for a batch whose rows recently updated `rates` of their neurons: a list of
-        (graph, row indices)."""
-        everyone = list(range(len(rates)))
+    def _sparse_plan(self, rates: list[float], steps: int) -> tuple[Plan, float]:
+        """The cheapest predicted sparse plan and its corrected cost."""
         cal = self.calibration
-        if self.mode == SPARSE:
-            return [(SPARSE, everyone)]
-        if self.mode != "auto" or cal is None:
-            return [(DENSE, everyone)]
-        order = sorted(everyone, key=lambda i: rates[i])
-        best: Plan = [(DENSE, everyone)]
-        best_cost = SPARSE_MARGIN * cal.dense_step(len(rates))
+        order = sorted(range(len(rates)), key=lambda i: rates[i])
+        best: Plan = []
+        best_cost = float("inf")
         for size in sorted({len(rates), *GROUP_SIZES}, reverse=True):
             if size > len(rates):
                 continue
             groups = [order[k : k + size] for k in range(0, len(order), size)]
-            cost = sum(cal.sparse_step(len(g), union_rate([rates[i] for i in g])) for g in groups)
+            cost = sum(
+                cal.sparse_call(len(g), steps, union_rate([rates[i] for i in g])) for g in groups
+            )
             if cost < best_cost:
                 best, best_cost = [(SPARSE, g) for g in groups], cost
-        return best
+        return best, best_cost * self.correction[SPARSE]
+
+    def plan(self, rates: list[float], steps: int = 1) -> Plan:
+        """Calls for a batch of chunks of up to `steps` steps whose rows recently updated
+        `rates` of their neurons: a list of (graph, row indices)."""
+        everyone = list(range(len(rates)))
+        if self.mode == SPARSE:
+            return [(SPARSE, everyone)]
+        if self.mode != "auto" or self.calibration is None:
+            return [(DENSE, everyone)]
+        dense_cost = self.calibration.dense_call(len(rates), steps) * self.correction[DENSE]
+        sparse, sparse_cost = self._sparse_plan(rates, steps)
+        use_sparse = sparse_cost < SPARSE_MARGIN * dense_cost
+        self._plans += 1
+        if self._plans % EXPLORE_EVERY == 0:
+            use_sparse = not use_sparse
+        return sparse if use_sparse else [(DENSE, everyone)]
+
+    def observe(self, path: str, rates: list[float], steps: int, seconds: float) -> None:
+        """Fold a call's measured time into its graph's correction of the calibration."""
+        if self.calibration is None:
+            return
+        if path == DENSE:
+            predicted = self.calibration.dense_call(len(rates), steps)
+        else:
+            predicted = self.calibration.sparse_call(len(rates), steps, union_rate(rates))
+        if predicted <= 0:
+            return
+        low, high = CORRECTION_BOUNDS
+        ratio = min(high, max(low, seconds / predicted))
+        self.correction[path] += CORRECTION_WEIGHT * (ratio - self.correction[path])
 
     def dense_seconds(self, batch: int, steps: int) -> float | None:
-        """What the dense graph would have spent on a call, from the calibration."""
+        """What the dense graph would have spent on a call: calibrated, corrected by what
+        dense calls have measured."""
         if self.calibration is None:
             return None
-        return self.calibration.dense_seconds(batch, steps)
+        return self.calibration.dense_call(batch, steps) * self.correction[DENSE]

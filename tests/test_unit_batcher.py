@@ -223,7 +223,9 @@ async def test_the_router_picks_the_graph_of_each_call_from_its_jobs_rates(
     engine: FakeEngine, make_batcher: Callable[..., MicroBatcher]
 ) -> None:
     # dense 10 us/step at one row; sparse 2 + 30 x rate: sparse wins below a rate of about 0.2
-    calibration = Calibration([1, 64], [10e-6, 80e-6], [2e-6, 4e-6], [30e-6, 120e-6])
+    calibration = Calibration(
+        [1, 64], [0, 0], [10e-6, 80e-6], [0, 0], [2e-6, 4e-6], [30e-6, 120e-6]
+    )
     timings: list[CallTiming] = []
     batcher = make_batcher(router=Router("auto", calibration))
     batcher.observe = timings.append
@@ -232,7 +234,7 @@ async def test_the_router_picks_the_graph_of_each_call_from_its_jobs_rates(
     assert_row(await batcher.run(y, state_y, tau_y, 0.9), y, state_y, tau_y)
     assert engine.paths == [SPARSE, DENSE]
     assert timings[0].path == SPARSE
-    assert timings[0].dense_seconds == pytest.approx(calibration.dense_seconds(1, 3))
+    assert timings[0].dense_seconds == pytest.approx(calibration.dense_call(1, 3))
     assert timings[1].path == DENSE and timings[1].dense_seconds == timings[1].seconds
 
 

@@ -3,17 +3,17 @@
 import pytest
 
 from sarnn_serve.engine import DENSE, SPARSE
-from sarnn_serve.routing import Calibration, Router
+from sarnn_serve.routing import EXPLORE_EVERY, Calibration, Router
 
 # dense costs 10 us/step at B=1 and 80 at B=64; sparse costs 2 + 30 x rate at B=1, 4 + 120 x rate
 # at B=64: with the 0.8 margin, crossovers at 0.2 and 0.5
-CAL = Calibration([1, 64], [10e-6, 80e-6], [2e-6, 4e-6], [30e-6, 120e-6])
+CAL = Calibration([1, 64], [0, 0], [10e-6, 80e-6], [0, 0], [2e-6, 4e-6], [30e-6, 120e-6])
 
 
 def test_crossover_is_where_the_sparse_line_meets_the_dense_time() -> None:
     assert CAL.crossover() == pytest.approx([0.2, 0.5])
-    never = Calibration([1], [1e-6], [0.9e-6], [1e-6])
-    always = Calibration([1], [5e-6], [1e-6], [0.0])
+    never = Calibration([1], [0], [1e-6], [0], [0.9e-6], [1e-6])
+    always = Calibration([1], [0], [5e-6], [0], [1e-6], [0.0])
     assert never.crossover() == [0.0] and always.crossover() == [1.0]
 
 
@@ -33,7 +33,7 @@ def test_auto_plans_by_predicted_union_rate() -> None:
 
 def test_auto_splits_a_batch_into_single_sparse_calls_when_cheaper() -> None:
     # at large H one row is cheap sparse and batching barely helps the dense graph
-    big = Calibration([1, 8], [100e-6, 700e-6], [5e-6, 40e-6], [100e-6, 800e-6])
+    big = Calibration([1, 8], [0, 0], [100e-6, 700e-6], [0, 0], [5e-6, 40e-6], [100e-6, 800e-6])
     plan = Router("auto", big).plan([0.02, 0.5, 0.01, 0.03])
     assert paths(plan) == [(SPARSE, 1)] * 4
     # rows go lowest rate first, each row exactly once
@@ -48,10 +48,10 @@ def test_forced_modes_and_no_sparse_graph() -> None:
 
 
 def test_dense_equivalent_interpolates_between_batch_sizes() -> None:
-    assert CAL.dense_seconds(1, 10) == pytest.approx(100e-6)
-    assert CAL.dense_seconds(64, 2) == pytest.approx(160e-6)
-    assert 10e-6 < CAL.dense_seconds(32, 1) < 80e-6
-    assert CAL.dense_seconds(128, 1) == pytest.approx(160e-6)  # past the largest: per row
+    assert CAL.dense_call(1, 10) == pytest.approx(100e-6)
+    assert CAL.dense_call(64, 2) == pytest.approx(160e-6)
+    assert 10e-6 < CAL.dense_call(32, 1) < 80e-6
+    assert CAL.dense_call(128, 1) == pytest.approx(160e-6)  # past the largest: per row
 
 
 @pytest.mark.slow
@@ -73,3 +73,19 @@ def test_calibration_of_real_graphs(tmp_path) -> None:
     assert all(
         len(rates) == len(THRESHOLDS) and max(rates) > min(rates) for rates in cal.measured_rates
     )
+
+
+def test_measured_times_correct_the_calibration() -> None:
+    router = Router("auto", CAL)
+    assert router.plan([0.1]) == [(SPARSE, [0])]
+    # sparse calls keep measuring 5x their prediction: the router moves to dense
+    for _ in range(200):
+        router.observe(SPARSE, [0.1], 1, 5 * CAL.sparse_call(1, 1, 0.1))
+    assert router.correction[SPARSE] > 4
+    assert router.plan([0.1]) == [(DENSE, [0])]
+
+
+def test_every_so_often_the_other_graph_is_measured_again() -> None:
+    router = Router("auto", CAL)
+    plans = [router.plan([0.3])[0][0] for _ in range(2 * EXPLORE_EVERY)]
+    assert plans.count(SPARSE) == 2 and plans.count(DENSE) == 2 * EXPLORE_EVERY - 2
