@@ -34,7 +34,9 @@ def _train(args: argparse.Namespace) -> int:
 def _onnx(args: argparse.Namespace) -> int:
     from export.onnx_export import export_model
 
-    export_model(Path(args.checkpoint), Path(args.out), name=args.name, force=args.force)
+    export_model(
+        Path(args.checkpoint), Path(args.out), name=args.name, force=args.force, notes=args.note
+    )
     return 0
 
 
@@ -182,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--out", required=True, help="model directory to create")
     o.add_argument("--name", default=None, help="model name (default: the directory name)")
     o.add_argument("--force", action="store_true", help="replace an existing model directory")
+    o.add_argument(
+        "--note", action="append", default=[], help="a note for the model card (repeatable)"
+    )
     o.set_defaults(func=_onnx)
     _add_pareto(sub)
     v = sub.add_parser("verify", help="check an exported model against its checkpoint")

@@ -142,7 +142,13 @@ def make_card(model: SARNN, blob: dict, name: str, graph_bytes: bytes) -> ModelC
     return card
 
 
-def export_model(checkpoint: Path, out: Path, name: str | None = None, force: bool = False) -> Path:
+def export_model(
+    checkpoint: Path,
+    out: Path,
+    name: str | None = None,
+    force: bool = False,
+    notes: list[str] | None = None,
+) -> Path:
     """Write the model directory `out` from `checkpoint`; verify it before it appears."""
     from export.verify import verify
 
@@ -156,6 +162,7 @@ def export_model(checkpoint: Path, out: Path, name: str | None = None, force: bo
     selective = model.config.selective
     sparse_bytes = build_model(model, sparse=True).SerializeToString() if selective else None
     card = make_card(model, blob, name or out.name, graph_bytes)
+    card.notes = list(notes or [])
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     tmp.chmod(0o755)

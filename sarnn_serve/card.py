@@ -89,6 +89,9 @@ class ModelCard(BaseModel):
         description="File of the sparse twin of model.onnx (same inputs, outputs and answers; "
         "computes only the rows of neurons that update), if exported.",
     )
+    notes: list[str] = Field(
+        default_factory=list, description="What a user should know (e.g. trained briefly)."
+    )
 
     @property
     def state_size(self) -> int:
