@@ -1,17 +1,18 @@
 """Server CPU per step with the sparse graph against the same server forced to the dense graph.
 
     .venv/bin/python benchmarks/bench_served_savings.py --model-dir DIR [--threshold 0.9]
-        [--sessions 16] [--rate 20] [--duration 20] [--rounds 2] [--json out.json]
+        [--sessions 16] [--rate 20] [--chunk 1] [--duration 20] [--rounds 2] [--json out.json]
 
 Serves DIR (one model with a sparse graph, e.g. a large-H model) twice per round, once with
 SARNN_ENGINE_PATH=auto (each batch on the faster graph, by the load-time calibration) and once
 with SARNN_ENGINE_PATH=dense, alternating, and drives each with the same WebSocket load
 (benchmarks/load_ws.py: --sessions sessions streaming held-out watch recordings at --rate
-samples/s each, 1 sample per message, sessions opened with --threshold). Reports, per mode, the
-achieved steps/s, the server's CPU seconds per 1,000 steps (its user + system CPU time over the
-scored window), p99 latency and the update rate the sessions reported, and the ratio of CPU
-per step between the two modes. Client and server share the machine's cores; the offered load
-is the same for both modes, so the server's CPU time per step is what differs.
+samples/s each, --chunk samples per message, sessions opened with --threshold). Reports, per
+mode, the achieved steps/s, the server's CPU seconds per 1,000 steps (its user + system CPU
+time over the scored window), p99 latency, the update rate the sessions reported and the
+engine's calls per graph, and the ratio of CPU per step between the two modes. Client and
+server share the machine's cores; the offered load is the same for both modes, so the
+server's CPU time per step is what differs.
 """
 
 import argparse
@@ -33,7 +34,7 @@ def run_mode(args: argparse.Namespace, mode: str) -> dict:
     env = [f"SARNN_ENGINE_PATH={mode}"]
     with spawned_server(args.model_dir, env) as (url, pid):
         load = [
-            *("--url", url, "--sessions", str(args.sessions), "--chunk", "1"),
+            *("--url", url, "--sessions", str(args.sessions), "--chunk", str(args.chunk)),
             *("--rate", str(args.rate), "--duration", str(args.duration)),
             *("--threshold", str(args.threshold)),
         ]
@@ -60,6 +61,7 @@ def main() -> int:
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--sessions", type=int, default=16)
     p.add_argument("--rate", type=float, default=20.0)
+    p.add_argument("--chunk", type=int, default=1, help="samples per message")
     p.add_argument("--duration", type=float, default=20.0)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--json", dest="json_path")
