@@ -168,9 +168,13 @@ def fetch_card(base: str, model: str | None) -> dict:
                 r = client.get("/v1/models")
                 r.raise_for_status()
                 cards = r.json()
-                if len(cards) != 1:
+                defaults = [c for c in cards if c.get("default")] if len(cards) > 1 else cards
+                if len(defaults) != 1:
                     names = ", ".join(c["name"] for c in cards) or "none"
-                    raise ReplayError(f"the server has several models ({names}); pass --model")
+                    raise ReplayError(
+                        f"the server has several models ({names}) and no default; pass --model"
+                    )
+                cards = defaults
                 return cards[0]
             r = client.get(f"/v1/models/{quote(model, safe='')}")
             if r.status_code == 404:

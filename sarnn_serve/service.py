@@ -114,23 +114,29 @@ class DataPlane:
     def model(self, name: str | None) -> LoadedModel:
         """The named model; with no name, the default model or the only one."""
         if name is None:
-            names = self.registry.names()
-            name = self.settings.default_model or (names[0] if len(names) == 1 else None)
+            name = self.default_model()
             if name is None:
-                raise InvalidInput("model", f"required; available: {', '.join(names)}")
+                available = ", ".join(self.registry.names())
+                raise InvalidInput("model", f"required; available: {available}")
         return self.registry.get(name)
 
     def list_models(self) -> list[dict]:
         """Every served model's card."""
         return [self.describe(name) for name in self.registry.names()]
 
+    def default_model(self) -> str | None:
+        """The model of requests that name none: SARNN_DEFAULT_MODEL, or the only one served."""
+        names = self.registry.names()
+        return self.settings.default_model or (names[0] if len(names) == 1 else None)
+
     def describe(self, name: str) -> dict:
-        """A model's card with its state size and cost per step."""
+        """A model's card with its state size, cost per step and whether it is the default."""
         card = self.registry.get(name).card
         return {
             **card.model_dump(),
             "state_size": card.state_size,
             "cost_per_step": card.cost_summary().model_dump(),
+            "default": name == self.default_model(),
         }
 
     def model_stats(self, name: str) -> dict:

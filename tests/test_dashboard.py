@@ -89,10 +89,10 @@ def recording() -> np.ndarray:
 def listing_server(
     served_models: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
-    """A server that lists recent sessions to anyone, so the page can follow the newest."""
-    server = start_server(
-        served_models, tmp_path_factory.mktemp("listing"), {"SARNN_LIST_SESSIONS": "true"}
-    )
+    """A server that lists recent sessions to anyone, so the page can follow the newest; it
+    routes batches by measurement (auto), the default of a real server."""
+    env = {"SARNN_LIST_SESSIONS": "true", "SARNN_ENGINE_PATH": "auto"}
+    server = start_server(served_models, tmp_path_factory.mktemp("listing"), env)
     yield server
     stop_server(server)
 

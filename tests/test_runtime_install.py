@@ -89,7 +89,7 @@ def test_runtime_install_serves_and_replays_without_torch(tmp_path: Path) -> Non
     with log.open("w") as out:
         server = subprocess.Popen(
             [cli, "serve", "--port", str(port), "--model-dir", str(MODELS)],
-            env=_env(),
+            env={**_env(), "SARNN_DEFAULT_MODEL": "watch-gru"},  # as `make serve` does
             stdout=out,
             stderr=subprocess.STDOUT,
         )

@@ -3,7 +3,7 @@
 import pytest
 
 from sarnn_serve.engine import DENSE, SPARSE
-from sarnn_serve.routing import EXPLORE_EVERY, Calibration, Router
+from sarnn_serve.routing import Calibration, Router
 
 # dense costs 10 us/step at B=1 and 80 at B=64; sparse costs 2 + 30 x rate at B=1, 4 + 120 x rate
 # at B=64: with the 0.8 margin, crossovers at 0.2 and 0.5
@@ -83,9 +83,3 @@ def test_measured_times_correct_the_calibration() -> None:
         router.observe(SPARSE, [0.1], 1, 5 * CAL.sparse_call(1, 1, 0.1))
     assert router.correction[SPARSE] > 4
     assert router.plan([0.1]) == [(DENSE, [0])]
-
-
-def test_every_so_often_the_other_graph_is_measured_again() -> None:
-    router = Router("auto", CAL)
-    plans = [router.plan([0.3])[0][0] for _ in range(2 * EXPLORE_EVERY)]
-    assert plans.count(SPARSE) == 2 and plans.count(DENSE) == 2 * EXPLORE_EVERY - 2
