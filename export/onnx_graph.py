@@ -132,9 +132,7 @@ def _step(w: CellWeights, b: _Body, gx: dict[str, str]) -> None:
 
 def build_chunk_graph(w: CellWeights, metadata: dict[str, str] | None = None) -> onnx.ModelProto:
     """The chunk graph (docs/architecture.md, "The chunk graph") of a GRU, LSTM or RNN SA-RNN."""
-    h, f = w.hidden, w.mean.shape[0]
-    c = w.head_b.shape[0]
-    s = 2 * h if w.cell == "lstm" else h
+    h = w.hidden
     blocks = _blocks(w)
     init: list[TensorProto] = []
     for name, w_in, b_in, w_h in blocks:
@@ -217,6 +215,20 @@ def build_chunk_graph(w: CellWeights, metadata: dict[str, str] | None = None) ->
         g.out("Concat", hidden_names, "state_out", axis=1)
     else:
         g.out("Identity", hidden_names, "state_out")
+    return chunk_model(w, g.nodes, init, f"sarnn_{w.cell}_chunk", metadata)
+
+
+def chunk_model(
+    w: CellWeights,
+    nodes: list[onnx.NodeProto],
+    initializers: list[TensorProto],
+    name: str,
+    metadata: dict[str, str] | None = None,
+) -> onnx.ModelProto:
+    """A chunk graph's model: its nodes behind the interface every chunk graph shares."""
+    h, f = w.hidden, w.mean.shape[0]
+    c = w.head_b.shape[0]
+    s = 2 * h if w.cell == "lstm" else h
     inputs = [
         _vi("x", ["B", "T", f]),
         _vi("state", ["B", s]),
@@ -228,7 +240,7 @@ def build_chunk_graph(w: CellWeights, metadata: dict[str, str] | None = None) ->
         _vi("updates", ["B", "T", h], TensorProto.BOOL),
         _vi("state_out", ["B", s]),
     ]
-    graph = helper.make_graph(g.nodes, f"sarnn_{w.cell}_chunk", inputs, outputs, initializer=init)
+    graph = helper.make_graph(nodes, name, inputs, outputs, initializer=initializers)
     model = helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid("", OPSET)],

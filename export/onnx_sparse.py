@@ -24,14 +24,13 @@ import onnx
 from onnx import TensorProto, helper
 
 from export.onnx_graph import (
-    IR_VERSION,
     LENGTHS_DEFAULT,
-    OPSET,
     CellWeights,
     _blocks,
     _Body,
     _const,
     _vi,
+    chunk_model,
 )
 
 
@@ -84,9 +83,7 @@ def build_sparse_chunk_graph(
     w: CellWeights, metadata: dict[str, str] | None = None
 ) -> onnx.ModelProto:
     """The sparse chunk graph of a GRU, LSTM or RNN SA-RNN (same interface as the dense one)."""
-    h, f = w.hidden, w.mean.shape[0]
-    c = w.head_b.shape[0]
-    s = 2 * h if w.cell == "lstm" else h
+    h = w.hidden
     blocks = _blocks(w)
     init: list[TensorProto] = []
     for name, w_in, b_in, w_h in blocks:
@@ -177,27 +174,4 @@ def build_sparse_chunk_graph(
         g.out("Concat", back, "state_out", axis=1)
     else:
         g.out("Identity", back, "state_out")
-    inputs = [
-        _vi("x", ["B", "T", f]),
-        _vi("state", ["B", s]),
-        _vi("lengths", ["L"], TensorProto.INT64),
-        _vi("threshold", ["L"]),
-    ]
-    outputs = [
-        _vi("logits", ["B", "T", c]),
-        _vi("updates", ["B", "T", h], TensorProto.BOOL),
-        _vi("state_out", ["B", s]),
-    ]
-    graph = helper.make_graph(
-        g.nodes, f"sarnn_{w.cell}_sparse_chunk", inputs, outputs, initializer=init
-    )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", OPSET)],
-        ir_version=IR_VERSION,
-        producer_name="sarnn-serve export",
-    )
-    for key, value in (metadata or {}).items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    return model
+    return chunk_model(w, g.nodes, init, f"sarnn_{w.cell}_sparse_chunk", metadata)
