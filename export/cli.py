@@ -145,6 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=GATE_GRADS,
         help="gate gradient: smooth (sigmoid surrogate) or band (the hard sigmoid's own)",
     )
+    t.add_argument(
+        "--threshold-range",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="train each row at a threshold drawn uniformly in [LO, HI] (default: 0.5 only), "
+        "so that lowering the serve-time threshold buys accuracy",
+    )
     baseline = t.add_mutually_exclusive_group()
     baseline.add_argument(
         "--dense",

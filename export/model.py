@@ -4,7 +4,8 @@ The math follows docs/architecture.md, section "The model":
 
     a_t = W_x x_t + w_d * h_{t-1} + b                 coordinator (w_d: one weight per neuron)
     p_t = clamp((alpha a_t + 1) / 2, 0, 1)            hard sigmoid, slope alpha annealed 1 -> 5
-    u_t = round(p_t) = [a_t > 0], straight through    training gate (tie a = 0: no update)
+    u_t = round(p_t) = [a_t > 0], straight through    training gate (tie a = 0: no update;
+                                                      a drawn tau moves the cut as below)
     u_t = [a_t > (2 tau - 1) / alpha]                 inference gate (tau = 0.5: [a_t > 0])
     s_t = s_{t-1} + u_t (cell(x_t, s_{t-1}) - s_{t-1})
     logits_t = W_o h_t + b_o
@@ -24,6 +25,9 @@ The training gate's backward pass (`gate_grad`): "band" is the hard sigmoid's ow
 alpha / 2 inside |a| < 1 / alpha and zero outside, so a neuron that leaves the band gets no
 gradient from its gate again; "smooth" (the default) is the derivative of sigmoid(2 alpha a),
 equal to the band's at a = 0 and never zero. Either way the forward value is exactly [a > 0].
+A training threshold tau other than 0.5 (a float or a per-row [B, 1] tensor, `--threshold-range`)
+moves the cut to c = (2 tau - 1) / alpha, as at inference: the forward value is [a > c] and the
+surrogate is centred on c (a - c in place of a).
 """
 
 from dataclasses import asdict, dataclass
@@ -109,8 +113,8 @@ def slope(progress: float) -> float:
     return ALPHA_START + (ALPHA_END - ALPHA_START) * min(1.0, max(0.0, progress))
 
 
-def gate_threshold(tau: float, alpha: float) -> float:
-    """Coordinator value above which p = hard_sigmoid(alpha a) exceeds tau."""
+def gate_threshold(tau: float | Tensor, alpha: float) -> float | Tensor:
+    """Coordinator value above which p = hard_sigmoid(alpha a) exceeds tau (elementwise)."""
     return (2.0 * tau - 1.0) / alpha
 
 
@@ -174,14 +178,15 @@ class SARNN(nn.Module):
         state: Tensor | None = None,
         *,
         deterministic: bool = False,
-        threshold: float = 0.5,
+        threshold: float | Tensor = 0.5,
         force_gate: float | None = None,
         gate_grad: str = "smooth",
     ) -> Output:
-        """Run T steps. `deterministic` applies u = [a > (2 tau - 1) / alpha] (inference);
-        otherwise u = round(hard_sigmoid) with a straight-through gradient of the `gate_grad`
-        surrogate (module docstring). `force_gate` (0 or 1) overrides every gate, for tests.
-        Baselines ignore `threshold`: their gates are all open or follow their schedule."""
+        """Run T steps. Both modes cut at u = [a > (2 tau - 1) / alpha], tau = `threshold` (a
+        float, or a tensor broadcasting to [B, H] such as one tau per row [B, 1]); training adds
+        a straight-through gradient of the `gate_grad` surrogate centred on the cut (module
+        docstring). `force_gate` (0 or 1) overrides every gate, for tests. Baselines ignore
+        `threshold`: their gates are all open or follow their schedule."""
         if gate_grad not in GATE_GRADS:
             raise ValueError(f"unknown gate_grad {gate_grad!r}; expected one of {GATE_GRADS}")
         self._check_input(x)
@@ -212,12 +217,13 @@ class SARNN(nn.Module):
             elif deterministic:
                 u = (a > cut).to(a.dtype)
             else:
+                centred = a - cut  # a itself at tau = 0.5 (cut 0.0)
                 if gate_grad == "band":
-                    p = torch.clamp((self.alpha * a + 1) / 2, 0, 1)
+                    p = torch.clamp((self.alpha * centred + 1) / 2, 0, 1)
                 else:
-                    p = torch.sigmoid(2 * self.alpha * a)
-                # forward value [a > 0] (= round(p) but exact for 0 < alpha a < 2^-24 too)
-                u = p + ((a > 0).to(a.dtype) - p).detach()
+                    p = torch.sigmoid(2 * self.alpha * centred)
+                # forward value [a > cut] (= round(p) at cut 0, but exact for tiny alpha a too)
+                u = p + ((a > cut).to(a.dtype) - p).detach()
             h_new, c_new = self._candidate(gx_all[t], h, c)
             if gating != "dense":
                 h = u * h_new + (1 - u) * h  # bitwise h_new at u = 1, h at u = 0

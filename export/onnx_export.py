@@ -26,12 +26,14 @@ import numpy as np
 import onnx
 import torch
 
+from export.data import load_data
 from export.model import SARNN, load_checkpoint
 from export.onnx_graph import OPSET, CellWeights, build_chunk_graph
 from export.onnx_sparse import build_sparse_chunk_graph
-from export.verify import SPARSE_GRAPH
+from export.train import TrainConfig, threshold_curve
+from export.verify import SPARSE_GRAPH, checkpoint_data_spec
 from sarnn_serve.card import Evaluation as CardEvaluation
-from sarnn_serve.card import ExportInfo, ModelCard, TrainingInfo
+from sarnn_serve.card import ExportInfo, ModelCard, ThresholdPoint, TrainingInfo
 
 COMPANIONS = ("checkpoint.pt", "metrics.json", "curves.png", "raster.png")
 DENSE_GATE_BIAS = 1e30
@@ -94,8 +96,21 @@ def _evaluation(figures: dict) -> CardEvaluation:
     )
 
 
+def measure_threshold_curve(model: SARNN, blob: dict) -> list[ThresholdPoint]:
+    """The threshold curve on the validation part of the checkpoint's data, scored after the
+    same warm-up as its validation figures."""
+    data = load_data(checkpoint_data_spec(blob))
+    skip = blob.get("metrics", {}).get("dataset", {}).get("scored_after_steps")
+    if skip is None:
+        default = TrainConfig.eval_skip_seconds
+        seconds = blob.get("train_config", {}).get("eval_skip_seconds", default)
+        skip = int(seconds * (data.sample_rate_hz or 0))
+    return [ThresholdPoint(**point) for point in threshold_curve(model, data, int(skip))]
+
+
 def make_card(model: SARNN, blob: dict, name: str, graph_bytes: bytes) -> ModelCard:
-    """Model card from the checkpoint's metadata; version is a hash of the graph."""
+    """Model card from the checkpoint's metadata, with the threshold curve measured on its
+    validation data; version is a hash of the graph."""
     metrics = blob.get("metrics", {})
     ds = metrics.get("dataset", {})
     budget = metrics.get("budget", {})
@@ -138,6 +153,7 @@ def make_card(model: SARNN, blob: dict, name: str, graph_bytes: bytes) -> ModelC
         ),
     )
     card.cost_per_step = card.cost_summary()
+    card.threshold_curve = measure_threshold_curve(model, blob)
     card.sparse_graph = SPARSE_GRAPH if cfg.selective else None
     return card
 

@@ -4,6 +4,11 @@ Every epoch evaluates on the validation part (progress, the curves); the test pa
 after the last epoch, for the model that is saved: the last one. (Keeping the epoch of best
 validation accuracy would favour early epochs, before the slope reaches 5 and the update rate
 settles at its budget or target.)
+
+With `threshold_range` (LO, HI) each training row draws its own threshold tau uniformly in
+[LO, HI] and the training gate cuts where inference at that tau would, so the model learns to be
+accurate at every threshold in the range (lower tau: more updates). Every run measures the
+threshold curve on validation: update rate and streaming accuracy at CURVE_THRESHOLDS.
 """
 
 import json
@@ -39,6 +44,8 @@ from export.model import (
 from sarnn_serve.accounting import CellCost
 from sarnn_serve.recordings import LABEL_COLUMN
 
+CURVE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
 
 @dataclass
 class TrainConfig:
@@ -65,6 +72,7 @@ class TrainConfig:
     budget: str = "mean"
     target_rate: float | None = None
     gate_grad: str = "smooth"
+    threshold_range: tuple[float, float] | None = None
     dense: bool = False
     skip_every: int = 1
     random_mask: float | None = None
@@ -98,6 +106,13 @@ class TrainConfig:
             raise ValueError("choose one baseline: dense, skip_every or random_mask")
         if self.target_rate is not None and any(chosen):
             raise ValueError("a baseline has no coordinator to reach a target rate; drop it")
+        if self.threshold_range is not None:
+            lo, hi = (float(t) for t in self.threshold_range)
+            self.threshold_range = (lo, hi)
+            if not 0 < lo <= hi < 1:
+                raise ValueError(f"threshold_range must be 0 < LO <= HI < 1, got {lo:g} {hi:g}")
+            if any(chosen):
+                raise ValueError("a baseline has no coordinator to threshold; drop it")
         for name in ("epochs", "batches_per_epoch", "batch_size", "window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -156,6 +171,8 @@ class TrainConfig:
         ]
         if self.target_rate is not None:
             flags.append(f"--target-rate {self.target_rate:g}")
+        if self.threshold_range is not None:
+            flags.append("--threshold-range {:g} {:g}".format(*self.threshold_range))
         flags += [
             f"--epochs {self.epochs}",
             f"--batches-per-epoch {self.batches_per_epoch}",
@@ -276,11 +293,32 @@ def evaluate(
     )
 
 
+def threshold_curve(model: SARNN, data: Dataset, skip_steps: int) -> list[dict[str, float]]:
+    """Update rate and streaming accuracy on the validation recordings at each of
+    CURVE_THRESHOLDS (deterministic mode; the update rate never rises with the threshold)."""
+    curve = []
+    for tau in CURVE_THRESHOLDS:
+        ev = evaluate(model, data, skip_steps, threshold=tau, part="val")
+        curve.append(
+            {
+                "threshold": tau,
+                "update_rate": ev.update_rate,
+                "val_streaming_accuracy": ev.streaming_accuracy,
+            }
+        )
+    return curve
+
+
 def _step_loss(
     model: SARNN, x: torch.Tensor, y: torch.Tensor, lam: float, cfg: TrainConfig
 ) -> tuple[torch.Tensor, float, float]:
-    """Cross-entropy at every step past the warm-up, plus the budget loss; (loss, task, rate)."""
-    out = model(x, gate_grad=cfg.gate_grad)
+    """Cross-entropy at every step past the warm-up, plus the budget loss; (loss, task, rate).
+    With `cfg.threshold_range` each row gets a threshold drawn from torch's generator."""
+    tau: float | torch.Tensor = 0.5
+    if cfg.threshold_range is not None:
+        lo, hi = cfg.threshold_range
+        tau = torch.empty(x.shape[0], 1).uniform_(lo, hi)
+    out = model(x, threshold=tau, gate_grad=cfg.gate_grad)
     warmup = min(cfg.warmup_steps, x.shape[1] // 4)
     logits = out.logits[:, warmup:]
     task = torch.nn.functional.cross_entropy(
@@ -412,6 +450,8 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict:
             "val_update_rate": val.update_rate,
         },
         "gate_grad": cfg.gate_grad,
+        "threshold_range": cfg.threshold_range,
+        "threshold_curve": threshold_curve(model, data, skip),
         "macs_per_step": {
             "dense": cost.dense_step,
             "selective": cost.per_step(test.update_rate),

@@ -37,6 +37,14 @@ class Evaluation(BaseModel):
     update_rate: float
 
 
+class ThresholdPoint(BaseModel):
+    """The model at one serve-time threshold, on the validation recordings."""
+
+    threshold: float
+    update_rate: float
+    val_streaming_accuracy: float
+
+
 class ExportInfo(BaseModel):
     """Which tools wrote the graph."""
 
@@ -81,6 +89,11 @@ class ModelCard(BaseModel):
     evaluation: Evaluation
     validation: Evaluation | None = Field(
         None, description="The same figures on the validation recordings (`evaluation`: test)."
+    )
+    threshold_curve: list[ThresholdPoint] | None = Field(
+        None,
+        description="Update rate and validation streaming accuracy at thresholds 0.3 .. 0.9: "
+        "what turning the threshold buys or costs.",
     )
     cost_per_step: CostPerStep | None = None
     export: ExportInfo | None = None
