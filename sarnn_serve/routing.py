@@ -18,6 +18,8 @@ always runs dense) answers bit for bit the same whatever the load. A graph whose
 under-predicted it is abandoned until the next start.
 """
 
+import bisect
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -34,6 +36,7 @@ SAMPLE_S = 0.02
 # sparse costs more than one for dense
 SPARSE_MARGIN = 0.8
 GROUP_SIZES = (1, 8)
+HOPELESS_TOLERANCE = 0.02
 CORRECTION_WEIGHT = 0.05
 CORRECTION_BOUNDS = (0.2, 5.0)
 
@@ -71,11 +74,16 @@ class Calibration:
         return out
 
     def _at(self, values: list[float], batch: int) -> float:
-        """A time at `batch` rows: interpolated, and proportional past the largest."""
-        top = self.batches[-1]
-        if batch > top:
-            return values[-1] * batch / top
-        return float(np.interp(batch, self.batches, values))
+        """A time at `batch` rows: interpolated, and proportional past the largest (plain
+        Python: this runs for every batch served)."""
+        sizes = self.batches
+        if batch >= sizes[-1]:
+            return values[-1] * batch / sizes[-1]
+        if batch <= sizes[0]:
+            return values[0]
+        i = bisect.bisect_right(sizes, batch)
+        lo, hi = sizes[i - 1], sizes[i]
+        return values[i - 1] + (values[i] - values[i - 1]) * (batch - lo) / (hi - lo)
 
     def dense_call(self, batch: int, steps: int) -> float:
         """Predicted seconds of a dense call of `batch` rows and `steps` steps."""
@@ -160,7 +168,7 @@ def calibrate(engine: Engine, n_features: int, state_size: int, seed: int = 0) -
 
 def union_rate(rates: list[float]) -> float:
     """Predicted fraction of neurons that update in at least one of the rows."""
-    return 1.0 - float(np.prod([1.0 - min(1.0, max(0.0, r)) for r in rates]))
+    return 1.0 - math.prod(1.0 - min(1.0, max(0.0, r)) for r in rates)
 
 
 Plan = list[tuple[str, list[int]]]
@@ -182,23 +190,60 @@ class Router:
         self.mode = mode
         self.calibration = calibration
         self.correction = {DENSE: 1.0, SPARSE: 1.0}
+        self._hopeless: dict[tuple[int, int], bool] = {}
+        self._hopeless_at = dict(self.correction)
 
     def _sparse_plan(self, rates: list[float], steps: int) -> tuple[Plan, float]:
-        """The cheapest predicted sparse plan and its corrected cost."""
+        """The cheapest predicted sparse plan and its corrected cost (this runs for every
+        batch, so it works on one sorted list of keep-probabilities, not per-group lists)."""
         cal = self.calibration
-        order = sorted(range(len(rates)), key=lambda i: rates[i])
-        best: Plan = []
-        best_cost = float("inf")
-        for size in sorted({len(rates), *GROUP_SIZES}, reverse=True):
-            if size > len(rates):
+        n = len(rates)
+        order = sorted(range(n), key=rates.__getitem__)
+        keep = [1.0 - min(1.0, max(0.0, rates[i])) for i in order]
+        best_size, best_cost = n, float("inf")
+        for size in sorted({n, *GROUP_SIZES}, reverse=True):
+            if size > n:
                 continue
-            groups = [order[k : k + size] for k in range(0, len(order), size)]
-            cost = sum(
-                cal.sparse_call(len(g), steps, union_rate([rates[i] for i in g])) for g in groups
-            )
+            if size == 1:  # a sum of single-row calls, in closed form
+                cost = (n - 1) * cal.sparse_call(1, steps, 0.0) + cal.sparse_call(
+                    1, steps, n - sum(keep)
+                )
+            else:
+                cost = sum(
+                    cal.sparse_call(min(size, n - k), steps, 1.0 - math.prod(keep[k : k + size]))
+                    for k in range(0, n, size)
+                )
             if cost < best_cost:
-                best, best_cost = [(SPARSE, g) for g in groups], cost
-        return best, best_cost * self.correction[SPARSE]
+                best_size, best_cost = size, cost
+        plan = [(SPARSE, order[k : k + best_size]) for k in range(0, n, best_size)]
+        return plan, best_cost * self.correction[SPARSE]
+
+    def _is_hopeless(self, batch: int, steps: int) -> bool:
+        """`_sparse_hopeless`, remembered per (batch, steps) until a correction moves by more
+        than HOPELESS_TOLERANCE (planning runs for every batch served)."""
+        moved = any(
+            abs(self.correction[p] - self._hopeless_at[p])
+            > HOPELESS_TOLERANCE * self._hopeless_at[p]
+            for p in (DENSE, SPARSE)
+        )
+        if moved:
+            self._hopeless.clear()
+            self._hopeless_at = dict(self.correction)
+        key = (batch, steps)
+        if key not in self._hopeless:
+            self._hopeless[key] = self._sparse_hopeless(batch, steps)
+        return self._hopeless[key]
+
+    def _sparse_hopeless(self, batch: int, steps: int) -> bool:
+        """Whether no sparse plan could win even if no neuron updated (then skip planning)."""
+        cal = self.calibration
+        dense_cost = cal.dense_call(batch, steps) * self.correction[DENSE]
+        floor = min(
+            cal.sparse_call(batch, steps, 0.0),
+            batch * cal.sparse_call(1, steps, 0.0),
+            -(-batch // GROUP_SIZES[-1]) * cal.sparse_call(GROUP_SIZES[-1], steps, 0.0),
+        )
+        return floor * self.correction[SPARSE] >= SPARSE_MARGIN * dense_cost
 
     def plan(self, rates: list[float], steps: int = 1) -> Plan:
         """Calls for a batch of chunks of up to `steps` steps whose rows recently updated
@@ -207,6 +252,8 @@ class Router:
         if self.mode == SPARSE:
             return [(SPARSE, everyone)]
         if self.mode != "auto" or self.calibration is None:
+            return [(DENSE, everyone)]
+        if self._is_hopeless(len(rates), steps):
             return [(DENSE, everyone)]
         dense_cost = self.calibration.dense_call(len(rates), steps) * self.correction[DENSE]
         sparse, sparse_cost = self._sparse_plan(rates, steps)
