@@ -64,10 +64,11 @@ def _pareto(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         window=args.window,
         root=Path(args.root),
+        results=Path(args.results),
     )
     if not args.report_only:
         run(grid, parse_parts(args.parts))
-    print(report(grid.root, Path(args.out or args.root)))
+    print(report(grid.results, Path(args.out or grid.results.parent)))
     return 0
 
 
@@ -228,7 +229,14 @@ def _add_pareto(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=g.batch_size)
     p.add_argument("--window", type=int, default=g.window)
     p.add_argument("--root", default=str(g.root), help="one directory per run in here")
-    p.add_argument("--out", help="where pareto.csv, .md and .png go (default: --root)")
+    p.add_argument(
+        "--results",
+        default=str(g.results),
+        help="tracked folder of the result records, one small JSON per finished run",
+    )
+    p.add_argument(
+        "--out", help="where pareto.csv, .md and .png go (default: the parent of --results)"
+    )
     p.add_argument(
         "--parts",
         default="0/1",
@@ -236,7 +244,9 @@ def _add_pareto(sub: argparse._SubParsersAction) -> None:
         help="run every N-th configuration from the I-th (start N processes: 0/N .. N-1/N)",
     )
     p.add_argument(
-        "--report-only", action="store_true", help="rebuild table and plot; train nothing"
+        "--report-only",
+        action="store_true",
+        help="rebuild table and plot from the result records; train nothing",
     )
     p.set_defaults(func=_pareto)
 

@@ -4,6 +4,7 @@ cost, chosen on validation, tested once.
     python -m export pareto                                    # the full grid (prints its time)
     python -m export pareto --parts 0/2 & python -m export pareto --parts 1/2    # on 2 cores
     python -m export pareto --report-only                      # table and plot of what is done
+                                                               # (from the result records alone)
 
 Stage 1 trains an SA-RNN at every width x target rate x seed. Stage 2 derives the baselines from
 each SA-RNN point's cost c = CellCost(H).per_step(r) at its achieved validation update rate r
@@ -14,12 +15,19 @@ each SA-RNN point's cost c = CellCost(H).per_step(r) at its achieved validation 
     random   width H, each neuron updated with probability p = c / dense(H) < 1
 
 so stage 2 starts when every stage-1 run is finished (a part waits for the others'). Each run
-lives in <root>/<config>-s<seed>/ with `done.json` (its recipe) written last: a finished run is
-skipped; one finished with another recipe is an error (use another --root). `--parts i/n` runs
+lives in <root>/<config>-s<seed>/ (git-ignored: checkpoint, plots, metrics.json) with `done.json`
+(its recipe), and then leaves a small self-contained result record in the tracked folder
+--results (default docs/pareto/results/<config>-s<seed>.json: recipe, seed, validation and test
+figures with the per-recording counts the bootstrap needs, achieved update rates, multiply-adds,
+timing; no checkpoint). A run with a result record is finished, even when <root> is gone, so a
+study split over sessions accumulates in the repository: commit the records. A run with
+`done.json` but no record (from before records) gets its record written from metrics.json. A run
+finished with another recipe is an error (use another --root/--results). `--parts i/n` runs
 every n-th configuration of each stage from the i-th.
 
-The report (export.pareto_report: pareto.csv, pareto.md, pareto.png in --out) scores every
-finished run: validation and test streaming and last-step accuracy (mean and sd over seeds), a
+The report (export.pareto_report: pareto.csv, pareto.md, pareto.png in --out, default the parent
+of --results, i.e. docs/pareto/) is built from the result records alone and scores every
+record: validation and test streaming and last-step accuracy (mean and sd over seeds), a
 bootstrap CI over test recordings for the test streaming accuracy (the same resampling for every
 seed, then the mean over seeds), and multiply-adds per step at the achieved validation update
 rate. The selection rule: for each budget (the cost of each SA-RNN configuration) and each
@@ -27,8 +35,9 @@ family, the configuration with the best mean validation streaming accuracy among
 at most the budget (+5%); its test figures are the result to quote. The markdown lists test
 figures only for those.
 
-A run's time is measured on this machine before training (a few batches and one validation pass
-per model size) and the whole grid's printed; nothing is timed when nothing is left to train.
+Stage 2's costs are read from the stage-1 records, too. A run's time is measured on this
+machine before training (a few batches and one validation pass per model size) and the whole
+grid's printed; nothing is timed when nothing is left to train.
 """
 
 import json
@@ -47,6 +56,7 @@ from sarnn_serve.accounting import GATES_PER_CELL, CellCost
 FAMILIES = ("sa-rnn", "dense", "skip", "random")
 POLL_SECONDS = 30.0
 DONE = "done.json"
+RESULTS = Path("docs/pareto/results")
 
 
 @dataclass(frozen=True)
@@ -87,6 +97,7 @@ class Grid:
     batch_size: int = TrainConfig.batch_size
     window: int = TrainConfig.window
     root: Path = Path("runs/pareto")
+    results: Path = RESULTS
 
     def stage1(self) -> list[Point]:
         return [
@@ -115,6 +126,9 @@ class Grid:
     def run_dir(self, point: Point, seed: int) -> Path:
         return self.root / f"{point.name}-s{seed}"
 
+    def record_path(self, point: Point, seed: int) -> Path:
+        return self.results / f"{point.name}-s{seed}.json"
+
 
 def parse_parts(text: str) -> tuple[int, int]:
     """Parse "i/n" into (i, n), 0 <= i < n."""
@@ -127,25 +141,68 @@ def parse_parts(text: str) -> tuple[int, int]:
     return i, n
 
 
-def is_done(out: Path, cfg: TrainConfig) -> bool:
-    """Whether `out` holds a finished run of `cfg`; ValueError if it finished another recipe."""
-    marker = out / DONE
-    if not marker.is_file():
-        return False
-    stored = json.loads(marker.read_text())["config"]
+def _check_recipe(path: Path, stored: dict, cfg: TrainConfig) -> None:
     wanted = json.loads(json.dumps(asdict(cfg)))
     if stored != wanted:
         differ = ", ".join(sorted(k for k, v in wanted.items() if stored.get(k) != v))
-        raise ValueError(f"{out} was trained with other settings ({differ}); use another --root")
+        raise ValueError(
+            f"{path} was trained with other settings ({differ}); use another --root/--results"
+        )
+
+
+def is_done(out: Path, cfg: TrainConfig, record: Path | None = None) -> bool:
+    """Whether the run of `cfg` is finished: its result record `record` exists, or `out` holds
+    `done.json` (then the missing record is written from metrics.json). ValueError if either
+    holds another recipe."""
+    if record is not None and record.is_file():
+        _check_recipe(record, json.loads(record.read_text())["config"], cfg)
+        return True
+    marker = out / DONE
+    if not marker.is_file():
+        return False
+    done = json.loads(marker.read_text())
+    _check_recipe(out, done["config"], cfg)
+    if record is not None:
+        write_record(record, _metrics(out), done.get("seconds"))
     return True
 
 
-def run_once(cfg: TrainConfig, out: Path) -> dict:
-    """Train one run and mark it done."""
+def result_record(metrics: dict, seconds: float | None) -> dict:
+    """What the report needs of one run, from its metrics.json: recipe, seed, validation and test
+    figures (with per-recording counts), multiply-adds per step and timing; no checkpoint."""
+    data = metrics["dataset"]
+    return {
+        "config": metrics["config"],
+        "seed": metrics["config"]["seed"],
+        "dataset": {
+            k: data[k]
+            for k in ("name", "val_recordings", "test_recordings", "val_steps", "test_steps")
+        }
+        | {"scored_after_steps": data["scored_after_steps"]},
+        "validation": metrics["validation"],
+        "test": metrics["test"],
+        "macs_per_step": metrics["macs_per_step"],
+        "train_seconds": metrics["train_seconds"],
+        "seconds": seconds,
+    }
+
+
+def write_record(path: Path, metrics: dict, seconds: float | None) -> None:
+    """Write a run's result record atomically (other parts may be reading the folder)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(f".{path.name}.part")
+    part.write_text(json.dumps(result_record(metrics, seconds), indent=1) + "\n")
+    part.replace(path)
+
+
+def run_once(cfg: TrainConfig, out: Path, record: Path | None = None) -> dict:
+    """Train one run, mark it done and write its result record (if `record`)."""
     started = time.perf_counter()
     metrics = train(cfg, out, progress=False)
-    marker = {"config": asdict(cfg), "seconds": time.perf_counter() - started}
-    (out / DONE).write_text(json.dumps(marker, indent=2))
+    seconds = time.perf_counter() - started
+    (out / DONE).write_text(json.dumps({"config": asdict(cfg), "seconds": seconds}, indent=2))
+    if record is not None:
+        write_record(record, metrics, seconds)
     return metrics
 
 
@@ -179,7 +236,7 @@ def baselines(grid: Grid, n_features: int, planned: bool = False) -> list[Point]
         if planned:
             cost = CellCost(sa.cell, n_features, sa.hidden).per_step(sa.target_rate)
         else:
-            runs = [_metrics(grid.run_dir(sa, s)) for s in grid.seeds]
+            runs = [json.loads(grid.record_path(sa, s).read_text()) for s in grid.seeds]
             cost = statistics.mean(m["macs_per_step"]["selective_val"] for m in runs)
         points += [p for p in matching(sa, cost, n_features) if p not in points]
     return points
@@ -189,16 +246,23 @@ def _metrics(out: Path) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
-def _pending(grid: Grid, points: list[Point]) -> list[tuple[TrainConfig, Path]]:
-    runs = [(grid.train_config(p, s), grid.run_dir(p, s)) for p in points for s in grid.seeds]
-    return [(cfg, out) for cfg, out in runs if not is_done(out, cfg)]
+Pending = tuple[TrainConfig, Path, Path]  # recipe, run directory, result record
 
 
-def _train_all(runs: list[tuple[TrainConfig, Path]], total: int, label: str) -> None:
+def _pending(grid: Grid, points: list[Point]) -> list[Pending]:
+    runs = [
+        (grid.train_config(p, s), grid.run_dir(p, s), grid.record_path(p, s))
+        for p in points
+        for s in grid.seeds
+    ]
+    return [(cfg, out, rec) for cfg, out, rec in runs if not is_done(out, cfg, rec)]
+
+
+def _train_all(runs: list[Pending], total: int, label: str) -> None:
     bar = tqdm(total=total, initial=total - len(runs), desc=label, unit="run")
-    for cfg, out in runs:
+    for cfg, out, record in runs:
         bar.set_postfix_str(out.name)
-        metrics = run_once(cfg, out)
+        metrics = run_once(cfg, out, record)
         bar.update()
         bar.set_postfix_str(f"{out.name} val {metrics['validation']['streaming_accuracy']:.3f}")
     bar.close()
@@ -210,9 +274,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
-def _estimate(
-    grid: Grid, data: Dataset, load: float, parts: int, mine: list[tuple[TrainConfig, Path]]
-) -> None:
+def _estimate(grid: Grid, data: Dataset, load: float, parts: int, mine: list[Pending]) -> None:
     """Time a few batches per model size; print the estimated time of the full grid and of this
     part's SA-RNN runs left, each run also loading the data (`load` seconds). Baselines are
     planned from the target rates; skip and random-mask runs are counted at their width's SA-RNN
@@ -239,7 +301,7 @@ def _estimate(
         f"about {seeds * len(stage2)} baseline runs ({_duration(t2)}): about "
         f"{_duration((t1 + t2) / parts)} on {parts} parallel part(s)"
     )
-    left = sum(timed(False, cfg.hidden) for cfg, _ in mine)
+    left = sum(timed(False, cfg.hidden) for cfg, _, _ in mine)
     print(f"  this part: {len(mine)} SA-RNN runs left ({_duration(left)})")
 
 

@@ -1,10 +1,12 @@
-"""The Pareto study's report: pareto.csv, pareto.md and pareto.png from the finished runs.
+"""The Pareto study's report: pareto.csv, pareto.md and pareto.png from the result records.
 
-Every finished run under the root is scored (export.pareto's module docstring): validation and
-test streaming and last-step accuracy, mean and sd over seeds; a 95% bootstrap CI over test
-recordings for the test streaming accuracy; multiply-adds per step at the achieved validation
-update rate. The selection rule picks on validation; the markdown gives test figures only for
-the configurations it picks (pareto.csv has every configuration's).
+Built from the result records alone (export.pareto: one small JSON per finished run in the
+tracked results folder; no run directory or checkpoint needed). Every record is scored
+(export.pareto's module docstring): validation and test streaming and last-step accuracy, mean
+and sd over seeds; a 95% bootstrap CI over test recordings for the test streaming accuracy;
+multiply-adds per step at the achieved validation update rate. The selection rule picks on
+validation; the markdown gives test figures only for the configurations it picks (pareto.csv
+has every configuration's).
 """
 
 import csv
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.pareto import DONE, FAMILIES, Point
+from export.pareto import FAMILIES, Point
 
 MARKERS = {"sa-rnn": "o", "dense": "s", "skip": "^", "random": "x"}
 BUDGET_TOLERANCE = 0.05
@@ -49,7 +51,7 @@ class Row:
 
 
 def point_of(config: dict) -> Point:
-    """The grid point of a run, from its TrainConfig as saved in metrics.json."""
+    """The grid point of a run, from its TrainConfig as saved in its result record."""
     if config.get("dense"):
         family = "dense"
     elif config.get("skip_every", 1) > 1:
@@ -120,12 +122,12 @@ def _row(point: Point, runs: list[dict]) -> Row:
     )
 
 
-def collect(root: Path) -> list[Row]:
-    """One row per configuration with at least one finished run under `root`."""
+def collect(results: Path) -> list[Row]:
+    """One row per configuration with at least one result record in `results`."""
     runs: dict[Point, list[dict]] = {}
-    for marker in sorted(root.glob(f"*/{DONE}")):
-        metrics = json.loads((marker.parent / "metrics.json").read_text())
-        runs.setdefault(point_of(metrics["config"]), []).append(metrics)
+    for path in sorted(results.glob("*.json")):
+        record = json.loads(path.read_text())
+        runs.setdefault(point_of(record["config"]), []).append(record)
     rows = [_row(point, ms) for point, ms in runs.items()]
     return sorted(rows, key=lambda r: (FAMILIES.index(r.family), r.macs_per_step))
 
@@ -148,13 +150,14 @@ def _pct(mean: float, sd: float = math.nan) -> str:
     return f"{100 * mean:.1f}" if math.isnan(sd) else f"{100 * mean:.1f} ± {100 * sd:.1f}"
 
 
-def markdown(rows: list[Row], root: Path) -> str:
+def markdown(rows: list[Row], results: Path) -> str:
     """The configurations chosen on validation with their test figures, then every
     configuration's validation figures."""
     lines = [
         "# Pareto study: accuracy against multiply-adds per step",
         "",
-        f"{sum(r.seeds for r in rows)} finished runs of {len(rows)} configurations in {root}. "
+        f"{sum(r.seeds for r in rows)} finished runs of {len(rows)} configurations (result "
+        f"records in {results}). "
         "Multiply-adds per step at the achieved validation update rate, mean over seeds; "
         "accuracies mean ± sd over seeds; the CI is a 95% bootstrap over test recordings.",
         "",
@@ -229,18 +232,18 @@ def plot(rows: list[Row], path: Path) -> None:
     plt.close(fig)
 
 
-def report(root: Path, out: Path) -> str:
-    """Write pareto.csv, pareto.md and pareto.png into `out` from the finished runs in `root`;
-    return the markdown."""
-    rows = collect(root)
+def report(results: Path, out: Path) -> str:
+    """Write pareto.csv, pareto.md and pareto.png into `out` from the result records in
+    `results`; return the markdown."""
+    rows = collect(results)
     if not rows:
-        raise ValueError(f"no finished runs in {root}")
+        raise ValueError(f"no result records in {results}")
     out.mkdir(parents=True, exist_ok=True)
     with (out / "pareto.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
         writer.writeheader()
         writer.writerows(asdict(r) for r in rows)
-    text = markdown(rows, root)
+    text = markdown(rows, results)
     (out / "pareto.md").write_text(text)
     plot(rows, out / "pareto.png")
     return text

@@ -1,10 +1,14 @@
 """The Pareto study (export.pareto, export.pareto_report): cost matching, parts, the selection
-rule, the bootstrap, and a tiny grid run twice (the second trains nothing) and reported."""
+rule, the bootstrap, and a tiny grid run twice (the second trains nothing), reported, and rerun
+from its result records alone once the run directories are gone."""
 
 import contextlib
 import csv
 import io
+import json
 import math
+import shutil
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -129,10 +133,12 @@ def _cli(argv: list[str]) -> tuple[int, str, str]:
 
 @pytest.mark.slow
 def test_tiny_grid_runs_resumes_and_reports(tmp_path, monkeypatch):
-    root = tmp_path / "pareto"
+    root, docs = tmp_path / "pareto", tmp_path / "docs"
+    results = docs / "results"
     argv = ["pareto", "--dataset", "basicmotions", "--hidden", "8", "--target-rates", "0.3"]
     argv += ["--seeds", "0", "1", "--epochs", "1", "--batches-per-epoch", "2"]
-    argv += ["--batch-size", "8", "--window", "50", "--root", str(root)]
+    argv += ["--batch-size", "8", "--window", "50", "--results", str(results)]
+    argv += ["--root", str(root)]
     code, out, err = _cli(argv)
     assert code == 0, err
     assert "estimating from timed batches" in out and "full grid: 2 SA-RNN runs" in out
@@ -140,7 +146,12 @@ def test_tiny_grid_runs_resumes_and_reports(tmp_path, monkeypatch):
     families = sorted({d.split("-gru")[0] for d in dirs})
     assert families == ["dense", "random", "sa-rnn", "skip"]
     assert len(dirs) == 8 and all((root / d / "done.json").is_file() for d in dirs)
-    with (root / "pareto.csv").open() as f:
+    assert sorted(p.stem for p in results.glob("*.json")) == dirs  # one record per run
+    record = json.loads((results / "sa-rnn-gru8-t0.3-s1.json").read_text())
+    assert record["seed"] == 1 and record["config"]["hidden"] == 8
+    assert len(record["test"]["correct"]) == record["dataset"]["test_recordings"]
+    assert {"selective_val", "dense"} <= set(record["macs_per_step"]) and record["seconds"] > 0
+    with (docs / "pareto.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 and {r["seeds"] for r in rows} == {"2"}
     for r in rows:
@@ -148,22 +159,32 @@ def test_tiny_grid_runs_resumes_and_reports(tmp_path, monkeypatch):
     macs = {r["family"]: float(r["macs_per_step"]) for r in rows}
     for family in ("dense", "skip", "random"):  # matched to the SA-RNN's cost
         assert macs[family] == pytest.approx(macs["sa-rnn"], rel=0.3), family
-    md = (root / "pareto.md").read_text()
+    md, table = (docs / "pareto.md").read_text(), (docs / "pareto.csv").read_text()
     assert "## Chosen on validation, tested once" in md and "sa-rnn-gru8-t0.3" in md
-    assert (root / "pareto.png").stat().st_size > 0
+    assert (docs / "pareto.png").stat().st_size > 0
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr(export.pareto, "train", no_training)
     monkeypatch.setattr(export.pareto, "estimate_seconds", no_training)
-    (root / "pareto.md").unlink()
+    (docs / "pareto.md").unlink()
     code, out, err = _cli(argv)
     assert code == 0, err
     assert "estimating" not in out
-    assert (root / "pareto.md").read_text() == md
+    assert (docs / "pareto.md").read_text() == md
 
-    code, out, _ = _cli(["pareto", "--report-only", "--root", str(root), "--out", str(tmp_path)])
+    # A new session: the run directories are gone, the tracked records are not.
+    shutil.rmtree(root)
+    (docs / "pareto.md").unlink()
+    code, out, err = _cli(argv)
+    assert code == 0, err
+    assert "estimating" not in out and not root.exists()
+    assert (docs / "pareto.md").read_text() == md and (docs / "pareto.csv").read_text() == table
+
+    code, out, _ = _cli(
+        ["pareto", "--report-only", "--results", str(results), "--out", str(tmp_path)]
+    )
     assert code == 0 and (tmp_path / "pareto.md").read_text() == md
 
     # Another recipe in the same root is refused, not mixed in.
@@ -176,3 +197,10 @@ def test_is_done_needs_the_marker(tmp_path):
     assert not is_done(tmp_path, cfg)
     (tmp_path / "metrics.json").write_text("{}")  # a run that stopped before its marker
     assert not is_done(tmp_path, cfg)
+    record = tmp_path / "records" / "run.json"
+    assert not is_done(tmp_path, cfg, record)
+    record.parent.mkdir()
+    record.write_text(json.dumps({"config": asdict(cfg)}))
+    assert is_done(tmp_path / "gone", cfg, record)  # the record alone is enough
+    with pytest.raises(ValueError, match="other settings"):
+        is_done(tmp_path / "gone", TrainConfig(hidden=9), record)
