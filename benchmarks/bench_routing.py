@@ -51,16 +51,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_onnx import per_call
-from bench_savings import at_rate, base_model, sparse_graph
+from bench_savings import BATCHES, HIDDENS, QUICK_HIDDENS, RATES, at_rate, base_model, sparse_graph
 
 from export.onnx_export import build_model
 from sarnn_serve.engine import DENSE, SPARSE, Engine
 from sarnn_serve.routing import Plan, Router, calibrate, union_rate
 
-HIDDENS = (128, 512, 1024, 2048)
-QUICK_HIDDENS = (128, 512)
-BATCHES = (1, 8, 64)
-RATES = (0.02, 0.05, 0.10, 0.20, 0.50)
 STEPS = (1, 32)
 POOL_ROW_STEPS = 512
 LIMIT = 1.05

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,12 +27,10 @@ import numpy as np
 import websockets
 
 REPO = Path(__file__).resolve().parent.parent
-UNLIMITED = {
-    "SARNN_SESSION_CREATE_RATE": "1000000",
-    "SARNN_SESSION_CREATE_BURST": "1000000",
-    "SARNN_MAX_SESSIONS_PER_KEY": "1000000",
-    "SARNN_ENGINE_PATH": "dense",  # bit-reproducible answers on every replica
-}
+sys.path.insert(0, str(REPO))
+# the test servers' settings: lifted quotas, and the dense graph (bit-reproducible answers)
+from tests.service_fixtures import UNLIMITED, _pong, free_port  # noqa: E402
+
 REQUEST_TIMEOUT_S = 10.0
 MAX_ATTEMPTS = 40  # per chunk; backoff doubles from 50 ms up to 2 s
 HAPROXY_CFG = """\
@@ -59,22 +56,6 @@ backend sarnn
     default-server check inter 300 fall 2 rise 1
 {servers}
 """
-
-
-def free_port() -> int:
-    """A free loopback TCP port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _pong(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
 
 
 def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:

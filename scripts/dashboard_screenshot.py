@@ -22,17 +22,7 @@ from websockets.sync.client import connect
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tests.service_fixtures import start_server, stop_server  # noqa: E402
-
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from tests.test_dashboard import CHROMIUM_ARGS  # noqa: E402
 
 
 def stream(url: str, session_id: str, rows: list, stop: threading.Event) -> None:
