@@ -1,20 +1,30 @@
 """Micro-batching: chunks of all sessions of one model share onnxruntime calls.
 
-Jobs queue up while a call runs; the next call takes every waiting job (up to the row and
-step limits), groups them by padded length (powers of two, so short chunks are not padded to
-long ones), stacks their states and runs each group once in the engine's thread pool, on the
-graph (dense or sparse) that the router picks from the jobs' recent update rates.
+Jobs queue up (a bounded queue: past `max_queue` waiting jobs a chunk is refused at once with
+Overloaded, a 503, rather than waiting without end). A batch is cut when it is full (`max_rows`
+jobs waiting) or `wait_s` after its first job arrived, whichever comes first; it is grouped by
+padded length (powers of two, so short chunks are not padded to long ones), and each group runs
+once in the engine's thread pool, on the graph (dense or sparse) that the router picks from the
+jobs' recent update rates. Up to `concurrency` calls run at once (one per engine thread), and
+the next batch is gathered while they run. The loop is supervised: if it ever fails, the jobs it
+held are answered with Overloaded, the failure is counted (`on_restart`) and a new loop starts.
 """
 
 import asyncio
+import contextlib
+import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from sarnn_serve.engine import DENSE, Engine
+from sarnn_serve.errors import Overloaded
 from sarnn_serve.routing import Router
+
+log = logging.getLogger("sarnn.batcher")
 
 
 @dataclass
@@ -62,8 +72,11 @@ class MicroBatcher:
         max_rows: int = 256,
         max_steps: int = 65_536,
         wait_s: float = 0.0,
-        observe=None,
+        observe: Callable[[CallTiming], None] | None = None,
         router: Router | None = None,
+        concurrency: int = 1,
+        max_queue: int = 8192,
+        on_restart: Callable[[], None] | None = None,
     ) -> None:
         self.engine = engine
         self.router = router or Router(DENSE, None)
@@ -72,29 +85,68 @@ class MicroBatcher:
         self.max_steps = max_steps
         self.wait_s = wait_s
         self.observe = observe
+        self.max_queue = max_queue
+        self.on_restart = on_restart
+        self.restarts = 0
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._full = asyncio.Event()
+        self._slots = asyncio.Semaphore(concurrency)
+        self._held: list[_Job] = []
+        self._slot_held = False  # the loop holds an engine slot not yet handed to a call
+        self._calls: set[asyncio.Task] = set()
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
+        self._task.add_done_callback(self._supervise)
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        task, self._task = self._task, None
+        if task:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await asyncio.gather(*self._calls, return_exceptions=True)
+
+    @property
+    def waiting(self) -> int:
+        """Jobs queued and not yet taken into a call."""
+        return self._queue.qsize()
 
     async def run(
         self, x: np.ndarray, state: np.ndarray, threshold: float, rate: float = 1.0
     ) -> RowResult:
         """Advance one chunk x [T,F] from state [S]; `rate` is the session's recent update
-        rate (it predicts this chunk's, for the choice of graph)."""
+        rate (it predicts this chunk's, for the choice of graph). Overloaded if the queue is
+        full."""
+        if self._queue.qsize() >= self.max_queue:
+            raise Overloaded(self.max_queue)
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Job(x, state, threshold, rate, future))
+        self._queue.put_nowait(_Job(x, state, threshold, rate, future))
+        if self._queue.qsize() >= self.max_rows:
+            self._full.set()
         return await future
+
+    def _supervise(self, task: asyncio.Task) -> None:
+        """Restart a loop that failed (never one that was stopped), answering its jobs."""
+        if task is not self._task or task.cancelled() or task.exception() is None:
+            return
+        log.error("batcher loop failed; restarting", exc_info=task.exception())
+        held, self._held = self._held, []
+        if self._slot_held:
+            self._release()
+        for job in held:
+            if not job.future.done():
+                job.future.set_exception(Overloaded(self.max_queue, restarted=True))
+        self.restarts += 1
+        if self.on_restart:
+            self.on_restart()
+        self.start()
 
     def _take(self, jobs: list[_Job]) -> list[_Job]:
         while len(jobs) < self.max_rows and not self._queue.empty():
             jobs.append(self._queue.get_nowait())
+        if self._queue.qsize() < self.max_rows:
+            self._full.clear()
         return jobs
 
     def _groups(self, jobs: list[_Job]) -> list[list[_Job]]:
@@ -110,9 +162,12 @@ class MicroBatcher:
     def _run_rows(self, jobs: list[_Job], path: str) -> tuple[list[RowResult], float]:
         """One engine call on `path` for `jobs`, padded to the longest; each job's rows."""
         steps = max(len(j.x) for j in jobs)
-        x = np.zeros((len(jobs), steps, jobs[0].x.shape[1]), np.float32)
-        for i, job in enumerate(jobs):
-            x[i, : len(job.x)] = job.x
+        if steps == 1:
+            x = np.stack([j.x for j in jobs])
+        else:
+            x = np.zeros((len(jobs), steps, jobs[0].x.shape[1]), np.float32)
+            for i, job in enumerate(jobs):
+                x[i, : len(job.x)] = job.x
         state = np.stack([j.state for j in jobs])
         lengths = np.asarray([len(j.x) for j in jobs], np.int64)
         threshold = np.asarray([j.threshold for j in jobs], np.float32)
@@ -145,27 +200,55 @@ class MicroBatcher:
             timings.append(CallTiming(path, len(rows), steps, seconds, dense))
         return results, timings
 
+    async def _fill(self) -> None:
+        """Wait until the batch is full or `wait_s` has passed since its first job."""
+        if self.wait_s and self._queue.qsize() + 1 < self.max_rows:
+            self._full.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._full.wait(), self.wait_s)
+
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            first = await self._queue.get()
-            if self.wait_s:
-                await asyncio.sleep(self.wait_s)
-            jobs = self._take([first])
-            for group in self._groups(jobs):
+            self._held = [await self._queue.get()]
+            await self._fill()
+            await self._acquire()  # the batch is cut when an engine thread is free
+            for k, group in enumerate(self._groups(self._take(self._held))):
                 live = [j for j in group if not j.future.cancelled()]
+                if k:
+                    await self._acquire()
                 if not live:
+                    self._release()
                     continue
-                try:
-                    results, timings = await loop.run_in_executor(self.executor, self._call, live)
-                except Exception as exc:
-                    for job in live:
-                        if not job.future.done():
-                            job.future.set_exception(exc)
-                    continue
-                if self.observe:
-                    for timing in timings:
-                        self.observe(timing)
-                for job, result in zip(live, results, strict=True):
-                    if not job.future.done():
-                        job.future.set_result(result)
+                call = loop.create_task(self._answer(live))
+                self._slot_held = False  # the call releases it
+                self._calls.add(call)
+                call.add_done_callback(self._calls.discard)
+            self._held = []
+
+    async def _acquire(self) -> None:
+        await self._slots.acquire()
+        self._slot_held = True
+
+    def _release(self) -> None:
+        self._slot_held = False
+        self._slots.release()
+
+    async def _answer(self, jobs: list[_Job]) -> None:
+        """One group's engine call in the thread pool; each job gets its rows (or the error)."""
+        loop = asyncio.get_running_loop()
+        try:
+            results, timings = await loop.run_in_executor(self.executor, self._call, jobs)
+        except Exception as exc:
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            return
+        finally:
+            self._slots.release()
+        if self.observe:
+            for timing in timings:
+                self.observe(timing)
+        for job, result in zip(jobs, results, strict=True):
+            if not job.future.done():
+                job.future.set_result(result)

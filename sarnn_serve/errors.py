@@ -165,6 +165,24 @@ class StoreUnavailable(ServiceError):
     code = "store_unavailable"
 
 
+class Overloaded(ServiceError):
+    """Too many chunks are waiting for a model's engine; nothing was applied, retry shortly."""
+
+    status = 503
+    code = "overloaded"
+
+    def __init__(self, max_queue: int, restarted: bool = False) -> None:
+        reason = (
+            "the batcher restarted after a failure"
+            if restarted
+            else f"{max_queue} chunks are already waiting for this model"
+        )
+        super().__init__(f"the server is overloaded ({reason}); nothing was applied, retry")
+
+    def http_headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
+
+
 class StoreFull(ServiceError):
     """The session store is out of memory (Redis at maxmemory); nothing was written."""
 

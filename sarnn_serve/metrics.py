@@ -3,9 +3,12 @@ so /metrics, /v1/models/{name}/stats, sessions and the dashboard report the same
 
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from sarnn_serve.accounting import Usage
 from sarnn_serve.batcher import CallTiming
@@ -26,15 +29,6 @@ class PromMetrics:
         def counter(name: str, doc: str, labels: tuple[str, ...] = ("model",)) -> Counter:
             return Counter(name, doc, labels, registry=r)
 
-        self.steps = counter("sarnn_steps", "Steps processed.")
-        self.updates = counter("sarnn_neuron_updates", "Neuron updates (u = 1).")
-        self.slots = counter("sarnn_neuron_slots", "Neuron slots: steps x hidden size.")
-        self.macs_dense = counter(
-            "sarnn_macs_dense", "Multiply-adds a dense cell would have spent."
-        )
-        self.macs_selective = counter(
-            "sarnn_macs_selective", "Multiply-adds the selective cell spent."
-        )
         self.sessions_created = counter("sarnn_sessions_created", "Sessions created.")
         self.sessions_deleted = counter("sarnn_sessions_deleted", "Sessions deleted by clients.")
         self.sessions_expired = counter("sarnn_sessions_expired", "Sessions expired when idle.")
@@ -68,6 +62,12 @@ class PromMetrics:
             ("model", "batch"),
             registry=r,
         )
+        self.batcher_restarts = counter(
+            "sarnn_batcher_restarts", "Micro-batcher loops restarted after a failure."
+        )
+        self.queued_chunks = Gauge(
+            "sarnn_queued_chunks", "Chunks waiting for an engine call.", ("model",), registry=r
+        )
         self.ws_connections = Gauge(
             "sarnn_ws_connections", "Open WebSocket streams of this process.", registry=r
         )
@@ -85,6 +85,32 @@ class PromMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+
+
+USAGE_SERIES = (
+    ("sarnn_steps", "Steps processed.", "steps"),
+    ("sarnn_neuron_updates", "Neuron updates (u = 1).", "updates"),
+    ("sarnn_neuron_slots", "Neuron slots: steps x hidden size.", "slots"),
+    ("sarnn_macs_dense", "Multiply-adds a dense cell would have spent.", "macs_dense"),
+    ("sarnn_macs_selective", "Multiply-adds the selective cell spent.", "macs_selective"),
+)
+
+
+class UsageCollector(Collector):
+    """The usage counters, read from the per-model totals when /metrics is scraped (a chunk
+    adds to plain integers; nothing Prometheus-side runs per chunk)."""
+
+    def __init__(self, stats: "dict[str, ModelStats]") -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        for name, doc, attr in USAGE_SERIES:
+            family = CounterMetricFamily(name, doc, labels=("model",))
+            for model, stats in self.stats.items():
+                total = stats.total
+                value = total.steps * stats.hidden if attr == "slots" else getattr(total, attr)
+                family.add_metric((model,), value)
+            yield family
 
 
 @dataclass
@@ -185,17 +211,18 @@ class Monitor:
         self.prom = prom
         self.active = dict.fromkeys(hidden_sizes, 0)
         self.stats = {name: ModelStats(h) for name, h in hidden_sizes.items()}
-        counters = (prom.steps, prom.updates, prom.slots, prom.macs_dense, prom.macs_selective)
-        self._usage_series = {name: [c.labels(name) for c in counters] for name in hidden_sizes}
+        prom.registry.register(UsageCollector(self.stats))
+        self._request_series: dict[tuple[str, int], tuple] = {}
 
     def record_usage(self, model: str, u: Usage) -> None:
-        steps, updates, slots, dense, selective = self._usage_series[model]
-        steps.inc(u.steps)
-        updates.inc(u.updates)
-        slots.inc(u.slots)
-        dense.inc(u.macs_dense)
-        selective.inc(u.macs_selective)
         self.stats[model].add(u)
+
+    def watch_queue(self, model: str, waiting: Callable[[], int]) -> None:
+        """Report a model's queued chunks from `waiting` at each scrape."""
+        self.prom.queued_chunks.labels(model).set_function(waiting)
+
+    def batcher_restarted(self, model: str) -> None:
+        self.prom.batcher_restarts.labels(model).inc()
 
     def record_call(self, model: str, timing: CallTiming) -> None:
         """One engine call of a model (every transport's chunks pass through here)."""
@@ -215,8 +242,15 @@ class Monitor:
 
     def record_request(self, endpoint: str, status: int, seconds: float) -> None:
         """One HTTP request or WebSocket message answered."""
-        self.prom.requests.labels(endpoint, str(status)).inc()
-        self.prom.request_seconds.labels(endpoint).observe(seconds)
+        series = self._request_series.get((endpoint, status))
+        if series is None:
+            series = (
+                self.prom.requests.labels(endpoint, str(status)),
+                self.prom.request_seconds.labels(endpoint),
+            )
+            self._request_series[endpoint, status] = series
+        series[0].inc()
+        series[1].observe(seconds)
 
     def set_active(self, model: str, count: int) -> None:
         self.active[model] = max(0, count)

@@ -91,9 +91,14 @@ class DataPlane:
                 wait_s=settings.batch_wait_ms / 1000,
                 observe=partial(monitor.record_call, name),
                 router=(routers or {}).get(name),
+                concurrency=settings.engine_threads,
+                max_queue=settings.batch_max_queue,
+                on_restart=partial(monitor.batcher_restarted, name),
             )
             for name, model in registry.models.items()
         }
+        for name, batcher in self.batchers.items():
+            monitor.watch_queue(name, lambda b=batcher: b.waiting)
 
     async def start(self) -> None:
         for batcher in self.batchers.values():

@@ -49,10 +49,17 @@ class Settings(BaseSettings):
 
     ort_intra_op_threads: int = Field(1, ge=1, description="onnxruntime intra-op threads.")
     ort_inter_op_threads: int = Field(1, ge=1, description="onnxruntime inter-op threads.")
-    engine_threads: int = Field(1, ge=1, description="Threads that run onnxruntime calls.")
+    engine_threads: int = Field(
+        1, ge=1, description="Threads that run onnxruntime calls (one model's run concurrently)."
+    )
     batch_max_rows: int = Field(256, ge=1, description="Rows (sessions) per batched call.")
     batch_max_steps: int = Field(65_536, ge=1, description="Rows x padded steps per call.")
-    batch_wait_ms: float = Field(1.0, ge=0, description="How long a batch waits to fill.")
+    batch_wait_ms: float = Field(
+        1.0, ge=0, description="Longest wait for a batch to fill (it is cut at once when full)."
+    )
+    batch_max_queue: int = Field(
+        8192, ge=1, description="Chunks that may wait for one model; past it, 503 overloaded."
+    )
     engine_path: Literal["auto", "dense", "sparse"] = Field(
         "auto",
         description="Graph that runs batches: auto (the faster one per batch, by the timing "

@@ -16,6 +16,7 @@ import pytest
 
 from sarnn_serve.batcher import CallTiming, MicroBatcher, RowResult
 from sarnn_serve.engine import DENSE, SPARSE, EngineOutput
+from sarnn_serve.errors import Overloaded
 from sarnn_serve.locks import KeyedLocks
 from sarnn_serve.routing import Calibration, Router
 
@@ -275,6 +276,86 @@ async def test_a_cancelled_caller_does_not_break_the_others(
     assert_row(results[2], *jobs[2])
     later = jobs_of([2])[0]
     assert_row(await batcher.run(*later), *later)
+
+
+async def test_a_full_batch_is_cut_at_once_and_a_partial_one_at_its_deadline(
+    engine: FakeEngine, make_batcher: Callable[..., MicroBatcher]
+) -> None:
+    batcher = make_batcher(max_rows=4, wait_s=30.0)
+    jobs = jobs_of([2, 2, 2, 2])
+    results = await asyncio.wait_for(asyncio.gather(*(batcher.run(*j) for j in jobs)), 5)
+    assert engine.calls == [(4, 2)]  # full: not held for the 30 s deadline
+    for result, job in zip(results, jobs, strict=True):
+        assert_row(result, *job)
+    batcher.wait_s = 0.05
+    started = asyncio.get_running_loop().time()
+    lone = jobs_of([3])[0]
+    assert_row(await asyncio.wait_for(batcher.run(*lone), 5), *lone)
+    assert asyncio.get_running_loop().time() - started >= 0.05
+    assert engine.calls[1:] == [(1, 3)]
+
+
+async def test_calls_run_concurrently_up_to_the_engine_threads(engine: FakeEngine) -> None:
+    executor = ThreadPoolExecutor(2)
+    batcher = MicroBatcher(engine, executor, max_rows=1, concurrency=2)
+    batcher.start()
+    try:
+        engine.gate.clear()
+        jobs = jobs_of([2, 2, 2])
+        tasks = await queue_jobs(batcher, jobs)
+        for _ in range(100):  # two calls enter the engine while the gate is shut
+            if len(engine.calls) >= 2:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        assert len(engine.calls) == 2  # the third waits for a free engine thread
+        engine.gate.set()
+        for result, job in zip(await asyncio.gather(*tasks), jobs, strict=True):
+            assert_row(result, *job)
+        assert len(engine.calls) == 3
+    finally:
+        engine.gate.set()
+        await batcher.stop()
+        executor.shutdown()
+
+
+async def test_a_full_queue_refuses_at_once_and_serves_what_it_holds(
+    engine: FakeEngine, make_batcher: Callable[..., MicroBatcher]
+) -> None:
+    batcher = make_batcher(max_queue=3)
+    first = await occupy(batcher, engine)
+    jobs = jobs_of([2, 2, 2])
+    tasks = await queue_jobs(batcher, jobs)
+    assert batcher.waiting == 3
+    with pytest.raises(Overloaded) as refused:
+        await batcher.run(*jobs_of([2])[0])
+    assert refused.value.status == 503 and refused.value.http_headers() == {"Retry-After": "1"}
+    engine.gate.set()
+    await first
+    for result, job in zip(await asyncio.gather(*tasks), jobs, strict=True):
+        assert_row(result, *job)
+
+
+async def test_a_failed_loop_answers_its_jobs_is_counted_and_restarts(
+    engine: FakeEngine, make_batcher: Callable[..., MicroBatcher], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    restarts: list[int] = []
+    batcher = make_batcher(on_restart=lambda: restarts.append(1))
+    original = batcher._groups
+    calls = iter([RuntimeError("bug in grouping")])
+
+    def failing_once(jobs: list) -> list:
+        for exc in calls:
+            raise exc
+        return original(jobs)
+
+    monkeypatch.setattr(batcher, "_groups", failing_once)
+    lost = jobs_of([2])[0]
+    with pytest.raises(Overloaded, match="restarted"):
+        await asyncio.wait_for(batcher.run(*lost), 5)
+    assert restarts == [1] and batcher.restarts == 1
+    later = jobs_of([3])[0]
+    assert_row(await asyncio.wait_for(batcher.run(*later), 5), *later)
 
 
 # --- KeyedLocks ---------------------------------------------------------------------------------

@@ -17,7 +17,11 @@ ERROR_RESPONSES = {
     413: {"model": ErrorBody, "description": "Body or chunk over the configured limit."},
     422: {"model": ErrorBody, "description": "Malformed field (body names it) or invalid JSON."},
     429: {"model": ErrorBody, "description": "A per-key quota; Retry-After says when to retry."},
-    503: {"model": ErrorBody, "description": "The session store is unreachable; retry."},
+    503: {
+        "model": ErrorBody,
+        "description": "The session store is unreachable, or too many chunks wait for the "
+        "model (overloaded, with Retry-After); nothing was applied; retry.",
+    },
     507: {"model": ErrorBody, "description": "The session store is out of memory."},
 }
 PARSE_FAILURE = "There was an error parsing the body"
