@@ -1,7 +1,8 @@
 """WebSocket load generator: many concurrent sessions streaming real watch recordings.
 
     .venv/bin/python benchmarks/load_ws.py --url ws://127.0.0.1:8000 --sessions 100 --rate 50 \\
-        --chunk 1 --duration 20 [--binary] [--model NAME] [--json out.json]
+        --chunk 1 --duration 20 [--format json|msgpack|raw] [--answer steps|columns] \\
+        [--client websockets|raw] [--model NAME] [--json out.json]
     .venv/bin/python benchmarks/load_ws.py --spawn-server --model-dir /tmp/models ...
 
 Each of --sessions sessions opens its own connection to /v1/stream?delete_on_close=true (a new
@@ -60,6 +61,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import ws_raw  # noqa: E402  (benchmarks/, next to this file)
+
+from sarnn_serve import frames  # noqa: E402
+
 CHUNK_PREFIX = b'{"type":"chunk"'
 
 
@@ -97,7 +102,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=2.0, help="first seconds not scored")
     p.add_argument("--drain", type=float, default=5.0, help="seconds to wait for late answers")
     p.add_argument("--max-inflight", type=int, default=256, help="unanswered messages/session")
-    p.add_argument("--binary", action="store_true", help="send msgpack binary frames")
+    p.add_argument(
+        "--format",
+        choices=("json", "msgpack", "raw"),
+        default="json",
+        help="client frames: JSON text, msgpack, or the raw binary protocol (binary answers)",
+    )
+    p.add_argument(
+        "--answer",
+        choices=("steps", "columns"),
+        default="steps",
+        help="answer mode of JSON and msgpack frames (the socket's answer parameter)",
+    )
+    p.add_argument(
+        "--client",
+        choices=("websockets", "raw"),
+        default="websockets",
+        help="the websockets library's client, or the minimal one of benchmarks/ws_raw.py",
+    )
     p.add_argument("--model", help="model name (default: the server's only model)")
     p.add_argument("--threshold", type=float, help="session threshold (default: the card's)")
     p.add_argument("--json", dest="json_path", help="write the figures to this JSON file")
@@ -136,10 +158,11 @@ class Messages:
     Recording r is streamed as an endless loop; chunk k holds samples k*c .. k*c+c-1 (mod T),
     so the loop repeats after T / gcd(T, c) chunks."""
 
-    def __init__(self, recordings: list[np.ndarray], chunk: int, binary: bool) -> None:
+    def __init__(self, recordings: list[np.ndarray], chunk: int, fmt: str) -> None:
         self.recordings = recordings
         self.chunk = chunk
-        self.binary = binary
+        self.format = fmt
+        self.binary = fmt != "json"
         self.period = [len(x) // math.gcd(len(x), chunk) for x in recordings]
         self._cache: dict[tuple[int, int], bytes] = {}
 
@@ -151,14 +174,29 @@ class Messages:
         if rows is None:
             x = self.recordings[rec]
             idx = (np.arange(self.chunk) + key[1] * self.chunk) % len(x)
-            if self.binary:
+            if self.format == "raw":
+                rows = np.ascontiguousarray(x[idx], "<f4").tobytes()
+            elif self.format == "msgpack":
                 rows = msgpack.packb(x[idx].tolist(), use_single_float=True)
             else:
                 rows = orjson.dumps(x[idx], option=orjson.OPT_SERIALIZE_NUMPY)
             self._cache[key] = rows
-        if self.binary:
+        if self.format == "raw":
+            return frames.REQUEST.pack(frames.MAGIC, frames.VERSION, 0, k, self.chunk) + rows
+        if self.format == "msgpack":
             return b"\x82" + msgpack.packb("seq") + msgpack.packb(k) + INPUTS_KEY + rows
         return b'{"seq":%d,"inputs":%b}' % (k, rows)
+
+    def is_answer(self, frame: bytes) -> bool:
+        """Whether a server frame answers a chunk (else it is an error frame)."""
+        return frame.startswith(frames.MAGIC if self.format == "raw" else CHUNK_PREFIX)
+
+    def session_steps(self, answer: bytes) -> int:
+        """The session's total steps reported by a chunk answer."""
+        if self.format == "raw":
+            return frames.decode_answer(answer)["session_steps"]
+        body = orjson.loads(answer)
+        return body["session_steps"] if "session_steps" in body else body["session"]["steps"]
 
 
 INPUTS_KEY = msgpack.packb("inputs")
@@ -218,28 +256,46 @@ class StartGate:
 
 def _closed(exc: Exception) -> str:
     rcvd = getattr(exc, "rcvd", None)
-    return f"socket closed ({rcvd.code if rcvd else 'no close frame'})"
+    code = rcvd.code if rcvd else getattr(exc, "code", None)
+    return f"socket closed ({code or 'no close frame'})"
+
+
+async def open_socket(ws_url: str, client: str):
+    """A connected client of the chosen kind (both have send(data, text=), recv() and close())."""
+    if client == "raw":
+        parts = urlsplit(ws_url)
+        target = f"{parts.path}?{parts.query}"
+        return await ws_raw.RawWebSocket.connect(parts.hostname, parts.port or 80, target)
+    from websockets.asyncio.client import connect
+
+    return await connect(
+        ws_url,
+        compression=None,
+        proxy=None,
+        ping_interval=None,
+        max_size=16 * 1024 * 1024,
+        open_timeout=30,
+        close_timeout=5,
+    )
+
+
+async def _recv(ws) -> bytes:
+    if isinstance(ws, ws_raw.RawWebSocket):
+        return await ws.recv()
+    return await ws.recv(decode=False)
 
 
 async def run_session(
-    i: int, n: int, gate: StartGate, messages: Messages, ws_url: str
+    i: int, n: int, gate: StartGate, messages: Messages, ws_url: str, client: str = "websockets"
 ) -> SessionStats:
     """Open one session, wait for the common start, stream until the window ends, drain."""
-    from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
 
+    closed = (ConnectionClosed, ws_raw.Closed)
     st = SessionStats()
     rec = i % len(messages.recordings)
     try:
-        ws = await connect(
-            ws_url,
-            compression=None,
-            proxy=None,
-            ping_interval=None,
-            max_size=16 * 1024 * 1024,
-            open_timeout=30,
-            close_timeout=5,
-        )
+        ws = await open_socket(ws_url, client)
     except Exception as exc:
         st.errors[f"connect: {type(exc).__name__}"] += 1
         gate.settle()
@@ -247,7 +303,7 @@ async def run_session(
     pending: collections.deque[tuple[float, int]] = collections.deque()
     try:
         try:
-            first = orjson.loads(await asyncio.wait_for(ws.recv(decode=False), 30))
+            first = orjson.loads(await asyncio.wait_for(_recv(ws), 30))
             if first.get("type") != "session":
                 st.errors[f"open: {first.get('error', {}).get('code', first.get('type'))}"] += 1
                 return st
@@ -286,7 +342,7 @@ async def run_session(
 
         async def receiver() -> None:
             while True:
-                answer = await ws.recv(decode=False)
+                answer = await _recv(ws)
                 now = time.perf_counter()
                 if not pending:
                     st.errors["unexpected frame"] += 1
@@ -295,7 +351,7 @@ async def run_session(
                 if not pending:
                     drained.set()
                 slots.release()
-                if answer.startswith(CHUNK_PREFIX):
+                if messages.is_answer(answer):
                     if lo <= sent_at < hi:
                         st.latencies.append(now - sent_at)
                     if lo <= now < hi:
@@ -330,11 +386,11 @@ async def run_session(
             t.exception() for t in (send_task, recv_task) if not t.cancelled() and t.exception()
         }
         for exc in failures:
-            if isinstance(exc, ConnectionClosed):
+            if isinstance(exc, closed):
                 st.errors[_closed(exc)] += 1
             else:
                 st.errors[f"exception: {type(exc).__name__}: {exc}"] += 1
-    except ConnectionClosed as exc:
+    except closed as exc:
         st.errors[_closed(exc)] += 1
     except Exception as exc:
         st.errors[f"exception: {type(exc).__name__}: {exc}"] += 1
@@ -343,10 +399,8 @@ async def run_session(
             st.errors["unanswered"] += len(pending)
         with contextlib.suppress(Exception):
             await ws.close()
-    if st.last_answer is not None:
-        totals = orjson.loads(st.last_answer)["session"]
-        if totals["steps"] != st.answered_steps:
-            st.errors["session steps != steps answered"] += 1
+    if st.last_answer is not None and messages.session_steps(st.last_answer) != st.answered_steps:
+        st.errors["session steps != steps answered"] += 1
     return st
 
 
@@ -377,8 +431,8 @@ def cpu_share(before: tuple | None, after: tuple | None, span: float) -> dict | 
 
 async def measure(args: argparse.Namespace, server_pid: int | None = None) -> dict:
     recordings = load_recordings()
-    messages = Messages(recordings, args.chunk, args.binary)
-    query = {"delete_on_close": "true"}
+    messages = Messages(recordings, args.chunk, args.format)
+    query = {"delete_on_close": "true", "answer": args.answer}
     if args.model:
         query["model"] = args.model
     if args.threshold is not None:
@@ -389,7 +443,7 @@ async def measure(args: argparse.Namespace, server_pid: int | None = None) -> di
     gate = StartGate(args.sessions)
     connect_started = time.perf_counter()
     tasks = [
-        asyncio.create_task(run_session(i, args.sessions, gate, messages, ws_url))
+        asyncio.create_task(run_session(i, args.sessions, gate, messages, ws_url, args.client))
         for i in range(args.sessions)
     ]
     # every session opens (or fails) first; then all start together
@@ -421,7 +475,9 @@ async def measure(args: argparse.Namespace, server_pid: int | None = None) -> di
         "sessions_open": sum(r.connected for r in results),
         "chunk": args.chunk,
         "rate_per_session": args.rate,
-        "format": "msgpack" if args.binary else "json",
+        "format": args.format,
+        "answer": "binary" if args.format == "raw" else args.answer,
+        "client": args.client,
         "duration_s": args.duration,
         "window_s": span,
         "connect_s": connect_seconds,
@@ -456,7 +512,8 @@ def report(f: dict) -> str:
     offered = "max" if f["offered_steps_per_s"] is None else f"{f['offered_steps_per_s']:,.0f}"
     lines = [
         f"sessions        {f['sessions']} ({f['sessions_open']} opened in {f['connect_s']:.1f} s),"
-        f" {f['chunk']} sample(s)/message, {f['format']}, rate {f['rate_per_session']:g}/s each",
+        f" {f['chunk']} sample(s)/message, {f['format']} -> {f['answer']}, {f['client']} client,"
+        f" rate {f['rate_per_session']:g}/s each",
         f"window          {f['window_s']:.1f} s scored (after {f['duration_s'] - f['window_s']:.1f}"
         " s warm-up)",
         f"offered         {offered} steps/s (sent {f['sent_steps_per_s']:,.0f} steps/s)",

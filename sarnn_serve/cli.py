@@ -116,11 +116,6 @@ def check(settings: Settings) -> None:
     from sarnn_serve.errors import ModelLoadError
     from sarnn_serve.registry import Registry
 
-    if settings.workers > 1 and settings.store == "memory":
-        raise UsageError(
-            f"--workers > 1 needs {env_var('store')}=redis: with the memory store each worker "
-            "would hold its own sessions"
-        )
     if settings.store == "redis":
         try:
             importlib.import_module("redis.asyncio")

@@ -150,6 +150,23 @@ class ConcurrentUpdate(ServiceError):
     code = "concurrent_update"
 
 
+class OtherWorker(ServiceError):
+    """The session lives in another worker process of this server (--workers N with the memory
+    store keeps each session in the worker that created it)."""
+
+    status = 421
+    code = "other_worker"
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(
+            f"session {session_id} lives in another worker process of this server: with "
+            "--workers > 1 and the memory store, a session is reachable over the WebSocket that "
+            "opened it (/v1/stream); to reach sessions from any connection, set "
+            "SARNN_STORE=redis",
+            session=session_id,
+        )
+
+
 class ModelUnavailable(ServiceError):
     """The session's model is no longer loaded (or changed version) on this server."""
 

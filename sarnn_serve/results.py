@@ -96,15 +96,38 @@ def step_list(card: ModelCard, out: StepOutputs) -> list[dict[str, Any]]:
 
 @dataclass
 class ChunkResult:
-    """The answer to one chunk: what it produced, its usage and the session's totals after it."""
+    """The answer to one chunk: what it produced, its usage and the session's totals after it
+    (`session`, the full summary, only for the answer modes that show it)."""
 
     session_id: str
     seq: int
     model: str
     outputs: StepOutputs
     chunk: Usage
-    session: dict[str, Any]
+    session_steps: int
+    session_updates: int
     replayed: bool
+    session: dict[str, Any] | None = None
+
+
+def chunk_columns(result: ChunkResult, include_probabilities: bool) -> dict[str, Any]:
+    """The lean chunk answer (schemas.ChunkColumns): arrays, not per-step objects."""
+    out = result.outputs
+    body: dict[str, Any] = {
+        "type": "chunk",
+        "seq": result.seq,
+        "first_index": out.first_index,
+        "classes": out.logits.argmax(axis=-1),
+        "updates": out.counts,
+        "session_steps": result.session_steps,
+        "session_updates": result.session_updates,
+        "replayed": result.replayed,
+    }
+    if include_probabilities:
+        body["probabilities"] = softmax(out.logits.astype(np.float64)).astype(np.float32)
+    if out.masks is not None:
+        body["masks"] = out.masks.astype(np.uint8)
+    return body
 
 
 def chunk_body(card: ModelCard, result: ChunkResult) -> dict[str, Any]:

@@ -9,6 +9,7 @@ Number = Annotated[
     float, Field(strict=True, allow_inf_nan=False, ge=-MAX_ABS_INPUT, le=MAX_ABS_INPUT)
 ]
 Step = Annotated[list[Number], Field(min_length=1)]
+AnswerMode = Literal["steps", "columns"]
 MAX_IDLE_TIMEOUT_S = 7 * 24 * 3600
 
 
@@ -49,6 +50,9 @@ class StreamAttach(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
+    answer: AnswerMode = Field(
+        "steps", description="Answer mode of JSON and msgpack frames that name none."
+    )
     delete_on_close: bool = Field(False, description="Delete the session when the socket closes.")
     access_token: str | None = Field(
         None, description="An API key, for clients that cannot send an Authorization header."
@@ -101,6 +105,14 @@ class ChunkRequest(BaseModel):
         min_length=1, description="Steps, each a list of F raw sensor values (F: the model's)."
     )
     include_mask: bool = Field(False, description="Return each step's update mask (H of 0/1).")
+    answer: AnswerMode | None = Field(
+        None,
+        description="steps (the default): one object per step with label and probabilities; "
+        "columns: the lean answer, arrays of classes and update counts (ChunkColumns).",
+    )
+    include_probabilities: bool = Field(
+        False, description="With answer=columns, add the probabilities [T][C] (steps has them)."
+    )
 
 
 class StepResult(BaseModel):
@@ -121,6 +133,23 @@ class ChunkResponse(BaseModel):
     chunk: Usage
     session: SessionSummary
     replayed: bool = Field(description="True when this answers a retry of the last seq.")
+
+
+class ChunkColumns(BaseModel):
+    """The lean chunk answer (answer=columns): per-step arrays, the session's running totals."""
+
+    type: Literal["chunk"] = "chunk"
+    seq: int
+    first_index: int = Field(description="Session step index of the chunk's first step.")
+    classes: list[int] = Field(description="Predicted class per step (labels: the model card).")
+    updates: list[int] = Field(description="Neurons updated per step (out of H).")
+    probabilities: list[list[float]] | None = Field(
+        None, description="With include_probabilities: [T][C]."
+    )
+    masks: list[list[int]] | None = Field(None, description="With include_mask: [T][H] of 0/1.")
+    session_steps: int
+    session_updates: int
+    replayed: bool
 
 
 class PredictRequest(BaseModel):

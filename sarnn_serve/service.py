@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import logging
 import math
+import os
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
@@ -20,7 +21,8 @@ from functools import partial
 import numpy as np
 import orjson
 
-from sarnn_serve.accounting import usage
+from sarnn_serve import frames
+from sarnn_serve.accounting import Usage, usage
 from sarnn_serve.auth import KeyRing, Principal
 from sarnn_serve.batcher import MicroBatcher
 from sarnn_serve.card import ModelCard
@@ -29,6 +31,7 @@ from sarnn_serve.errors import (
     Forbidden,
     InvalidInput,
     ModelUnavailable,
+    OtherWorker,
     PayloadTooLarge,
     RetryMismatch,
     SeqConflict,
@@ -39,12 +42,19 @@ from sarnn_serve.locks import KeyedLocks
 from sarnn_serve.metrics import Monitor
 from sarnn_serve.quotas import ConnectionLimit, CreationRate
 from sarnn_serve.registry import LoadedModel, Registry
-from sarnn_serve.results import ChunkResult, StepOutputs, chunk_body, step_list
+from sarnn_serve.results import ChunkResult, StepOutputs, chunk_body, chunk_columns, step_list
 from sarnn_serve.routing import Router
 from sarnn_serve.schemas import ChunkRequest, PredictRequest, SessionCreate
-from sarnn_serve.sessions import SessionRecord, new_session_id, request_digest
+from sarnn_serve.sessions import (
+    SessionRecord,
+    id_is_reused,
+    new_session_id,
+    request_digest,
+    tagged_worker,
+    worker_tag,
+)
 from sarnn_serve.settings import Settings
-from sarnn_serve.store import Gone, SessionStore
+from sarnn_serve.store import Gone, SessionStore, Stored
 from sarnn_serve.validation import check_outputs, parse_inputs
 
 log = logging.getLogger("sarnn.service")
@@ -52,6 +62,7 @@ JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
 CAS_ATTEMPTS = 3
 RECENT_SESSIONS = 100
 WATCH_QUEUE = 256
+WRITTEN_RECORDS = 4096  # sessions whose last written record this process keeps
 
 
 class DataPlane:
@@ -73,6 +84,10 @@ class DataPlane:
         self.monitor = monitor
         self.keyring = keyring or KeyRing({})
         self._locks = KeyedLocks()
+        self._written: OrderedDict[str, tuple[int, SessionRecord]] = OrderedDict()
+        # with several workers sharing no store, ids say which worker holds the session
+        local = settings.workers > 1 and settings.store == "memory"
+        self.worker = worker_tag(os.getpid()) if local else ""
         self._creation_rate = CreationRate(
             settings.session_create_rate, settings.session_create_burst
         )
@@ -209,7 +224,7 @@ class DataPlane:
         card = model.card
         self._creation_rate.take(caller.id)
         record = SessionRecord(
-            id=session_id or new_session_id(),
+            id=session_id or new_session_id(self.worker),
             model=card.name,
             model_version=card.version,
             threshold=request.threshold if request.threshold is not None else card.threshold,
@@ -253,10 +268,19 @@ class DataPlane:
             return False
         return True
 
+    async def _load(self, session_id: str) -> Stored:
+        """The stored session; OtherWorker if it is unknown here and another worker's."""
+        try:
+            return await self.store.load(session_id)
+        except SessionNotFound:
+            if self.worker and tagged_worker(session_id) not in (None, self.worker):
+                raise OtherWorker(session_id) from None
+            raise
+
     async def _record(
         self, session_id: str, caller: Principal
     ) -> tuple[SessionRecord, int, LoadedModel]:
-        stored = await self.store.load(session_id)
+        stored = await self._load(session_id)
         record = SessionRecord.decode(stored.data)
         self._check_owner(record, caller)
         model = self.registry.models.get(record.model)
@@ -298,6 +322,7 @@ class DataPlane:
 
     async def delete_session(self, caller: Principal, session_id: str) -> dict:
         async with self._locks.hold(session_id):
+            self._written.pop(session_id, None)
             await self._record_any(session_id, caller)
             stored = await self.store.delete(session_id)
         record = SessionRecord.decode(stored.data)
@@ -312,7 +337,7 @@ class DataPlane:
 
     async def _record_any(self, session_id: str, caller: Principal) -> SessionRecord:
         """The record, checked for ownership but not for a served model (delete needs none)."""
-        record = SessionRecord.decode((await self.store.load(session_id)).data)
+        record = SessionRecord.decode((await self._load(session_id)).data)
         self._check_owner(record, caller)
         return record
 
@@ -320,9 +345,19 @@ class DataPlane:
         self, caller: Principal, session_id: str, chunk: ChunkRequest, request_id: str = ""
     ) -> ChunkResult:
         """Apply one chunk, or answer a retry of the last seq again without applying it;
-        `request_id` (of an Open Inference Protocol request) is kept to recognise its retry."""
+        `request_id` (of an Open Inference Protocol request) is kept to recognise its retry.
+
+        The record this process wrote last for the session is kept (`_written`), so that the
+        next chunk in order costs one store round trip (the compare-and-set) instead of two; a
+        stale copy fails the compare-and-set and the record is loaded again."""
         async with self._locks.hold(session_id):
-            record, version, model = await self._record(session_id, caller)
+            known = self._written.pop(session_id, None)
+            if known is not None and known[1].next_seq == chunk.seq:
+                version, record = known
+                self._check_owner(record, caller)
+                model = self.registry.models[record.model]
+            else:
+                record, version, model = await self._record(session_id, caller)
             card = model.card
             x = parse_inputs(chunk.inputs, card.n_features, self.settings.max_chunk_steps)
             digest = hashlib.blake2b(
@@ -333,7 +368,7 @@ class DataPlane:
                     record, version, model = await self._record(session_id, caller)
                 seq = chunk.seq
                 if seq == record.next_seq - 1 and record.last_outputs is not None:
-                    return self._replay(record, card, digest, seq)
+                    return self._replay(record, card, digest, seq, chunk.answer)
                 if seq != record.next_seq:
                     raise SeqConflict(seq, record.next_seq)
                 result = await self.batchers[card.name].run(
@@ -355,38 +390,68 @@ class DataPlane:
                 if await self.store.compare_and_set(
                     session_id, version, record.encode(), record.ttl_s
                 ):
+                    self._remember(session_id, version + 1, record)
                     self.monitor.record_usage(card.name, used)
                     self._note_activity(record, seq, result.updates, outputs)
-                    return ChunkResult(
-                        session_id, seq, card.name, outputs, used, record.summary(card.cost), False
-                    )
+                    return self._result(record, card, seq, outputs, used, False, chunk.answer)
                 log.warning(
                     "concurrent update; retrying",
                     extra={"session": session_id, "model": card.name, "seq": seq},
                 )
         raise ConcurrentUpdate(f"session {session_id} changed concurrently; retry", seq=chunk.seq)
 
-    def _replay(
-        self, record: SessionRecord, card: ModelCard, digest: bytes, seq: int
+    def _remember(self, session_id: str, version: int, record: SessionRecord) -> None:
+        if id_is_reused(session_id):
+            return
+        self._written[session_id] = (version, record)
+        if len(self._written) > WRITTEN_RECORDS:
+            self._written.pop(next(iter(self._written)))
+
+    def _result(
+        self,
+        record: SessionRecord,
+        card: ModelCard,
+        seq: int,
+        outputs: StepOutputs,
+        used: Usage,
+        replayed: bool,
+        answer: str | None,
     ) -> ChunkResult:
-        if digest != record.last_digest:
-            raise RetryMismatch(seq, record.next_seq)
-        log.info("chunk replayed", extra={"session": record.id, "model": record.model, "seq": seq})
-        outputs = record.last_outputs
+        """The typed answer; the full session summary only for answers that show it."""
         return ChunkResult(
             record.id,
             seq,
             card.name,
             outputs,
-            outputs.usage(card),
-            record.summary(card.cost),
-            True,
+            used,
+            record.steps,
+            record.updates,
+            replayed,
+            None if answer == "columns" else record.summary(card.cost),
         )
 
-    def chunk_json(self, result: ChunkResult) -> bytes:
-        """The JSON answer to a chunk, the same on every transport."""
-        card = self.registry.get(result.model).card
-        return orjson.dumps(chunk_body(card, result), option=JSON_OPTS)
+    def _replay(
+        self, record: SessionRecord, card: ModelCard, digest: bytes, seq: int, answer: str | None
+    ) -> ChunkResult:
+        if digest != record.last_digest:
+            raise RetryMismatch(seq, record.next_seq)
+        log.info("chunk replayed", extra={"session": record.id, "model": record.model, "seq": seq})
+        outputs = record.last_outputs
+        return self._result(record, card, seq, outputs, outputs.usage(card), True, answer)
+
+    def chunk_json(self, result: ChunkResult, chunk: ChunkRequest | None = None) -> bytes:
+        """The JSON answer to a chunk, the same on every transport, in the chunk's answer mode
+        (steps by default; columns is the lean one)."""
+        if chunk is not None and chunk.answer == "columns":
+            body = chunk_columns(result, chunk.include_probabilities)
+        else:
+            body = chunk_body(self.registry.get(result.model).card, result)
+        return orjson.dumps(body, option=JSON_OPTS)
+
+    def chunk_binary(self, result: ChunkResult, chunk: ChunkRequest) -> bytes:
+        """The answer to a raw binary chunk (`frames`)."""
+        hidden = self.registry.get(result.model).card.hidden
+        return frames.encode_answer(result, hidden, chunk.include_probabilities)
 
     # stateless ------------------------------------------------------------------------
 

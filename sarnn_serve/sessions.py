@@ -18,16 +18,38 @@ from sarnn_serve.accounting import CellCost, usage
 from sarnn_serve.results import StepOutputs
 
 
-def new_session_id() -> str:
-    """An unguessable id: 128 random bits, URL-safe."""
-    return secrets.token_urlsafe(16)
+def new_session_id(worker: str = "") -> str:
+    """An unguessable id: 128 random bits, URL-safe; after `worker` (a worker_tag) if given."""
+    return worker + secrets.token_urlsafe(16)
+
+
+def worker_tag(pid: int) -> str:
+    """The id prefix of sessions that live in one worker process (memory store, --workers N);
+    the "." never occurs in a random id, so a tagged id is told apart from an untagged one."""
+    return f"w{pid}."
+
+
+def tagged_worker(session_id: str) -> str | None:
+    """The worker_tag an id starts with, or None."""
+    head, dot, _ = session_id.partition(".")
+    return head + dot if dot and head[:1] == "w" and head[1:].isdigit() else None
+
+
+SEQUENCE_PREFIX = "seq-"
 
 
 def sequence_session_id(owner: str, model: str, sequence_id: int | str) -> str:
     """The session of an Open Inference Protocol sequence: the same for the same caller, model
     and sequence id (an integer id and its decimal string are different ids)."""
     key = hashlib.blake2b(msgpack.packb([owner, model, sequence_id]), digest_size=16).digest()
-    return "seq-" + base64.urlsafe_b64encode(key).rstrip(b"=").decode()
+    return SEQUENCE_PREFIX + base64.urlsafe_b64encode(key).rstrip(b"=").decode()
+
+
+def id_is_reused(session_id: str) -> bool:
+    """Whether an id can name more than one session over time (an Open Inference Protocol
+    sequence restarted under the same id), so that a store version alone cannot tell a later
+    session from an earlier one."""
+    return session_id.startswith(SEQUENCE_PREFIX)
 
 
 def request_digest(request_id: str) -> bytes:

@@ -64,7 +64,6 @@ def flat(text: str) -> str:
         pytest.param(
             [], {"SARNN_STORE": "foo"}, ["SARNN_STORE=foo", "'memory' or 'redis'"], id="env-store"
         ),
-        pytest.param([], {"SARNN_WORKERS": "2"}, ["SARNN_STORE=redis"], id="workers-no-redis"),
         pytest.param(["--bogus"], {}, ["--bogus"], id="unknown-option"),
     ],
 )

@@ -14,6 +14,11 @@ ERROR_RESPONSES = {
     404: {"model": ErrorBody, "description": "Unknown model, or a session unknown/expired."},
     409: {"model": ErrorBody, "description": "Chunk seq out of order (body names expected_seq)."},
     410: {"model": ErrorBody, "description": "The session's model is no longer served."},
+    421: {
+        "model": ErrorBody,
+        "description": "The session lives in another worker process (--workers N with the "
+        "memory store); use its WebSocket, or SARNN_STORE=redis.",
+    },
     413: {"model": ErrorBody, "description": "Body or chunk over the configured limit."},
     422: {"model": ErrorBody, "description": "Malformed field (body names it) or invalid JSON."},
     429: {"model": ErrorBody, "description": "A per-key quota; Retry-After says when to retry."},

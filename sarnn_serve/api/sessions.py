@@ -5,6 +5,7 @@ from fastapi import APIRouter, Response, status
 from sarnn_serve.api.deps import Caller, Plane
 from sarnn_serve.api.errors import ERROR_RESPONSES
 from sarnn_serve.schemas import (
+    ChunkColumns,
     ChunkRequest,
     ChunkResponse,
     ErrorBody,
@@ -47,9 +48,10 @@ async def delete_session(session_id: str, dp: Plane, who: Caller) -> dict:
     return await dp.delete_session(who, session_id)
 
 
-@router.post("/{session_id}/chunks", response_model=ChunkResponse)
+@router.post("/{session_id}/chunks", response_model=ChunkResponse | ChunkColumns)
 async def post_chunk(session_id: str, body: ChunkRequest, dp: Plane, who: Caller) -> Response:
     """Advance the session by one or more steps. `seq` must be the session's next_seq; repeating
-    the last seq with the same inputs returns the stored answer without advancing."""
+    the last seq with the same inputs returns the stored answer without advancing. The answer
+    is per step (answer=steps, the default) or the lean columns (answer=columns)."""
     result = await dp.advance(who, session_id, body)
-    return Response(dp.chunk_json(result), media_type="application/json")
+    return Response(dp.chunk_json(result, body), media_type="application/json")

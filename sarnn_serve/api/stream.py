@@ -1,11 +1,15 @@
 """WebSocket streaming: send samples, get per-step predictions and update counts back.
 
-Client frames: JSON text (or msgpack binary) objects {"seq": n, "inputs": [[...], ...],
-"include_mask": false}, checked by the same request model as POST /v1/sessions/{id}/chunks
-(`seq` is required). Server frames are JSON: {"type": "session", ...} once on connect, then one
-{"type": "chunk", ...} per message (the same body as the REST answer) or {"type": "error",
-"status", "error": {...}}. A bad message gets an error frame and changes nothing; the socket
-stays open. Close codes are listed in `api/ws.py`.
+Client frames, in any mix on one socket:
+- JSON text or msgpack binary objects {"seq": n, "inputs": [[...], ...], "include_mask": false,
+  "answer": "steps" | "columns", "include_probabilities": false}, checked by the same request
+  model as POST /v1/sessions/{id}/chunks (`seq` is required; `answer` defaults to the socket's
+  `answer` query parameter), answered with JSON text: the REST answer of that mode;
+- binary chunks of the raw protocol (`frames`: a 16-byte header, then float32 rows), answered
+  with a binary answer (the columns answer's fields).
+The first server frame is {"type": "session", ...} (JSON), sent once on connect; a bad message
+gets a JSON error frame {"type": "error", "status", "error": {...}} and changes nothing; the
+socket stays open. Close codes are listed in `api/ws.py`.
 """
 
 import contextlib
@@ -14,9 +18,11 @@ import logging
 import time
 
 import msgpack
+import numpy as np
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from sarnn_serve import frames
 from sarnn_serve.api.ws import (
     CLOSE_BAD_REQUEST,
     CLOSE_NOT_FOUND,
@@ -62,6 +68,8 @@ def decode_chunk(message: dict, limit: int) -> ChunkRequest:
         raise PayloadTooLarge(f"message exceeds {limit} bytes", field="body")
     if data is None:
         return validate_request(ChunkRequest, _parse_text(text))
+    if frames.is_binary_chunk(data):
+        return frames.decode_chunk(data)
     try:
         body = msgpack.unpackb(data)
     except Exception as exc:
@@ -70,9 +78,10 @@ def decode_chunk(message: dict, limit: int) -> ChunkRequest:
 
 
 async def _serve(
-    ws: WebSocket, dp: DataPlane, who: Principal, session_id: str, delete_on_close: bool
+    ws: WebSocket, dp: DataPlane, who: Principal, session_id: str, query: StreamAttach
 ) -> None:
     limit = dp.settings.ws_max_message_bytes
+    delete_on_close = query.delete_on_close
     try:
         while True:
             message = await ws.receive()
@@ -81,8 +90,14 @@ async def _serve(
             started = time.perf_counter()
             status = 200
             try:
-                result = await dp.advance(who, session_id, decode_chunk(message, limit))
-                await ws.send_text(dp.chunk_json(result).decode())
+                chunk = decode_chunk(message, limit)
+                if chunk.answer is None:
+                    chunk.answer = query.answer
+                result = await dp.advance(who, session_id, chunk)
+                if isinstance(chunk.inputs, np.ndarray):  # a raw binary chunk
+                    await ws.send_bytes(dp.chunk_binary(result, chunk))
+                else:
+                    await ws.send_text(dp.chunk_json(result, chunk).decode())
             except ServiceError as exc:
                 status = exc.status
                 await send_error(ws, dp, exc)
@@ -117,7 +132,7 @@ async def stream_session(ws: WebSocket, session_id: str) -> None:
                 await refuse(ws, dp, exc, CLOSE_NOT_FOUND)
                 return
             await ws.send_text(orjson.dumps({"type": "session", "session": summary}).decode())
-            await _serve(ws, dp, who, session_id, query.delete_on_close)
+            await _serve(ws, dp, who, session_id, query)
 
 
 @router.websocket("/v1/stream")
@@ -135,4 +150,4 @@ async def stream_new(ws: WebSocket) -> None:
                 await refuse(ws, dp, exc, CLOSE_BAD_REQUEST)
                 return
             await ws.send_text(orjson.dumps({"type": "session", "session": summary}).decode())
-            await _serve(ws, dp, who, summary["id"], request.delete_on_close)
+            await _serve(ws, dp, who, summary["id"], request)
