@@ -2,7 +2,7 @@
 
     sarnn-serve replay --url ws://127.0.0.1:8000 [--model NAME]
         (--csv FILE | --dataset watch --recording N) [--rate HZ | --max-speed] [--chunk 1]
-        [--threshold T] [--binary] [--keep-session] [--no-progress]
+        [--threshold T] [--format json|msgpack|raw] [--keep-session] [--no-progress]
 
 The model card (GET /v1/models/{name}) says which features the model reads and its sampling
 rate. A CSV file (read by sarnn_serve.recordings, as training reads one) has a header row of
@@ -15,7 +15,9 @@ The samples go to a new session (/v1/stream) in messages of --chunk samples, at 
 per second (default: the card's sample_rate_hz) on absolute deadlines, or back to back with
 --max-speed. At the end a summary: steps, accuracy against the true label (per step after the
 first 2 s of data, and the last step's prediction), update rate and multiply-adds dense,
-selective and saved, from the session totals in the last answer.
+selective and saved, from the session totals in the last answer. --format raw sends the binary
+protocol of sarnn_serve.frames (float32 rows in, class indices and update counts out) for every
+message but the last, which goes as JSON so that its answer carries the session's totals.
 
 This module never imports torch (nor does export.data, which --dataset uses).
 """
@@ -32,6 +34,7 @@ import msgpack
 import numpy as np
 import orjson
 
+from sarnn_serve import frames
 from sarnn_serve.recordings import LABEL_COLUMN, read_csv
 
 WARMUP_S = 2.0
@@ -193,7 +196,7 @@ async def stream(
     rate: float | None,
     chunk: int,
     threshold: float | None,
-    binary: bool,
+    fmt: str,
     keep_session: bool,
     progress: bool,
 ) -> Outcome:
@@ -222,6 +225,7 @@ async def stream(
             )
             started = time.perf_counter()
             n_messages = 0
+            labels = card["class_labels"]
             with bar:
                 for seq, begin in enumerate(range(0, len(rec.x), chunk)):
                     rows = rec.x[begin : begin + chunk]
@@ -229,21 +233,22 @@ async def stream(
                         delay = started + begin / rate - time.perf_counter()
                         if delay > 0:
                             await asyncio.sleep(delay)
-                    if binary:
-                        await ws.send(msgpack.packb({"seq": seq, "inputs": rows.tolist()}))
+                    final = begin + chunk >= len(rec.x)
+                    await ws.send(_message(seq, rows, "json" if final else fmt))
+                    frame = await asyncio.wait_for(ws.recv(), ANSWER_TIMEOUT_S)
+                    if isinstance(frame, bytes):
+                        classes = frames.decode_answer(frame)["classes"]
+                        predictions.extend(labels[c] for c in classes)
                     else:
-                        body = {"seq": seq, "inputs": rows}
-                        data = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
-                        await ws.send(data, text=True)
-                    answer = orjson.loads(await asyncio.wait_for(ws.recv(), ANSWER_TIMEOUT_S))
-                    if answer.get("type") != "chunk":
-                        raise ReplayError(
-                            f"the server answered message {seq} with an error: "
-                            f"{_error_text(answer)}",
-                            1,
-                        )
-                    predictions.extend(step["label"] for step in answer["steps"])
-                    last = answer
+                        answer = orjson.loads(frame)
+                        if answer.get("type") != "chunk":
+                            raise ReplayError(
+                                f"the server answered message {seq} with an error: "
+                                f"{_error_text(answer)}",
+                                1,
+                            )
+                        predictions.extend(step["label"] for step in answer["steps"])
+                        last = answer
                     n_messages += 1
                     bar.update(len(rows))
             seconds = time.perf_counter() - started
@@ -253,6 +258,15 @@ async def stream(
             raise ReplayError(f"no answer within {ANSWER_TIMEOUT_S:g} s", 1) from None
     assert last is not None
     return Outcome(last["session"], predictions, n_messages, seconds)
+
+
+def _message(seq: int, rows: np.ndarray, fmt: str) -> str | bytes:
+    """One chunk's WebSocket message in `fmt` (bytes go as a binary frame, str as text)."""
+    if fmt == "raw":
+        return frames.encode_chunk(seq, rows)
+    if fmt == "msgpack":
+        return msgpack.packb({"seq": seq, "inputs": rows.tolist()})
+    return orjson.dumps({"seq": seq, "inputs": rows}, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
 def _error_text(frame: dict) -> str:
@@ -336,7 +350,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     speed.add_argument("--max-speed", action="store_true", help="send without pacing")
     p.add_argument("--chunk", type=int, default=1, help="samples per message (default 1)")
     p.add_argument("--threshold", type=float, help="gate threshold of the session (0..1)")
-    p.add_argument("--binary", action="store_true", help="send msgpack binary frames")
+    p.add_argument(
+        "--format",
+        choices=["json", "msgpack", "raw"],
+        default="json",
+        help="message format: JSON text, msgpack, or the raw binary protocol (default json)",
+    )
     p.add_argument(
         "--keep-session", action="store_true", help="keep the session on the server afterwards"
     )
@@ -377,7 +396,7 @@ def run(args: argparse.Namespace) -> int:
                 rate=rate,
                 chunk=args.chunk,
                 threshold=args.threshold,
-                binary=args.binary,
+                fmt=args.format,
                 keep_session=args.keep_session,
                 progress=not args.no_progress,
             )

@@ -195,3 +195,20 @@ def test_dataset_recording_without_torch(live_server: LiveServer) -> None:
     assert first_int(printed["steps"]) == int(length)
     assert printed["true label"] == label
     assert printed["replayed"].startswith("watch test recording 1")
+
+
+def test_every_message_format_replays_to_the_same_summary(
+    live_server: LiveServer,
+    watch_recording: tuple[np.ndarray, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    x, label = watch_recording
+    path = write_csv(tmp_path / "rec.csv", x, FEATURES, [label] * len(x))
+    printed = {}
+    for fmt in ("json", "msgpack", "raw"):
+        assert replay(live_server, "--csv", str(path), "--chunk", "8", "--format", fmt) == 0
+        printed[fmt] = parse_summary(capsys.readouterr().out)
+    keys = ("steps", "messages", "step accuracy", "last step", "update rate", "macs saved")
+    for fmt in ("msgpack", "raw"):
+        assert {k: printed[fmt][k] for k in keys} == {k: printed["json"][k] for k in keys}
