@@ -29,12 +29,16 @@ log = logging.getLogger("sarnn.batcher")
 
 @dataclass
 class RowResult:
-    """One job's slice of a batched call: logits [T,C], updates [T,H], state [S]."""
+    """One job's slice of a batched call: logits [T,C], updates [T,H], state [S], with what is
+    derived for the whole batch in the engine thread: update counts [T] and whether the
+    logits and state are finite."""
 
     logits: np.ndarray
     updates: np.ndarray
     state: np.ndarray
     seconds: float
+    counts: np.ndarray
+    finite: bool
 
 
 @dataclass
@@ -174,8 +178,20 @@ class MicroBatcher:
         started = time.perf_counter()
         out = self.engine.run(x, state, lengths, threshold, path=path)
         seconds = time.perf_counter() - started
+        counts = out.updates.sum(axis=-1, dtype=np.uint16)
+        live = np.arange(steps) < lengths[:, None]
+        finite = np.isfinite(out.state).all(axis=1) & (
+            np.isfinite(out.logits).all(axis=2) | ~live
+        ).all(axis=1)
         rows = [
-            RowResult(out.logits[i, : len(j.x)], out.updates[i, : len(j.x)], out.state[i], seconds)
+            RowResult(
+                out.logits[i, : len(j.x)],
+                out.updates[i, : len(j.x)],
+                out.state[i],
+                seconds,
+                counts[i, : len(j.x)],
+                bool(finite[i]),
+            )
             for i, j in enumerate(jobs)
         ]
         return rows, seconds

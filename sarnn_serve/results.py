@@ -32,13 +32,21 @@ class StepOutputs:
 
     @classmethod
     def from_graph(
-        cls, first_index: int, logits: np.ndarray, updates: np.ndarray, include_mask: bool
+        cls,
+        first_index: int,
+        logits: np.ndarray,
+        updates: np.ndarray,
+        include_mask: bool,
+        counts: np.ndarray | None = None,
     ) -> "StepOutputs":
-        """From a chunk's graph outputs: logits [T,C] and the update mask [T,H]."""
+        """From a chunk's graph outputs: logits [T,C] and the update mask [T,H] (its counts
+        per step when already summed)."""
+        if counts is None:
+            counts = updates.sum(axis=-1, dtype=np.int64).astype(np.uint16)
         return cls(
             first_index,
             logits.astype(np.float32, copy=False),
-            updates.sum(axis=-1, dtype=np.int64).astype(np.uint16),
+            counts.astype(np.uint16, copy=False),
             updates.astype(bool, copy=False) if include_mask else None,
         )
 

@@ -55,7 +55,7 @@ from sarnn_serve.sessions import (
 )
 from sarnn_serve.settings import Settings
 from sarnn_serve.store import Gone, SessionStore, Stored
-from sarnn_serve.validation import check_outputs, parse_inputs
+from sarnn_serve.validation import out_of_range, parse_inputs
 
 log = logging.getLogger("sarnn.service")
 JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
@@ -374,9 +374,10 @@ class DataPlane:
                 result = await self.batchers[card.name].run(
                     x, record.state, record.threshold, record.recent_rate
                 )
-                check_outputs(result.state, result.logits)
+                if not result.finite:
+                    raise out_of_range()
                 outputs = StepOutputs.from_graph(
-                    record.steps, result.logits, result.updates, chunk.include_mask
+                    record.steps, result.logits, result.updates, chunk.include_mask, result.counts
                 )
                 used = outputs.usage(card)
                 record.state = result.state
@@ -478,8 +479,9 @@ class DataPlane:
         results = await asyncio.gather(*(batcher.run(x, zero, tau, prior) for x in xs))
         out, total_steps, total_updates = [], 0, 0
         for i, r in enumerate(results):
-            check_outputs(r.state, r.logits, f"inputs[{i}]")
-            outputs = StepOutputs.from_graph(0, r.logits, r.updates, request.include_mask)
+            if not r.finite:
+                raise out_of_range(f"inputs[{i}]")
+            outputs = StepOutputs.from_graph(0, r.logits, r.updates, request.include_mask, r.counts)
             steps, used = step_list(card, outputs), outputs.usage(card)
             total_steps += used.steps
             total_updates += used.updates

@@ -576,7 +576,14 @@ def test_docs_and_openapi(client: httpx.Client) -> None:
     schemas = spec["components"]["schemas"]
     for name in ("ChunkRequest", "SessionCreate", "PredictRequest", "ErrorBody"):
         assert name in schemas
-    assert set(schemas["ChunkRequest"]["properties"]) == {"seq", "inputs", "include_mask"}
+    assert set(schemas["ChunkRequest"]["properties"]) == {
+        "seq",
+        "inputs",
+        "include_mask",
+        "answer",
+        "include_probabilities",
+    }
+    assert "ChunkColumns" in schemas and "ChunkResponse" in schemas
     paths = spec["paths"]
 
     def body_ref(path: str) -> str:

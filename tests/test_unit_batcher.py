@@ -90,6 +90,8 @@ def assert_row(result: RowResult, x: np.ndarray, state: np.ndarray, threshold: f
     np.testing.assert_array_equal(result.logits, ref.logits)
     np.testing.assert_array_equal(result.updates, ref.updates)
     np.testing.assert_array_equal(result.state, ref.state)
+    np.testing.assert_array_equal(result.counts, ref.updates.sum(axis=-1))
+    assert result.finite  # padded steps (NaN logits here) do not count
 
 
 @pytest.fixture
@@ -356,6 +358,18 @@ async def test_a_failed_loop_answers_its_jobs_is_counted_and_restarts(
     assert restarts == [1] and batcher.restarts == 1
     later = jobs_of([3])[0]
     assert_row(await asyncio.wait_for(batcher.run(*later), 5), *later)
+
+
+async def test_rows_driven_out_of_float_range_are_flagged_alone(
+    engine: FakeEngine, make_batcher: Callable[..., MicroBatcher]
+) -> None:
+    batcher = make_batcher()
+    huge = np.full((3, FEATURES), 3e38, np.float32)  # the running sum overflows to inf
+    jobs = [(huge, start_state(0), 0.5), *jobs_of([3])]
+    flagged, fine = await asyncio.gather(*(batcher.run(*job) for job in jobs))
+    assert engine.calls == [(2, 3)]
+    assert not flagged.finite
+    assert_row(fine, *jobs[1])
 
 
 # --- KeyedLocks ---------------------------------------------------------------------------------
