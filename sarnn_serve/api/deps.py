@@ -12,11 +12,12 @@ from sarnn_serve.service import DataPlane
 bearer = HTTPBearer(auto_error=False, description="An API key, when the server has keys on.")
 
 
-def plane(request: Request) -> DataPlane:
+async def plane(request: Request) -> DataPlane:
     return request.app.state.plane
 
 
-def caller(request: Request, _: Annotated[object, Depends(bearer)] = None) -> Principal:
+# async, as FastAPI would run a plain function in a worker thread on every request
+async def caller(request: Request, _: Annotated[object, Depends(bearer)] = None) -> Principal:
     """Who is calling: their API key's principal, or (keys off) their client address."""
     host = request.client.host if request.client else None
     return request.app.state.plane.authenticate(request.headers.get("authorization"), host)

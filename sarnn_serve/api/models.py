@@ -5,10 +5,13 @@ from fastapi import APIRouter, Response
 
 from sarnn_serve.api.deps import Caller, Plane
 from sarnn_serve.api.errors import ERROR_RESPONSES
+from sarnn_serve.api.json_body import FastJsonRoute
 from sarnn_serve.schemas import PredictRequest, PredictResponse
 from sarnn_serve.service import JSON_OPTS
 
-router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES, route_class=FastJsonRoute
+)
 
 
 @router.get("")

@@ -4,6 +4,7 @@ from fastapi import APIRouter, Response, status
 
 from sarnn_serve.api.deps import Caller, Plane
 from sarnn_serve.api.errors import ERROR_RESPONSES
+from sarnn_serve.api.json_body import FastJsonRoute
 from sarnn_serve.schemas import (
     ChunkColumns,
     ChunkRequest,
@@ -14,7 +15,9 @@ from sarnn_serve.schemas import (
     SessionSummary,
 )
 
-router = APIRouter(prefix="/v1/sessions", tags=["sessions"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/v1/sessions", tags=["sessions"], responses=ERROR_RESPONSES, route_class=FastJsonRoute
+)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=SessionSummary)

@@ -13,7 +13,6 @@ socket stays open. Close codes are listed in `api/ws.py`.
 """
 
 import contextlib
-import json
 import logging
 import time
 
@@ -23,6 +22,7 @@ import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from sarnn_serve import frames
+from sarnn_serve.api.json_body import parse_json
 from sarnn_serve.api.ws import (
     CLOSE_BAD_REQUEST,
     CLOSE_NOT_FOUND,
@@ -47,18 +47,6 @@ def _size(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
-def _parse_text(text: str) -> object:
-    """JSON as REST parses it: orjson first; on failure Python's json, which also reads NaN,
-    Infinity and overflowing numbers, so that the request model names the bad field."""
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        try:
-            return json.loads(text)
-        except (ValueError, RecursionError) as exc:
-            raise InvalidJson(f"not valid JSON: {exc}") from None
-
-
 def decode_chunk(message: dict, limit: int) -> ChunkRequest:
     """A client frame as a ChunkRequest; the same errors as the REST body would get."""
     data = message.get("bytes")
@@ -67,7 +55,7 @@ def decode_chunk(message: dict, limit: int) -> ChunkRequest:
     if size > limit or (data is None and 4 * size > limit and _size(text) > limit):
         raise PayloadTooLarge(f"message exceeds {limit} bytes", field="body")
     if data is None:
-        return validate_request(ChunkRequest, _parse_text(text))
+        return validate_request(ChunkRequest, parse_json(text))
     if frames.is_binary_chunk(data):
         return frames.decode_chunk(data)
     try:
