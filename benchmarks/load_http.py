@@ -337,30 +337,6 @@ async def stream_loop(stream: SarnnStream | V2Stream, plan: Plan, st: ClientStat
 # the whole run
 
 
-def tree_cpu_seconds(pid: int) -> tuple[float, float] | None:
-    """(user, system) CPU seconds of `pid` and its descendants from /proc (Linux only), with the
-    time of reaped children (cutime, cstime)."""
-    children: dict[int, list[int]] = collections.defaultdict(list)
-    stats: dict[int, list[str]] = {}
-    for path in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError):
-            fields = path.read_text().rsplit(")", 1)[1].split()
-            stats[int(path.parent.name)] = fields
-            children[int(fields[1])].append(int(path.parent.name))
-    if pid not in stats:
-        return None
-    user = system = 0
-    todo = [pid]
-    while todo:
-        proc = todo.pop()
-        if fields := stats.get(proc):
-            user += int(fields[11]) + int(fields[13])
-            system += int(fields[12]) + int(fields[14])
-        todo += children.get(proc, [])
-    tick = os.sysconf("SC_CLK_TCK")
-    return user / tick, system / tick
-
-
 def percentiles(latencies: list[float]) -> dict:
     """p50, p90, p99 and max in ms (None without samples)."""
     if not latencies:
@@ -385,9 +361,9 @@ async def measure(args: argparse.Namespace) -> dict:
     window = (t0 + args.warmup, t0 + args.duration)
     gate.plan.set_result(Plan(t0, window, 0.0, args.chunk, 1, args.drain))
     await asyncio.sleep(max(0.0, window[0] - time.perf_counter()))
-    cpu_w0 = cpu_seconds(), args.server_pid and tree_cpu_seconds(args.server_pid)
+    cpu_w0 = cpu_seconds(), args.server_pid and cpu_seconds(args.server_pid)
     await asyncio.sleep(max(0.0, window[1] - time.perf_counter()))
-    cpu_w1 = cpu_seconds(), args.server_pid and tree_cpu_seconds(args.server_pid)
+    cpu_w1 = cpu_seconds(), args.server_pid and cpu_seconds(args.server_pid)
     results = await asyncio.gather(*tasks)
     return figures(args, results, window[1] - window[0], connect_seconds, cpu_w0, cpu_w1)
 

@@ -409,16 +409,31 @@ async def run_session(
 
 
 def cpu_seconds(pid: int | None = None) -> tuple[float, float] | None:
-    """(user, system) CPU seconds of this process, or of `pid` from /proc (Linux only)."""
+    """(user, system) CPU seconds of this process, or of `pid` and its descendants from /proc
+    with the time of their reaped children (cutime, cstime): a server's workers count too
+    (Linux only; None if `pid` is gone)."""
     if pid is None:
         t = os.times()
         return t.user, t.system
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        tick = os.sysconf("SC_CLK_TCK")
-        return int(fields[11]) / tick, int(fields[12]) / tick
-    except (OSError, ValueError, IndexError):
+    children: dict[int, list[int]] = collections.defaultdict(list)
+    stats: dict[int, list[str]] = {}
+    for path in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            fields = path.read_text().rsplit(")", 1)[1].split()
+            stats[int(path.parent.name)] = fields
+            children[int(fields[1])].append(int(path.parent.name))
+    if pid not in stats:
         return None
+    user = system = 0
+    todo = [pid]
+    while todo:
+        proc = todo.pop()
+        if fields := stats.get(proc):
+            user += int(fields[11]) + int(fields[13])
+            system += int(fields[12]) + int(fields[14])
+        todo += children.get(proc, [])
+    tick = os.sysconf("SC_CLK_TCK")
+    return user / tick, system / tick
 
 
 def cpu_share(before: tuple | None, after: tuple | None, span: float) -> dict | None:

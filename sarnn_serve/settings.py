@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (store=redis).")
     redis_prefix: str = Field("sarnn", description="Prefix of every Redis key.")
+    redis_max_connections: int = Field(
+        64, ge=1, description="Redis connections per process; more calls wait for one."
+    )
     session_ttl_s: float = Field(
         900.0, gt=0, description="Idle time after which a session expires."
     )

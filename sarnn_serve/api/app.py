@@ -30,7 +30,12 @@ def make_store(settings: Settings) -> SessionStore:
     if settings.store == "redis":
         from sarnn_serve.store.redis import RedisStore
 
-        return RedisStore(settings.redis_url, settings.redis_prefix, settings.max_sessions)
+        return RedisStore(
+            settings.redis_url,
+            settings.redis_prefix,
+            settings.max_sessions,
+            max_connections=settings.redis_max_connections,
+        )
     return MemoryStore(settings.max_sessions, settings.max_store_bytes)
 
 

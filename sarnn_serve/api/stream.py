@@ -97,8 +97,15 @@ async def _serve(
         pass
     finally:
         if delete_on_close:
-            with contextlib.suppress(SessionNotFound):
+            try:
                 await dp.delete_session(who, session_id)
+            except SessionNotFound:
+                pass
+            except ServiceError as exc:  # the store failed: the session expires by itself
+                log.warning(
+                    "session not deleted on close",
+                    extra={"session": session_id, "error": exc.code},
+                )
         log.info("stream closed", extra={"session": session_id, "deleted": delete_on_close})
 
 

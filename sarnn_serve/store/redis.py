@@ -181,14 +181,23 @@ class RedisStore:
         *,
         tombstone_ttl_s: float = 7 * 24 * 3600.0,
         sweep_batch: int = 1000,
+        max_connections: int = 64,
     ) -> None:
         if max_sessions < 1:
             raise ValueError("max_sessions must be >= 1")
         self.max_sessions = max_sessions
         self.prefix = prefix
-        self._redis = aioredis.Redis.from_url(
-            url, decode_responses=False, socket_connect_timeout=2, socket_timeout=5, retry=_RETRY
+        # a call waits (up to 5 s) for a free pooled connection rather than failing at once
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=5,
+            decode_responses=False,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            retry=_RETRY,
         )
+        self._redis = aioredis.Redis.from_pool(pool)
         self._keys = [
             f"{prefix}:{name}" for name in ("lru", "deadline", "tags", "active", "owner", "owned")
         ]
