@@ -6,12 +6,13 @@ jobs waiting) or `wait_s` after its first job arrived, whichever comes first; it
 padded length (powers of two, so short chunks are not padded to long ones), and each group runs
 once in the engine's thread pool, on the graph (dense or sparse) that the router picks from the
 jobs' recent update rates. Up to `concurrency` calls run at once (one per engine thread), and
-the next batch is gathered while they run. The loop is supervised: if it ever fails, the jobs it
+the next batch is gathered while they run; a small call (at most `inline_steps` padded steps)
+runs on the event loop itself, where it costs less than the hand-off to a thread and back.
+The loop is supervised: if it ever fails, the jobs it
 held are answered with Overloaded, the failure is counted (`on_restart`) and a new loop starts.
 """
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -81,6 +82,7 @@ class MicroBatcher:
         concurrency: int = 1,
         max_queue: int = 8192,
         on_restart: Callable[[], None] | None = None,
+        inline_steps: int = 0,
     ) -> None:
         self.engine = engine
         self.router = router or Router(DENSE, None)
@@ -91,6 +93,7 @@ class MicroBatcher:
         self.observe = observe
         self.max_queue = max_queue
         self.on_restart = on_restart
+        self.inline_steps = inline_steps
         self.restarts = 0
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._full = asyncio.Event()
@@ -220,8 +223,9 @@ class MicroBatcher:
         """Wait until the batch is full or `wait_s` has passed since its first job."""
         if self.wait_s and self._queue.qsize() + 1 < self.max_rows:
             self._full.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._full.wait(), self.wait_s)
+            deadline = asyncio.get_running_loop().call_later(self.wait_s, self._full.set)
+            await self._full.wait()
+            deadline.cancel()
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -254,7 +258,10 @@ class MicroBatcher:
         """One group's engine call in the thread pool; each job gets its rows (or the error)."""
         loop = asyncio.get_running_loop()
         try:
-            results, timings = await loop.run_in_executor(self.executor, self._call, jobs)
+            if len(jobs) * max(len(j.x) for j in jobs) <= self.inline_steps:
+                results, timings = self._call(jobs)
+            else:
+                results, timings = await loop.run_in_executor(self.executor, self._call, jobs)
         except Exception as exc:
             for job in jobs:
                 if not job.future.done():

@@ -1,5 +1,7 @@
 """The model card: what `models/<name>/model.json` says about the graph beside it."""
 
+from functools import cached_property
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from sarnn_serve.accounting import GATES_PER_CELL, CellCost
@@ -111,7 +113,7 @@ class ModelCard(BaseModel):
         """Length of the flat state vector: H, or 2H (h then c) for an LSTM."""
         return 2 * self.hidden if self.cell == "lstm" else self.hidden
 
-    @property
+    @cached_property
     def cost(self) -> CellCost:
         """Per-step multiply-add model of this cell (no coordinator unless selective)."""
         return CellCost(self.cell, self.n_features, self.hidden, self.selective)

@@ -109,6 +109,7 @@ class DataPlane:
                 concurrency=settings.engine_threads,
                 max_queue=settings.batch_max_queue,
                 on_restart=partial(monitor.batcher_restarted, name),
+                inline_steps=settings.batch_inline_steps,
             )
             for name, model in registry.models.items()
         }

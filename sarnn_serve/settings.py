@@ -58,7 +58,13 @@ class Settings(BaseSettings):
     batch_max_rows: int = Field(256, ge=1, description="Rows (sessions) per batched call.")
     batch_max_steps: int = Field(65_536, ge=1, description="Rows x padded steps per call.")
     batch_wait_ms: float = Field(
-        1.0, ge=0, description="Longest wait for a batch to fill (it is cut at once when full)."
+        0.0, ge=0, description="Longest wait for a batch to fill (it is cut at once when full)."
+    )
+    batch_inline_steps: int = Field(
+        64,
+        ge=0,
+        description="Calls of at most this many padded steps (rows x steps) run on the event "
+        "loop instead of an engine thread (0: never).",
     )
     batch_max_queue: int = Field(
         8192, ge=1, description="Chunks that may wait for one model; past it, 503 overloaded."

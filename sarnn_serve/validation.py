@@ -79,15 +79,17 @@ def parse_inputs(raw: Any, n_features: int, max_steps: int, field: str = "inputs
         raise InvalidInput(where, "must be a number")
     if arr.shape[1] != n_features:
         raise InvalidInput(field, f"expected {n_features} features per step, got {arr.shape[1]}")
-    with np.errstate(over="ignore"):  # an overflow to inf is refused just below
-        arr = arr.astype(np.float32, copy=False)
-    bad = ~np.isfinite(arr) | (np.abs(arr) > MAX_ABS_INPUT)
-    if bad.any():
+    if arr.dtype.kind in "iu":  # as floats, so that abs() cannot wrap around
+        arr = arr.astype(np.float64)
+    # one pass: NaN fails the comparison, and anything that would overflow float32 is refused
+    # before the cast (the bound is far below float32's range)
+    if not np.abs(arr).max() <= MAX_ABS_INPUT:
+        bad = ~np.isfinite(arr) | (np.abs(arr) > MAX_ABS_INPUT)
         i, j = np.argwhere(bad)[0]
         raise InvalidInput(
             f"{field}[{i}][{j}]", f"must be a finite number within ±{MAX_ABS_INPUT:g}"
         )
-    return arr
+    return arr.astype(np.float32, copy=False)
 
 
 def out_of_range(field: str = "inputs") -> InvalidInput:

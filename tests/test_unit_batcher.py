@@ -31,7 +31,8 @@ def fake_outputs(
 ) -> EngineOutput:
     """Deterministic graph outputs for x [B,T,F] from state [B,S], rows stopping at lengths."""
     b, t, _ = x.shape
-    h = state[:, None, :] + np.cumsum(x.sum(axis=-1), axis=1)[:, :, None]
+    with np.errstate(over="ignore"):  # a test drives rows to inf on purpose
+        h = state[:, None, :] + np.cumsum(x.sum(axis=-1), axis=1)[:, :, None]
     live = np.arange(t)[None, :] < lengths[:, None]
     logits = np.where(live[..., None], h[..., :CLASSES] * np.arange(1, CLASSES + 1), np.nan)
     updates = (np.abs(h) % 1.0 > threshold[:, None, None]) | ~live[..., None]
@@ -47,6 +48,7 @@ class FakeEngine:
     def __init__(self) -> None:
         self.calls: list[tuple[int, int]] = []
         self.paths: list[str] = []
+        self.threads: list[int] = []
         self.entered = threading.Event()
         self.gate = threading.Event()
         self.gate.set()
@@ -61,6 +63,7 @@ class FakeEngine:
     ) -> EngineOutput:
         self.calls.append((x.shape[0], x.shape[1]))
         self.paths.append(path)
+        self.threads.append(threading.get_ident())
         self.entered.set()
         assert self.gate.wait(10), "the test never opened the gate"
         if (x == FAIL).any():
@@ -370,6 +373,17 @@ async def test_rows_driven_out_of_float_range_are_flagged_alone(
     assert engine.calls == [(2, 3)]
     assert not flagged.finite
     assert_row(fine, *jobs[1])
+
+
+async def test_small_calls_run_on_the_event_loop_and_larger_ones_in_an_engine_thread(
+    engine: FakeEngine, make_batcher: Callable[..., MicroBatcher]
+) -> None:
+    batcher = make_batcher(inline_steps=8)
+    small, large = jobs_of([4, 3])[0], jobs_of([1, 9])[1]
+    assert_row(await batcher.run(*small), *small)  # 1 row x 4 steps: inline
+    assert_row(await batcher.run(*large), *large)  # 1 row x 9 steps: a thread
+    loop_thread = threading.get_ident()
+    assert engine.threads[0] == loop_thread and engine.threads[1] != loop_thread
 
 
 # --- KeyedLocks ---------------------------------------------------------------------------------
