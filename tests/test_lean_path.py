@@ -203,3 +203,57 @@ async def test_with_two_workers_and_the_memory_store_sockets_keep_their_sessions
         assert other.status_code == 421 and other.json()["error"]["code"] == "other_worker"
         unknown = await c.get("/v1/sessions/AAAAAAAAAAAAAAAAAAAAAA")
         assert unknown.status_code == 404
+
+
+def _same_but_session(a: dict, b: dict) -> None:
+    volatile = {"session_id", "id", "created", "last_seen"}
+    assert {k: v for k, v in a.items() if k not in volatile | {"session"}} == {
+        k: v for k, v in b.items() if k not in volatile | {"session"}
+    }
+    assert {k: v for k, v in a["session"].items() if k not in volatile} == {
+        k: v for k, v in b["session"].items() if k not in volatile
+    }
+
+
+async def test_the_fast_chunk_path_answers_as_the_fastapi_route_does(
+    live_server: LiveServer,
+) -> None:
+    """A body of stated length takes the fast path; a streamed one (no Content-Length) the
+    FastAPI route: answers, errors and the request count agree."""
+
+    async def streamed(body: bytes) -> AsyncIterator[bytes]:
+        yield body
+
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=30) as c:
+        before = (await c.get("/metrics")).text
+        fast_id, route_id = [(await c.post("/v1/sessions", json={})).json()["id"] for _ in "ab"]
+        for seq, x in enumerate(CHUNKS):
+            body = json.dumps({"seq": seq, "inputs": x.tolist()}).encode()
+            headers = {"content-type": "application/json"}
+            fast = await c.post(f"/v1/sessions/{fast_id}/chunks", content=body, headers=headers)
+            route = await c.post(
+                f"/v1/sessions/{route_id}/chunks", content=streamed(body), headers=headers
+            )
+            assert fast.status_code == route.status_code == 200
+            _same_but_session(fast.json(), route.json())
+        body = json.dumps({"seq": 0, "inputs": CHUNKS[0].tolist()}).encode()
+        errors = [
+            await c.post("/v1/sessions/nope/chunks", content=body, headers=headers),
+            await c.post("/v1/sessions/nope/chunks", content=streamed(body), headers=headers),
+            await c.post(f"/v1/sessions/{fast_id}/chunks", content=body, headers=headers),
+            await c.post(
+                f"/v1/sessions/{route_id}/chunks", content=streamed(body), headers=headers
+            ),
+        ]
+        assert [e.status_code for e in errors] == [404, 404, 409, 409]
+        assert errors[0].json() == errors[1].json() and errors[2].json() == errors[3].json()
+        after = (await c.get("/metrics")).text
+
+    def count(text: str, status: str) -> float:
+        endpoint = "POST /v1/sessions/{session_id}/chunks"
+        label = f'endpoint="{endpoint}",status="{status}"'
+        lines = [ln for ln in text.splitlines() if ln.startswith(f"sarnn_requests_total{{{label}")]
+        return float(lines[0].split()[-1]) if lines else 0.0
+
+    assert count(after, "200") - count(before, "200") == 2 * len(CHUNKS)
+    assert count(after, "404") - count(before, "404") == 2

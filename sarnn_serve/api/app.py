@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from sarnn_serve import logs
 from sarnn_serve.api import dashboard, docs, errors, health, models, openapi, sessions, stream, v2
+from sarnn_serve.api.fast_chunks import FastChunks
 from sarnn_serve.api.limits import BodyLimit, RequestMetrics
 from sarnn_serve.auth import KeyRing
 from sarnn_serve.engine import DENSE, SPARSE
@@ -111,4 +112,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     app.add_middleware(RequestMetrics, metrics=prom)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(FastChunks, max_bytes=settings.max_body_bytes)
     return app
