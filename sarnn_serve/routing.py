@@ -245,6 +245,22 @@ class Router:
         )
         return floor * self.correction[SPARSE] >= SPARSE_MARGIN * dense_cost
 
+    def _beaten_anyway(self, rates: list[float], steps: int, dense_cost: float) -> bool:
+        """Whether no sparse plan could win even if every row updated only as little as the
+        batch's least active one: a lower bound of every plan's cost, in a few calibration
+        lookups (cheaper than planning, which sorts and prices every row)."""
+        cal = self.calibration
+        n = len(rates)
+        low = 1.0 - min(1.0, max(0.0, min(rates)))
+
+        def calls(size: int) -> float:  # n rows in groups of `size`, each at its least union
+            full, rest = divmod(n, size)
+            cost = full * cal.sparse_call(size, steps, 1.0 - low**size)
+            return cost + (cal.sparse_call(rest, steps, 1.0 - low**rest) if rest else 0.0)
+
+        floor = min(calls(size) for size in {n, *GROUP_SIZES} if size <= n)
+        return floor * self.correction[SPARSE] >= SPARSE_MARGIN * dense_cost
+
     def plan(self, rates: list[float], steps: int = 1) -> Plan:
         """Calls for a batch of chunks of up to `steps` steps whose rows recently updated
         `rates` of their neurons: a list of (graph, row indices)."""
@@ -256,6 +272,8 @@ class Router:
         if self._is_hopeless(len(rates), steps):
             return [(DENSE, everyone)]
         dense_cost = self.calibration.dense_call(len(rates), steps) * self.correction[DENSE]
+        if self._beaten_anyway(rates, steps, dense_cost):
+            return [(DENSE, everyone)]
         sparse, sparse_cost = self._sparse_plan(rates, steps)
         return sparse if sparse_cost < SPARSE_MARGIN * dense_cost else [(DENSE, everyone)]
 

@@ -1,5 +1,7 @@
 """Routing between the dense and the sparse graph: the calibration's arithmetic and choices."""
 
+import random
+
 import pytest
 
 from sarnn_serve.engine import DENSE, SPARSE
@@ -83,3 +85,36 @@ def test_measured_times_correct_the_calibration() -> None:
         router.observe(SPARSE, [0.1], 1, 5 * CAL.sparse_call(1, 1, 0.1))
     assert router.correction[SPARSE] > 4
     assert router.plan([0.1]) == [(DENSE, [0])]
+
+
+LARGE_H = Calibration(
+    [1, 8, 64],
+    [0, 0, 0],
+    [100e-6, 700e-6, 4e-3],
+    [0, 0, 0],
+    [5e-6, 40e-6, 300e-6],
+    [100e-6, 800e-6, 6e-3],
+)
+
+
+@pytest.mark.parametrize(
+    ("calibration", "prunes"), [(CAL, True), (LARGE_H, False)], ids=["small-h", "large-h"]
+)
+def test_the_quick_bound_never_changes_a_plan(
+    calibration: Calibration, prunes: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = random.Random(0)
+    batches = [
+        [rng.choice([0.0, 0.01, 0.05, 0.2, 0.6, 1.0]) * rng.random() for _ in range(n)]
+        for n in [1, 2, 3, 8, 9, 17, 64] * 30
+    ]
+    bounded, full = Router("auto", calibration), Router("auto", calibration)
+    monkeypatch.setattr(full, "_beaten_anyway", lambda *_: False)
+    planned: list[int] = []
+    original = bounded._sparse_plan
+    monkeypatch.setattr(bounded, "_sparse_plan", lambda *a: planned.append(1) or original(*a))
+    for rates in batches:
+        for steps in (1, 32):
+            assert bounded.plan(rates, steps) == full.plan(rates, steps)
+    # where sparse often loses, some batches are settled by the bound without planning
+    assert (len(planned) < 2 * len(batches)) == prunes
