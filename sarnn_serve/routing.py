@@ -36,7 +36,8 @@ SAMPLE_S = 0.02
 # sparse costs more than one for dense
 SPARSE_MARGIN = 0.8
 GROUP_SIZES = (1, 8)
-HOPELESS_TOLERANCE = 0.02
+HOPELESS_TOLERANCE = 0.1  # near the boundary the two graphs cost about the same anyway
+THRESHOLD_PRECISION = 1e-3
 CORRECTION_WEIGHT = 0.05
 CORRECTION_BOUNDS = (0.2, 5.0)
 
@@ -190,7 +191,7 @@ class Router:
         self.mode = mode
         self.calibration = calibration
         self.correction = {DENSE: 1.0, SPARSE: 1.0}
-        self._hopeless: dict[tuple[int, int], bool] = {}
+        self._thresholds: dict[tuple[int, int], float] = {}
         self._hopeless_at = dict(self.correction)
 
     def _sparse_plan(self, rates: list[float], steps: int) -> tuple[Plan, float]:
@@ -218,45 +219,46 @@ class Router:
         plan = [(SPARSE, order[k : k + best_size]) for k in range(0, n, best_size)]
         return plan, best_cost * self.correction[SPARSE]
 
-    def _is_hopeless(self, batch: int, steps: int) -> bool:
-        """`_sparse_hopeless`, remembered per (batch, steps) until a correction moves by more
-        than HOPELESS_TOLERANCE (planning runs for every batch served)."""
+    def _dense_from(self, batch: int, steps: int) -> float:
+        """The least-active-row rate from which no sparse plan can win a batch of this size
+        (0: none ever can), by bisection on `_beaten_at`; remembered per (batch, steps) until a
+        correction moves by more than HOPELESS_TOLERANCE, since planning runs for every batch."""
         moved = any(
             abs(self.correction[p] - self._hopeless_at[p])
             > HOPELESS_TOLERANCE * self._hopeless_at[p]
             for p in (DENSE, SPARSE)
         )
         if moved:
-            self._hopeless.clear()
+            self._thresholds.clear()
             self._hopeless_at = dict(self.correction)
         key = (batch, steps)
-        if key not in self._hopeless:
-            self._hopeless[key] = self._sparse_hopeless(batch, steps)
-        return self._hopeless[key]
+        if key not in self._thresholds:
+            dense_cost = self.calibration.dense_call(batch, steps) * self.correction[DENSE]
+            low, high = 0.0, 1.0
+            if self._beaten_at(batch, steps, 0.0, dense_cost):
+                high = 0.0
+            elif not self._beaten_at(batch, steps, 1.0, dense_cost):
+                low = high = 1.0 + THRESHOLD_PRECISION  # sparse can win at any rate
+            while high - low > THRESHOLD_PRECISION:
+                mid = (low + high) / 2
+                if self._beaten_at(batch, steps, mid, dense_cost):
+                    high = mid
+                else:
+                    low = mid
+            self._thresholds[key] = high
+        return self._thresholds[key]
 
-    def _sparse_hopeless(self, batch: int, steps: int) -> bool:
-        """Whether no sparse plan could win even if no neuron updated (then skip planning)."""
+    def _beaten_at(self, n: int, steps: int, rate: float, dense_cost: float) -> bool:
+        """Whether no sparse plan could win if every row updated `rate` of its neurons: then
+        none can for a batch whose least active row updates at least that much (every plan's
+        cost grows with its rows' rates)."""
         cal = self.calibration
-        dense_cost = cal.dense_call(batch, steps) * self.correction[DENSE]
-        floor = min(
-            cal.sparse_call(batch, steps, 0.0),
-            batch * cal.sparse_call(1, steps, 0.0),
-            -(-batch // GROUP_SIZES[-1]) * cal.sparse_call(GROUP_SIZES[-1], steps, 0.0),
-        )
-        return floor * self.correction[SPARSE] >= SPARSE_MARGIN * dense_cost
-
-    def _beaten_anyway(self, rates: list[float], steps: int, dense_cost: float) -> bool:
-        """Whether no sparse plan could win even if every row updated only as little as the
-        batch's least active one: a lower bound of every plan's cost, in a few calibration
-        lookups (cheaper than planning, which sorts and prices every row)."""
-        cal = self.calibration
-        n = len(rates)
-        low = 1.0 - min(1.0, max(0.0, min(rates)))
+        keep = 1.0 - rate
 
         def calls(size: int) -> float:  # n rows in groups of `size`, each at its least union
             full, rest = divmod(n, size)
-            cost = full * cal.sparse_call(size, steps, 1.0 - low**size)
-            return cost + (cal.sparse_call(rest, steps, 1.0 - low**rest) if rest else 0.0)
+            cost = full * cal.sparse_call(size, steps, 1.0 - keep**size)
+            return cost + (cal.sparse_call(rest, steps, 1.0 - keep**rest) if rest else 0.0)
 
         floor = min(calls(size) for size in {n, *GROUP_SIZES} if size <= n)
         return floor * self.correction[SPARSE] >= SPARSE_MARGIN * dense_cost
@@ -269,11 +271,9 @@ class Router:
             return [(SPARSE, everyone)]
         if self.mode != "auto" or self.calibration is None:
             return [(DENSE, everyone)]
-        if self._is_hopeless(len(rates), steps):
+        if min(rates) >= self._dense_from(len(rates), steps):
             return [(DENSE, everyone)]
         dense_cost = self.calibration.dense_call(len(rates), steps) * self.correction[DENSE]
-        if self._beaten_anyway(rates, steps, dense_cost):
-            return [(DENSE, everyone)]
         sparse, sparse_cost = self._sparse_plan(rates, steps)
         return sparse if sparse_cost < SPARSE_MARGIN * dense_cost else [(DENSE, everyone)]
 
