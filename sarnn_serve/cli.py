@@ -41,6 +41,11 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
             text += " (default: %(default)s)"
         return text
 
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        """Wrapped at spaces only: a path or variable is never split at its hyphens."""
+        text = self._whitespace_matcher.sub(" ", text).strip()
+        return textwrap.wrap(text, width, break_on_hyphens=False)
+
 
 def env_var(field: str) -> str:
     """The environment variable of a Settings field, e.g. SARNN_PORT."""
