@@ -36,12 +36,11 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import math
 import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -49,7 +48,20 @@ import numpy as np
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load_ws import Plan, StartGate, cpu_seconds, cpu_share, load_recordings, loopback_url
+from load_ws import (
+    Plan,
+    RecordingChunks,
+    StartGate,
+    StreamStats,
+    check_window,
+    cpu_seconds,
+    cpu_share,
+    load_recordings,
+    loopback_url,
+    publish,
+    report_lines,
+    runner,
+)
 
 SEQ_PREFIX = b'"seq":'
 STATE_OUTPUT = b'"name":"state"'
@@ -86,8 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 1 <= args.clients <= 10_000 or args.chunk < 1:
         p.error("need 1 <= --clients <= 10000 and --chunk >= 1")
-    if not 0 < args.duration <= 3600 or not 0 <= args.warmup < args.duration:
-        p.error("need 0 < --duration <= 3600 and 0 <= --warmup < --duration")
+    check_window(p, args)
     if args.target == "v2" and not args.model:
         p.error("--target v2 needs --model")
     if args.target == "v2" and args.answer:
@@ -103,26 +114,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # data and HTTP
 
 
-class Chunks:
-    """JSON arrays of the recordings' chunks, encoded on first use and cached: chunk k of
-    recording r holds samples k*c .. k*c+c-1 (mod T), nested [T][F] or flat [T*F]."""
+def chunks_of(recordings: list[np.ndarray], chunk: int, flat: bool) -> RecordingChunks:
+    """JSON arrays of the recordings' chunks, nested [T][F] or flat [T*F]."""
 
-    def __init__(self, recordings: list[np.ndarray], chunk: int, flat: bool) -> None:
-        self.recordings = recordings
-        self.chunk = chunk
-        self.flat = flat
-        self.period = [len(x) // math.gcd(len(x), chunk) for x in recordings]
-        self._cache: dict[tuple[int, int], bytes] = {}
+    def encode(x: np.ndarray) -> bytes:
+        return orjson.dumps(x.ravel() if flat else x, option=orjson.OPT_SERIALIZE_NUMPY)
 
-    def get(self, rec: int, k: int) -> bytes:
-        key = (rec, k % self.period[rec])
-        rows = self._cache.get(key)
-        if rows is None:
-            x = self.recordings[rec]
-            x = x[(np.arange(self.chunk) + key[1] * self.chunk) % len(x)]
-            rows = orjson.dumps(x.ravel() if self.flat else x, option=orjson.OPT_SERIALIZE_NUMPY)
-            self._cache[key] = rows
-        return rows
+    return RecordingChunks(recordings, chunk, encode)
 
 
 class Connection:
@@ -169,7 +167,9 @@ class Connection:
 class SarnnStream:
     """A session of sarnn-serve's REST API."""
 
-    def __init__(self, conn: Connection, args: argparse.Namespace, chunks: Chunks, rec: int):
+    def __init__(
+        self, conn: Connection, args: argparse.Namespace, chunks: RecordingChunks, rec: int
+    ):
         self.conn, self.chunks, self.rec = conn, chunks, rec
         self.extra = b',"answer":"%s"' % args.answer.encode() if args.answer else b""
         options = {"model": args.model, "threshold": args.threshold}
@@ -205,7 +205,9 @@ class SarnnStream:
 class V2Stream:
     """A stream whose state the client carries through POST /v2/models/{model}/infer."""
 
-    def __init__(self, conn: Connection, args: argparse.Namespace, chunks: Chunks, rec: int):
+    def __init__(
+        self, conn: Connection, args: argparse.Namespace, chunks: RecordingChunks, rec: int
+    ):
         self.conn, self.chunks, self.rec = conn, chunks, rec
         self.head = conn.head("POST", f"/v2/models/{args.model}/infer")
         features = chunks.recordings[rec].shape[1]
@@ -263,20 +265,12 @@ async def state_size(host: str, port: int, model: str) -> int:
 
 
 @dataclass
-class ClientStats:
-    latencies: list[float] = field(default_factory=list)
-    sent: int = 0
-    answered: int = 0
-    answered_steps: int = 0
-    steps_in_window: int = 0
-    answers_in_window: int = 0
-    errors: collections.Counter = field(default_factory=collections.Counter)
-    connected: bool = False
+class ClientStats(StreamStats):
     verified: bool = False
 
 
 async def run_client(
-    i: int, gate: StartGate, args: argparse.Namespace, chunks: Chunks
+    i: int, gate: StartGate, args: argparse.Namespace, chunks: RecordingChunks
 ) -> ClientStats:
     """Open a stream, wait for the common start, loop until the window ends, close."""
     st = ClientStats()
@@ -330,7 +324,7 @@ async def stream_loop(stream: SarnnStream | V2Stream, plan: Plan, st: ClientStat
             st.latencies.append(now - sent_at)
         if lo <= now < hi:
             st.steps_in_window += plan.chunk
-            st.answers_in_window += 1
+            st.msgs_in_window += 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,7 +343,7 @@ async def measure(args: argparse.Namespace) -> dict:
     host, port = http_endpoint(args.url)
     if args.target == "v2":
         args.state_size = await state_size(host, port, args.model)
-    chunks = Chunks(load_recordings(), args.chunk, flat=args.target == "v2")
+    chunks = chunks_of(load_recordings(), args.chunk, flat=args.target == "v2")
     gate = StartGate(args.clients)
     started = time.perf_counter()
     tasks = [asyncio.create_task(run_client(i, gate, args, chunks)) for i in range(args.clients)]
@@ -395,7 +389,7 @@ def figures(
         "window_s": span,
         "connect_s": connect_seconds,
         "achieved_steps_per_s": sum(r.steps_in_window for r in results) / span,
-        "messages_per_s": sum(r.answers_in_window for r in results) / span,
+        "messages_per_s": sum(r.msgs_in_window for r in results) / span,
         "latency_ms": percentiles(latencies),
         "latency_samples": len(latencies),
         "messages_sent": sum(r.sent for r in results),
@@ -415,48 +409,22 @@ def figures(
 
 
 def report(f: dict) -> str:
-    def ms(v: float | None) -> str:
-        return "-" if v is None else f"{v:.1f}"
-
-    lat = f["latency_ms"]
+    shared = report_lines(f, "requests")
     verified = "" if f["sessions_verified"] is None else f", {f['sessions_verified']} verified"
     lines = [
         f"target          {f['target']} at {f['url']}, model {f['model'] or '(default)'}",
         f"clients         {f['sessions']} ({f['sessions_open']} opened in {f['connect_s']:.1f} s"
         f"{verified}), closed loop, {f['chunk']} sample(s)/request, {f['format']} -> "
         f"{f['answer']}",
-        f"window          {f['window_s']:.1f} s scored (after {f['duration_s'] - f['window_s']:.1f}"
-        " s warm-up)",
-        f"achieved        {f['achieved_steps_per_s']:,.0f} steps/s, "
-        f"{f['messages_per_s']:,.0f} requests/s",
-        f"latency ms      p50 {ms(lat['p50'])}  p90 {ms(lat['p90'])}  p99 {ms(lat['p99'])}  "
-        f"max {ms(lat['max'])}  ({f['latency_samples']} requests)",
-        f"errors          {f['errors']}" + (f"  {f['error_kinds']}" if f["error_kinds"] else ""),
-        "cpu             "
-        + ", ".join(
-            f"{who} {c['total']:.0%} of a core (user {c['user']:.0%}, sys {c['system']:.0%})"
-            for who, c in (("client", f["client_cpu"]), ("server", f["server_cpu"]))
-            if c
-        ),
-        f"machine         {f['cpus']} cpus, load avg {f['load_avg_1m']:.2f} at the end, "
-        f"client loop {f['client_loop']}",
+        *(shared[k] for k in ("window", "achieved", "latency", "errors", "cpu", "machine")),
     ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    run = asyncio.run
-    if not args.no_uvloop:
-        with contextlib.suppress(ImportError):
-            import uvloop
-
-            run = uvloop.run
-    figures_ = run(measure(args))
-    print(report(figures_))
-    if args.json_path:
-        Path(args.json_path).write_bytes(orjson.dumps(figures_, option=orjson.OPT_INDENT_2))
-        print(f"wrote {args.json_path}")
+    figures_ = runner(args.no_uvloop)(measure(args))
+    publish(figures_, report(figures_), args.json_path)
     return 0
 
 

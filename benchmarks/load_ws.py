@@ -49,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
@@ -90,6 +91,12 @@ def loopback_url(url: str) -> tuple[str, str, int]:
     if parts.path not in ("", "/"):
         raise ValueError(f"--url is the server's base URL (no path), got path {parts.path!r}")
     return parts.scheme, host, parts.port or (443 if parts.scheme == "wss" else 80)
+
+
+def check_window(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--duration and --warmup make a scored window (or the parser exits)."""
+    if not 0 < args.duration <= 3600 or not 0 <= args.warmup < args.duration:
+        p.error("need 0 < --duration <= 3600 and 0 <= --warmup < --duration")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -137,8 +144,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.sessions < 1 or args.chunk < 1 or args.rate < 0 or args.max_inflight < 1:
         p.error("--sessions, --chunk and --max-inflight must be >= 1 and --rate >= 0")
-    if not 0 < args.duration <= 3600 or not 0 <= args.warmup < args.duration:
-        p.error("need 0 < --duration <= 3600 and 0 <= --warmup < --duration")
+    check_window(p, args)
     if args.sessions > 10_000:
         p.error("--sessions is limited to 10000")
     try:
@@ -152,35 +158,54 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # data
 
 
-class Messages:
-    """Encoded messages of the held-out recordings, made on first use and cached.
+class RecordingChunks:
+    """Encoded chunks of the held-out recordings, made on first use and cached.
 
     Recording r is streamed as an endless loop; chunk k holds samples k*c .. k*c+c-1 (mod T),
-    so the loop repeats after T / gcd(T, c) chunks."""
+    so the loop repeats after T / gcd(T, c) chunks. `encode` turns a chunk's rows [c, F]
+    into bytes."""
+
+    def __init__(
+        self, recordings: list[np.ndarray], chunk: int, encode: Callable[[np.ndarray], bytes]
+    ) -> None:
+        self.recordings = recordings
+        self.chunk = chunk
+        self.encode = encode
+        self.period = [len(x) // math.gcd(len(x), chunk) for x in recordings]
+        self._cache: dict[tuple[int, int], bytes] = {}
+
+    def get(self, rec: int, k: int) -> bytes:
+        """The encoded rows of chunk k of recording `rec`."""
+        key = (rec, k % self.period[rec])
+        rows = self._cache.get(key)
+        if rows is None:
+            x = self.recordings[rec]
+            rows = self.encode(x[(np.arange(self.chunk) + key[1] * self.chunk) % len(x)])
+            self._cache[key] = rows
+        return rows
+
+
+ROW_ENCODERS: dict[str, Callable[[np.ndarray], bytes]] = {
+    "raw": lambda x: np.ascontiguousarray(x, "<f4").tobytes(),
+    "msgpack": lambda x: msgpack.packb(x.tolist(), use_single_float=True),
+    "json": lambda x: orjson.dumps(x, option=orjson.OPT_SERIALIZE_NUMPY),
+}
+
+
+class Messages:
+    """Messages of the held-out recordings in one format: seq k and chunk k's rows (the
+    encoded rows are cached; only the seq is encoded per message)."""
 
     def __init__(self, recordings: list[np.ndarray], chunk: int, fmt: str) -> None:
         self.recordings = recordings
         self.chunk = chunk
         self.format = fmt
         self.binary = fmt != "json"
-        self.period = [len(x) // math.gcd(len(x), chunk) for x in recordings]
-        self._cache: dict[tuple[int, int], bytes] = {}
+        self.rows = RecordingChunks(recordings, chunk, ROW_ENCODERS[fmt])
 
     def get(self, rec: int, k: int) -> bytes:
-        """Message k of a session streaming recording `rec`: seq k and its rows (the encoded
-        rows are cached; only the seq is encoded per message)."""
-        key = (rec, k % self.period[rec])
-        rows = self._cache.get(key)
-        if rows is None:
-            x = self.recordings[rec]
-            idx = (np.arange(self.chunk) + key[1] * self.chunk) % len(x)
-            if self.format == "raw":
-                rows = np.ascontiguousarray(x[idx], "<f4").tobytes()
-            elif self.format == "msgpack":
-                rows = msgpack.packb(x[idx].tolist(), use_single_float=True)
-            else:
-                rows = orjson.dumps(x[idx], option=orjson.OPT_SERIALIZE_NUMPY)
-            self._cache[key] = rows
+        """Message k of a session streaming recording `rec`."""
+        rows = self.rows.get(rec, k)
         if self.format == "raw":
             return frames.REQUEST.pack(frames.MAGIC, frames.VERSION, 0, k, self.chunk) + rows
         if self.format == "msgpack":
@@ -215,18 +240,24 @@ def load_recordings() -> list[np.ndarray]:
 
 
 @dataclass
-class SessionStats:
+class StreamStats:
+    """What one client counted (load_ws and load_http alike)."""
+
     latencies: list[float] = field(default_factory=list)
     sent: int = 0
-    sent_in_window: int = 0
     answered: int = 0
     answered_steps: int = 0
     steps_in_window: int = 0
     msgs_in_window: int = 0
-    max_send_lag: float = 0.0
     errors: collections.Counter = field(default_factory=collections.Counter)
-    last_answer: bytes | None = None
     connected: bool = False
+
+
+@dataclass
+class SessionStats(StreamStats):
+    sent_in_window: int = 0
+    max_send_lag: float = 0.0
+    last_answer: bytes | None = None
 
 
 @dataclass
@@ -519,33 +550,48 @@ async def measure(args: argparse.Namespace, server_pid: int | None = None) -> di
     return figures
 
 
-def report(f: dict) -> str:
-    def ms(v: float | None) -> str:
-        return "-" if v is None else f"{v:.1f}"
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
 
+
+def report_lines(f: dict, unit: str) -> dict[str, str]:
+    """The report lines load_ws and load_http share, by name; `unit`: messages or requests."""
     lat = f["latency_ms"]
+    cpu = ", ".join(
+        f"{who} {c['total']:.0%} of a core (user {c['user']:.0%}, sys {c['system']:.0%})"
+        for who, c in (("client", f["client_cpu"]), ("server", f["server_cpu"]))
+        if c
+    )
+    kinds = f"  {f['error_kinds']}" if f["error_kinds"] else ""
+    return {
+        "window": f"window          {f['window_s']:.1f} s scored (after "
+        f"{f['duration_s'] - f['window_s']:.1f} s warm-up)",
+        "achieved": f"achieved        {f['achieved_steps_per_s']:,.0f} steps/s, "
+        f"{f['messages_per_s']:,.0f} {unit}/s",
+        "latency": f"latency ms      p50 {_ms(lat['p50'])}  p90 {_ms(lat['p90'])}  "
+        f"p99 {_ms(lat['p99'])}  max {_ms(lat['max'])}  ({f['latency_samples']} {unit})",
+        "errors": f"errors          {f['errors']}{kinds}",
+        "cpu": f"cpu             {cpu}",
+        "machine": f"machine         {f['cpus']} cpus, load avg {f['load_avg_1m']:.2f} at the "
+        f"end, client loop {f['client_loop']}",
+    }
+
+
+def report(f: dict) -> str:
+    shared = report_lines(f, "messages")
     offered = "max" if f["offered_steps_per_s"] is None else f"{f['offered_steps_per_s']:,.0f}"
     lines = [
         f"sessions        {f['sessions']} ({f['sessions_open']} opened in {f['connect_s']:.1f} s),"
         f" {f['chunk']} sample(s)/message, {f['format']} -> {f['answer']}, {f['client']} client,"
         f" rate {f['rate_per_session']:g}/s each",
-        f"window          {f['window_s']:.1f} s scored (after {f['duration_s'] - f['window_s']:.1f}"
-        " s warm-up)",
+        shared["window"],
         f"offered         {offered} steps/s (sent {f['sent_steps_per_s']:,.0f} steps/s)",
-        f"achieved        {f['achieved_steps_per_s']:,.0f} steps/s, "
-        f"{f['messages_per_s']:,.0f} messages/s",
-        f"latency ms      p50 {ms(lat['p50'])}  p90 {ms(lat['p90'])}  p99 {ms(lat['p99'])}  "
-        f"max {ms(lat['max'])}  ({f['latency_samples']} messages)",
+        shared["achieved"],
+        shared["latency"],
         f"send lag        max {f['max_send_lag_ms']:.1f} ms behind schedule",
-        f"errors          {f['errors']}" + (f"  {f['error_kinds']}" if f["error_kinds"] else ""),
-        "cpu             "
-        + ", ".join(
-            f"{who} {c['total']:.0%} of a core (user {c['user']:.0%}, sys {c['system']:.0%})"
-            for who, c in (("client", f["client_cpu"]), ("server", f["server_cpu"]))
-            if c
-        ),
-        f"machine         {f['cpus']} cpus, load avg {f['load_avg_1m']:.2f} at the end, "
-        f"client loop {f['client_loop']}",
+        shared["errors"],
+        shared["cpu"],
+        shared["machine"],
     ]
     return "\n".join(lines)
 
@@ -607,25 +653,34 @@ def spawned_server(model_dir: str | None, extra_env: list[str]):
         log.close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    run = asyncio.run
-    if not args.no_uvloop:
+def runner(no_uvloop: bool) -> Callable:
+    """asyncio.run, or uvloop's when it is installed and wanted."""
+    if not no_uvloop:
         with contextlib.suppress(ImportError):
             import uvloop
 
-            run = uvloop.run
+            return uvloop.run
+    return asyncio.run
+
+
+def publish(figures: dict, text: str, json_path: str | None) -> None:
+    """Print the report; write the figures as JSON if asked."""
+    print(text)
+    if json_path:
+        Path(json_path).write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
+        print(f"wrote {json_path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     server_pid = args.server_pid
     with contextlib.ExitStack() as stack:
         if args.spawn_server:
             args.url, server_pid = stack.enter_context(
                 spawned_server(args.model_dir, args.server_env)
             )
-        figures = run(measure(args, server_pid))
-    print(report(figures))
-    if args.json_path:
-        Path(args.json_path).write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
-        print(f"wrote {args.json_path}")
+        figures = runner(args.no_uvloop)(measure(args, server_pid))
+    publish(figures, report(figures), args.json_path)
     return 0
 
 
