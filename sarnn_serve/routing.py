@@ -36,7 +36,7 @@ SAMPLE_S = 0.02
 # sparse costs more than one for dense
 SPARSE_MARGIN = 0.8
 GROUP_SIZES = (1, 8)
-HOPELESS_TOLERANCE = 0.1  # near the boundary the two graphs cost about the same anyway
+THRESHOLD_TOLERANCE = 0.1  # near the boundary the two graphs cost about the same anyway
 THRESHOLD_PRECISION = 1e-3
 CORRECTION_WEIGHT = 0.05
 CORRECTION_BOUNDS = (0.2, 5.0)
@@ -192,7 +192,7 @@ class Router:
         self.calibration = calibration
         self.correction = {DENSE: 1.0, SPARSE: 1.0}
         self._thresholds: dict[tuple[int, int], float] = {}
-        self._hopeless_at = dict(self.correction)
+        self._thresholds_at = dict(self.correction)
 
     def _sparse_plan(self, rates: list[float], steps: int) -> tuple[Plan, float]:
         """The cheapest predicted sparse plan and its corrected cost (this runs for every
@@ -222,15 +222,8 @@ class Router:
     def _dense_from(self, batch: int, steps: int) -> float:
         """The least-active-row rate from which no sparse plan can win a batch of this size
         (0: none ever can), by bisection on `_beaten_at`; remembered per (batch, steps) until a
-        correction moves by more than HOPELESS_TOLERANCE, since planning runs for every batch."""
-        moved = any(
-            abs(self.correction[p] - self._hopeless_at[p])
-            > HOPELESS_TOLERANCE * self._hopeless_at[p]
-            for p in (DENSE, SPARSE)
-        )
-        if moved:
-            self._thresholds.clear()
-            self._hopeless_at = dict(self.correction)
+        correction moves by more than THRESHOLD_TOLERANCE (`observe`), since planning runs for
+        every batch."""
         key = (batch, steps)
         if key not in self._thresholds:
             dense_cost = self.calibration.dense_call(batch, steps) * self.correction[DENSE]
@@ -290,6 +283,10 @@ class Router:
         low, high = CORRECTION_BOUNDS
         ratio = min(high, max(low, seconds / predicted))
         self.correction[path] += CORRECTION_WEIGHT * (ratio - self.correction[path])
+        at = self._thresholds_at[path]
+        if abs(self.correction[path] - at) > THRESHOLD_TOLERANCE * at:
+            self._thresholds.clear()
+            self._thresholds_at = dict(self.correction)
 
     def dense_seconds(self, batch: int, steps: int) -> float | None:
         """What the dense graph would have spent on a call: calibrated, corrected by what
