@@ -55,6 +55,8 @@ def main() -> int:
     with spawned_server(None, []) as (url, pid):
         common = ["--url", url, "--sessions", str(args.sessions), "--chunk", "1"]
         peak = asyncio.run(measure(parse_args([*common, "--rate", "0", "--duration", "15"]), pid))
+        if peak["errors"] or not peak["messages_per_s"]:
+            raise SystemExit(f"the maximum-rate run failed: {peak['error_kinds']}")
         rate = peak["messages_per_s"] / 2 / args.sessions
         print(f"maximum {peak['messages_per_s']:,.0f} messages/s; soaking at half: {rate:.1f}/s")
         sampler = RssSampler(pid)
