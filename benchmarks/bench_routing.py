@@ -32,7 +32,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -51,7 +50,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_onnx import per_call
-from bench_savings import BATCHES, HIDDENS, QUICK_HIDDENS, RATES, at_rate, base_model, sparse_graph
+from bench_savings import (
+    BATCHES,
+    HIDDENS,
+    QUICK_HIDDENS,
+    RATES,
+    at_rate,
+    base_model,
+    sparse_graph,
+    versions,
+)
 
 from export.onnx_export import build_model
 from sarnn_serve.engine import DENSE, SPARSE, Engine
@@ -291,12 +299,7 @@ def main(argv: list[str] | None = None) -> int:
                 "sample_ms": args.sample_ms,
                 "seed": args.seed,
             },
-            "versions": {
-                "onnxruntime": ort.__version__,
-                "onnx": onnx.__version__,
-                "torch": torch.__version__,
-                "python": platform.python_version(),
-            },
+            "versions": versions(),
             "load_average": {"start": list(load_start), "end": list(load_end)},
             "elapsed_s": elapsed,
             "hiddens": per_hidden,

@@ -80,6 +80,16 @@ QUICK_MAX_ROUNDS = 5
 INPUT_ROWS = 16
 
 
+def versions() -> dict[str, str]:
+    """The versions a timing depends on, for the JSON reports."""
+    return {
+        "onnxruntime": ort.__version__,
+        "onnx": onnx.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
 def base_model(hidden: int, seed: int) -> SARNN:
     """A fresh GRU SA-RNN whose coordinator sees x only, through unit-norm random rows."""
     torch.manual_seed(seed)
@@ -344,12 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                 "sample_ms": args.sample_ms,
                 "seed": args.seed,
             },
-            "versions": {
-                "onnxruntime": ort.__version__,
-                "onnx": onnx.__version__,
-                "torch": torch.__version__,
-                "python": platform.python_version(),
-            },
+            "versions": versions(),
             "load_average": {"start": list(load_start), "end": list(load_end)},
             "elapsed_s": elapsed,
             "rows": rows,

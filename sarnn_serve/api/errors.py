@@ -44,6 +44,11 @@ def render(request: Request, exc: ServiceError) -> Response:
     )
 
 
+def raw_headers(exc: ServiceError) -> list[tuple[bytes, bytes]]:
+    """A typed error's extra HTTP headers as ASGI header pairs (for the pure ASGI paths)."""
+    return [(k.lower().encode(), v.encode()) for k, v in (exc.http_headers() or {}).items()]
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn errors into {"error": {...}} bodies."""
 

@@ -18,6 +18,7 @@ import orjson
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sarnn_serve.api.errors import raw_headers
 from sarnn_serve.errors import ServiceError
 from sarnn_serve.schemas import ChunkRequest
 
@@ -37,7 +38,8 @@ class FastChunks:
         match = None
         if scope["type"] == "http" and scope["method"] == "POST":
             match = CHUNKS_PATH.fullmatch(scope["path"])
-        if match is None or not self._plain_json(scope):
+        headers = dict(scope["headers"]) if match else {}
+        if match is None or not _plain_json(headers):
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
@@ -47,7 +49,6 @@ class FastChunks:
             await self.app(scope, _replay(body, more, receive), send)
             return
         dp = scope["app"].state.plane
-        headers = dict(scope["headers"])
         client = scope.get("client")
         try:
             who = dp.authenticate(
@@ -58,18 +59,15 @@ class FastChunks:
             status, extra, answer = 200, [], dp.chunk_json(result, chunk)
         except ServiceError as exc:
             dp.record_error(exc)
-            status, answer = exc.status, exc.json().encode()
-            headers_of_error = exc.http_headers() or {}
-            extra = [(k.lower().encode(), v.encode()) for k, v in headers_of_error.items()]
+            status, extra, answer = exc.status, raw_headers(exc), exc.json().encode()
         await _respond(send, status, extra, answer)
         dp.record_message(ENDPOINT, status, time.perf_counter() - started)
 
-    @staticmethod
-    def _plain_json(scope: Scope) -> bool:
-        """A JSON body of stated length (anything else is left to the FastAPI route)."""
-        headers = dict(scope["headers"])
-        content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        return content_type in JSON_TYPES and headers.get(b"content-length", b"").isdigit()
+
+def _plain_json(headers: dict[bytes, bytes]) -> bool:
+    """A JSON body of stated length (anything else is left to the FastAPI route)."""
+    content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+    return content_type in JSON_TYPES and headers.get(b"content-length", b"").isdigit()
 
 
 async def _read(receive: Receive, limit: int) -> tuple[bytes, bool]:
