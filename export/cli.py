@@ -65,6 +65,7 @@ def _pareto(args: argparse.Namespace) -> int:
         window=args.window,
         root=Path(args.root),
         results=Path(args.results),
+        max_macs=args.max_macs,
     )
     if not args.report_only:
         run(grid, parse_parts(args.parts))
@@ -228,6 +229,12 @@ def _add_pareto(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batches-per-epoch", type=int, default=g.batches_per_epoch)
     p.add_argument("--batch-size", type=int, default=g.batch_size)
     p.add_argument("--window", type=int, default=g.window)
+    p.add_argument(
+        "--max-macs",
+        type=float,
+        help="bound the study: no SA-RNN planned above this many multiply-adds per step, "
+        "baselines only for points within it, plus the dense cell costing about it",
+    )
     p.add_argument("--root", default=str(g.root), help="one directory per run in here")
     p.add_argument(
         "--results",

@@ -14,7 +14,11 @@ each SA-RNN point's cost c = CellCost(H).per_step(r) at its achieved validation 
     skip     width H, every neuron updated at every k-th step, k = round(dense(H) / c) >= 2
     random   width H, each neuron updated with probability p = c / dense(H) < 1
 
-so stage 2 starts when every stage-1 run is finished (a part waits for the others'). Each run
+so stage 2 starts when every stage-1 run is finished (a part waits for the others').
+`--max-macs C` bounds the study to the costs of interest: stage 1 leaves out the points whose
+planned cost (at the target rate) exceeds C, stage 2 matches only the points whose achieved
+cost is at most C, and adds the dense cell at the width costing about C as the reference
+(C = 51456 is dense GRU-128 on the watch data). Each run
 lives in <root>/<config>-s<seed>/ (git-ignored: checkpoint, plots, metrics.json) with `done.json`
 (its recipe), and then leaves a small self-contained result record in the tracked folder
 --results (default docs/pareto/results/<config>-s<seed>.json: recipe, seed, validation and test
@@ -98,13 +102,20 @@ class Grid:
     window: int = TrainConfig.window
     root: Path = Path("runs/pareto")
     results: Path = RESULTS
+    max_macs: float | None = None
 
-    def stage1(self) -> list[Point]:
-        return [
+    def stage1(self, n_features: int) -> list[Point]:
+        """The SA-RNN points, without those planned to cost more than `max_macs`."""
+        points = [
             Point("sa-rnn", self.cell, h, target_rate=r)
             for h in self.hidden
             for r in self.target_rates
         ]
+        return [p for p in points if self.affords(planned_cost(p, n_features))]
+
+    def affords(self, macs: float) -> bool:
+        """Whether a cost lies within the study's bound."""
+        return self.max_macs is None or macs <= self.max_macs
 
     def train_config(self, point: Point, seed: int) -> TrainConfig:
         return TrainConfig(
@@ -227,18 +238,27 @@ def matching(sa: Point, cost: float, n_features: int) -> list[Point]:
     return found
 
 
+def planned_cost(sa: Point, n_features: int) -> float:
+    """Multiply-adds per step of an SA-RNN point at its target update rate."""
+    return CellCost(sa.cell, n_features, sa.hidden).per_step(sa.target_rate)
+
+
 def baselines(grid: Grid, n_features: int, planned: bool = False) -> list[Point]:
     """Stage 2: the baselines matching the cost of every stage-1 point at its achieved
     validation update rate (mean over seeds; every run must be finished), or at its target
-    rate when `planned` (for the time estimate)."""
+    rate when `planned` (for the time estimate); with `max_macs`, only for points within it,
+    and the dense reference costing about `max_macs`."""
     points: list[Point] = []
-    for sa in grid.stage1():
+    if grid.max_macs is not None:
+        points.append(Point("dense", grid.cell, dense_width(grid.cell, n_features, grid.max_macs)))
+    for sa in grid.stage1(n_features):
         if planned:
-            cost = CellCost(sa.cell, n_features, sa.hidden).per_step(sa.target_rate)
+            cost = planned_cost(sa, n_features)
         else:
             runs = [json.loads(grid.record_path(sa, s).read_text()) for s in grid.seeds]
             cost = statistics.mean(m["macs_per_step"]["selective_val"] for m in runs)
-        points += [p for p in matching(sa, cost, n_features) if p not in points]
+        if grid.affords(cost):
+            points += [p for p in matching(sa, cost, n_features) if p not in points]
     return points
 
 
@@ -292,7 +312,7 @@ def _estimate(grid: Grid, data: Dataset, load: float, parts: int, mine: list[Pen
     for h in grid.hidden:
         print(f"  SA-RNN H={h}: about {_duration(timed(False, h))} per run")
     seeds = len(grid.seeds)
-    stage1 = grid.stage1()
+    stage1 = grid.stage1(data.n_features)
     stage2 = baselines(grid, data.n_features, planned=True)
     t1 = seeds * sum(timed(False, p.hidden) for p in stage1)
     t2 = seeds * sum(timed(p.family == "dense", p.hidden) for p in stage2)
@@ -313,10 +333,11 @@ def share(points: list[Point], parts: tuple[int, int]) -> list[Point]:
 
 def run(grid: Grid, parts: tuple[int, int] = (0, 1)) -> None:
     """Train this part's share of the grid, stage 1 then stage 2, skipping finished runs."""
-    stage1 = grid.stage1()
     started = time.perf_counter()
-    data = load_training_data(grid.train_config(stage1[0], grid.seeds[0]))
+    probe = Point("sa-rnn", grid.cell, grid.hidden[0], target_rate=grid.target_rates[0])
+    data = load_training_data(grid.train_config(probe, grid.seeds[0]))
     load = time.perf_counter() - started
+    stage1 = grid.stage1(data.n_features)
     mine = _pending(grid, share(stage1, parts))
     if _pending(grid, stage1) or _pending(grid, share(baselines(grid, data.n_features), parts)):
         print("estimating from timed batches:")

@@ -46,6 +46,18 @@ def test_matching_baselines_cost_what_the_sa_rnn_costs():
     assert [p.family for p in matching(sa, 13440.0, 6)] == ["dense"]
 
 
+def test_max_macs_bounds_both_stages():
+    grid = Grid(hidden=(64, 512), target_rates=(0.1, 0.5), max_macs=51456)
+    costs = {p.name: CellCost("gru", 6, p.hidden).per_step(p.target_rate) for p in grid.stage1(6)}
+    assert sorted(costs) == ["sa-rnn-gru64-t0.1", "sa-rnn-gru64-t0.5"]
+    planned = export.pareto.baselines(grid, 6, planned=True)
+    assert planned[0] == Point("dense", "gru", 128)  # the reference: dense GRU-128
+    assert {p.hidden for p in planned if p.family != "dense"} == {64}
+    unbounded = Grid(hidden=(64, 512), target_rates=(0.1, 0.5))
+    assert len(unbounded.stage1(6)) == 4
+    assert Point("dense", "gru", 128) not in export.pareto.baselines(unbounded, 6, planned=True)
+
+
 def test_points_round_trip_through_a_run_config():
     grid = Grid(cell="lstm")
     for point in (
