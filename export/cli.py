@@ -35,7 +35,12 @@ def _onnx(args: argparse.Namespace) -> int:
     from export.onnx_export import export_model
 
     export_model(
-        Path(args.checkpoint), Path(args.out), name=args.name, force=args.force, notes=args.note
+        Path(args.checkpoint),
+        Path(args.out),
+        name=args.name,
+        force=args.force,
+        notes=args.note,
+        seed_records=[Path(p) for p in args.seed_records],
     )
     return 0
 
@@ -196,6 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--force", action="store_true", help="replace an existing model directory")
     o.add_argument(
         "--note", action="append", default=[], help="a note for the model card (repeatable)"
+    )
+    o.add_argument(
+        "--seed-records",
+        nargs="+",
+        default=[],
+        metavar="RECORD",
+        help="result records (export pareto) or metrics.json files of this recipe at several seeds, this checkpoint's "
+        "among them: the card gives their mean and spread",
     )
     o.set_defaults(func=_onnx)
     _add_pareto(sub)

@@ -19,6 +19,7 @@ baselines are offline only (`ModelConfig.offline_only`).
 import hashlib
 import json
 import shutil
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -33,7 +34,14 @@ from export.onnx_sparse import build_sparse_chunk_graph
 from export.train import TrainConfig, threshold_curve
 from export.verify import SPARSE_GRAPH, checkpoint_data_spec
 from sarnn_serve.card import Evaluation as CardEvaluation
-from sarnn_serve.card import ExportInfo, ModelCard, ThresholdPoint, TrainingInfo
+from sarnn_serve.card import (
+    ExportInfo,
+    ModelCard,
+    SeedSpread,
+    SpreadFigures,
+    ThresholdPoint,
+    TrainingInfo,
+)
 
 COMPANIONS = ("checkpoint.pt", "metrics.json", "curves.png", "raster.png")
 DENSE_GATE_BIAS = 1e30
@@ -93,6 +101,32 @@ def _evaluation(figures: dict) -> CardEvaluation:
         streaming_accuracy=float(figures.get("streaming_accuracy", float("nan"))),
         last_step_accuracy=float(figures.get("last_step_accuracy", float("nan"))),
         update_rate=float(figures.get("update_rate", float("nan"))),
+    )
+
+
+def seed_spread(records: list[Path]) -> SeedSpread:
+    """Mean and spread over seeds from result records (export.pareto) or metrics.json files of
+    one recipe."""
+    runs = [json.loads(path.read_text()) for path in records]
+    recipes = {json.dumps({**r["config"], "seed": 0}, sort_keys=True) for r in runs}
+    if len(recipes) > 1:
+        raise ValueError("--seed-records: the records hold different recipes")
+
+    def spread(part: str) -> SpreadFigures:
+        figures = {}
+        for key in ("streaming_accuracy", "last_step_accuracy"):
+            values = [r[part][key] for r in runs]
+            figures[f"{key}_mean"] = statistics.mean(values)
+            figures[f"{key}_sd"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        return SpreadFigures(
+            **figures, update_rate_mean=statistics.mean(r[part]["update_rate"] for r in runs)
+        )
+
+    return SeedSpread(
+        seeds=sorted(r["config"]["seed"] for r in runs),
+        validation=spread("validation"),
+        test=spread("test"),
+        macs_per_step_mean=statistics.mean(r["macs_per_step"]["selective_val"] for r in runs),
     )
 
 
@@ -164,6 +198,7 @@ def export_model(
     name: str | None = None,
     force: bool = False,
     notes: list[str] | None = None,
+    seed_records: list[Path] | None = None,
 ) -> Path:
     """Write the model directory `out` from `checkpoint`; verify it before it appears."""
     from export.verify import verify
@@ -179,6 +214,10 @@ def export_model(
     sparse_bytes = build_model(model, sparse=True).SerializeToString() if selective else None
     card = make_card(model, blob, name or out.name, graph_bytes)
     card.notes = list(notes or [])
+    if seed_records:
+        card.seed_spread = seed_spread(seed_records)
+        if card.training.seed not in card.seed_spread.seeds:
+            raise ValueError("--seed-records: none is the record of the exported checkpoint")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     tmp.chmod(0o755)

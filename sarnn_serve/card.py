@@ -47,6 +47,27 @@ class ThresholdPoint(BaseModel):
     val_streaming_accuracy: float
 
 
+class SpreadFigures(BaseModel):
+    """Accuracy over the seeds of one recipe: mean and sample sd (0 for one seed)."""
+
+    streaming_accuracy_mean: float
+    streaming_accuracy_sd: float
+    last_step_accuracy_mean: float
+    last_step_accuracy_sd: float
+    update_rate_mean: float
+
+
+class SeedSpread(BaseModel):
+    """The recipe of this model trained at several seeds (this model's seed among them)."""
+
+    seeds: list[int]
+    validation: SpreadFigures
+    test: SpreadFigures
+    macs_per_step_mean: float = Field(
+        description="Multiply-adds per step at the validation update rate, mean over seeds."
+    )
+
+
 class ExportInfo(BaseModel):
     """Which tools wrote the graph."""
 
@@ -98,6 +119,9 @@ class ModelCard(BaseModel):
         "what turning the threshold buys or costs.",
     )
     cost_per_step: CostPerStep | None = None
+    seed_spread: SeedSpread | None = Field(
+        None, description="Validation and test figures of the same recipe over several seeds."
+    )
     export: ExportInfo | None = None
     sparse_graph: str | None = Field(
         None,

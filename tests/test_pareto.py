@@ -16,7 +16,7 @@ import pytest
 import export.pareto
 from export.cli import main
 from export.pareto import Grid, Point, dense_width, is_done, matching, parse_parts, share
-from export.pareto_report import Row, bootstrap_ci, choose, point_of
+from export.pareto_report import Row, bootstrap_ci, choose, point_of, target_check
 from export.train import TrainConfig
 from sarnn_serve.accounting import CellCost
 
@@ -136,6 +136,24 @@ def test_selection_uses_validation_and_the_budget():
     }
 
 
+def test_target_check_compares_test_figures_of_validation_choices():
+    rows = [
+        _row("dense-gru128", "dense", 1000, 0.80, 0.80),
+        _row("sa-half", "sa-rnn", 520, 0.85, 0.84),  # within half + 5%
+        _row("sa-dear", "sa-rnn", 600, 0.99, 0.99),  # over the budget
+        _row("dense-mid", "dense", 700, 0.83, 0.82),
+        _row("dense-cheap", "dense", 400, 0.90, 0.95),  # cheaper: not a rival
+        _row("skip-half", "skip", 500, 0.70, 0.83),
+    ]
+    lines = target_check(rows)
+    assert "Chosen on validation: sa-half at 520" in lines[0]
+    assert lines[-1] == "Target met."
+    assert [line.split(" |")[0] for line in lines[4:-2]] == ["| dense-mid", "| skip-half"]
+    rows.append(_row("random-half", "random", 510, 0.60, 0.845))
+    assert target_check(rows)[-1] == "Target not met."
+    assert "not trained yet" in target_check(rows[1:])[0]
+
+
 def _cli(argv: list[str]) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -216,3 +234,30 @@ def test_is_done_needs_the_marker(tmp_path):
     assert is_done(tmp_path / "gone", cfg, record)  # the record alone is enough
     with pytest.raises(ValueError, match="other settings"):
         is_done(tmp_path / "gone", TrainConfig(hidden=9), record)
+
+
+def test_seed_spread_of_result_records(tmp_path):
+    from export.onnx_export import seed_spread
+
+    def record(seed: int, val: float, test: float, lam: float = 2.5) -> dict:
+        figures = {"streaming_accuracy": 0, "last_step_accuracy": 0.5, "update_rate": 0.4}
+        return {
+            "config": {"hidden": 8, "lam": lam, "seed": seed},
+            "seed": seed,
+            "validation": figures | {"streaming_accuracy": val},
+            "test": figures | {"streaming_accuracy": test},
+            "macs_per_step": {"selective_val": 100.0 * (seed + 1)},
+        }
+
+    paths = []
+    for seed, val, test in ((0, 0.8, 0.7), (1, 0.9, 0.9)):
+        paths.append(tmp_path / f"s{seed}.json")
+        paths[-1].write_text(json.dumps(record(seed, val, test)))
+    spread = seed_spread(paths)
+    assert spread.seeds == [0, 1] and spread.macs_per_step_mean == 150.0
+    assert spread.validation.streaming_accuracy_mean == pytest.approx(0.85)
+    assert spread.test.streaming_accuracy_sd == pytest.approx(math.sqrt(0.02))
+    assert spread.test.last_step_accuracy_sd == 0.0
+    (tmp_path / "other.json").write_text(json.dumps(record(2, 0.5, 0.5, lam=9.0)))
+    with pytest.raises(ValueError, match="different recipes"):
+        seed_spread([*paths, tmp_path / "other.json"])
