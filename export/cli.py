@@ -207,8 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=[],
         metavar="RECORD",
-        help="result records (export pareto) or metrics.json files of this recipe at several seeds, this checkpoint's "
-        "among them: the card gives their mean and spread",
+        help="result records (export pareto) or metrics.json files of this recipe at several "
+        "seeds, this checkpoint's among them: the card gives their mean and spread",
     )
     o.set_defaults(func=_onnx)
     _add_pareto(sub)
