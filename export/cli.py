@@ -160,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="train each row at a threshold drawn uniformly in [LO, HI] (default: 0.5 only), "
         "so that lowering the serve-time threshold buys accuracy",
     )
+    t.add_argument(
+        "--target-slope",
+        type=float,
+        metavar="K",
+        help="with --target-rate and --threshold-range: each row's target update rate is "
+        "target-rate + K (0.5 - tau), so the serve-time threshold moves the update rate",
+    )
     baseline = t.add_mutually_exclusive_group()
     baseline.add_argument(
         "--dense",

@@ -246,17 +246,21 @@ class SARNN(nn.Module):
 
 
 def budget_loss(
-    updates: Tensor, lam: float, form: str = "mean", target: float | None = None
+    updates: Tensor, lam: float, form: str = "mean", target: float | Tensor | None = None
 ) -> Tensor:
     """The budget loss on gates u [B, T, H]. "mean": lambda x the mean of u over batch, steps
     and neurons (the update rate r); "sum", the reference's: lambda x the sum over steps, mean
     over batch and neurons (T r: its weight depends on the window length). With a `target` rate
     R the penalty is toward it, lambda |r - R| (times T for "sum"): it pushes gates shut above
-    the target and open below it."""
+    the target and open below it. A target per row ([B] tensor) is met row by row: the mean
+    over rows of |r_b - R_b|."""
     if form not in BUDGETS:
         raise ValueError(f"unknown budget form {form!r}; expected one of {', '.join(BUDGETS)}")
-    rate = updates.mean()
-    cost = rate if target is None else (rate - target).abs()
+    if isinstance(target, Tensor):
+        cost = (updates.mean(dim=(1, 2)) - target).abs().mean()
+    else:
+        rate = updates.mean()
+        cost = rate if target is None else (rate - target).abs()
     return lam * cost * (updates.shape[1] if form == "sum" else 1)
 
 

@@ -7,8 +7,11 @@ settles at its budget or target.)
 
 With `threshold_range` (LO, HI) each training row draws its own threshold tau uniformly in
 [LO, HI] and the training gate cuts where inference at that tau would, so the model learns to be
-accurate at every threshold in the range (lower tau: more updates). Every run measures the
-threshold curve on validation: update rate and streaming accuracy at CURVE_THRESHOLDS.
+accurate at every threshold in the range (lower tau: more updates). With a `target_slope` K
+as well, each row's target update rate is target_rate + K (0.5 - tau) (clipped to
+[0.01, 0.99]): the threshold becomes a compute knob with a known, wide range instead of a cut
+the model learns to keep its activations away from. Every run measures the threshold curve on
+validation: update rate and streaming accuracy at CURVE_THRESHOLDS.
 """
 
 import json
@@ -73,6 +76,7 @@ class TrainConfig:
     target_rate: float | None = None
     gate_grad: str = "smooth"
     threshold_range: tuple[float, float] | None = None
+    target_slope: float | None = None
     dense: bool = False
     skip_every: int = 1
     random_mask: float | None = None
@@ -113,6 +117,10 @@ class TrainConfig:
                 raise ValueError(f"threshold_range must be 0 < LO <= HI < 1, got {lo:g} {hi:g}")
             if any(chosen):
                 raise ValueError("a baseline has no coordinator to threshold; drop it")
+        if self.target_slope is not None and (
+            self.target_rate is None or self.threshold_range is None
+        ):
+            raise ValueError("target_slope needs target_rate and threshold_range")
         for name in ("epochs", "batches_per_epoch", "batch_size", "window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -173,6 +181,8 @@ class TrainConfig:
             flags.append(f"--target-rate {self.target_rate:g}")
         if self.threshold_range is not None:
             flags.append("--threshold-range {:g} {:g}".format(*self.threshold_range))
+        if self.target_slope is not None:
+            flags.append(f"--target-slope {self.target_slope:g}")
         flags += [
             f"--epochs {self.epochs}",
             f"--batches-per-epoch {self.batches_per_epoch}",
@@ -324,7 +334,10 @@ def _step_loss(
     task = torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), y.repeat_interleave(logits.shape[1])
     )
-    budget = budget_loss(out.updates, lam, cfg.budget, cfg.target_rate)
+    target: float | torch.Tensor | None = cfg.target_rate
+    if cfg.target_slope is not None:
+        target = (cfg.target_rate + cfg.target_slope * (0.5 - tau[:, 0])).clamp(0.01, 0.99)
+    budget = budget_loss(out.updates, lam, cfg.budget, target)
     loss = task + (budget if model.config.selective else 0.0)
     return loss, float(task.detach()), float(out.updates.detach().mean())
 
@@ -447,6 +460,7 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict:
         "budget": {
             "form": cfg.budget,
             "target_rate": cfg.target_rate,
+            "target_slope": cfg.target_slope,
             "val_update_rate": val.update_rate,
         },
         "gate_grad": cfg.gate_grad,

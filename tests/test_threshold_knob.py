@@ -130,3 +130,15 @@ def test_threshold_range_trains_and_the_curve_reaches_the_card(tmp_path):
     card = ModelCard.model_validate_json((model_dir / "model.json").read_text())
     assert card.threshold_curve is not None
     assert [p.model_dump() for p in card.threshold_curve] == curve
+
+
+@pytest.mark.slow
+def test_target_slope_trains_and_reaches_the_recipe(tmp_path):
+    argv = ["train", "--dataset", "basicmotions", "--hidden", "8", "--epochs", "1"]
+    argv += ["--batches-per-epoch", "2", "--batch-size", "8", "--window", "50", "--quiet"]
+    argv += ["--target-rate", "0.5", "--threshold-range", "0.1", "0.9", "--target-slope", "0.6"]
+    code, _, err = _cli([*argv, "--out", str(tmp_path)])
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["budget"]["target_slope"] == 0.6
+    assert "--threshold-range 0.1 0.9 --target-slope 0.6" in metrics["recipe"]

@@ -53,6 +53,29 @@ def test_target_penalty_pushes_the_rate_toward_the_target(form):
         assert bool((torch.sign(u.grad) == sign).all()), target
 
 
+def test_a_target_per_row_is_met_row_by_row():
+    """Row 0 above its target is pushed shut, row 1 below its target pushed open; the batch
+    mean alone (0.5, on target) would push neither."""
+    u = torch.cat([torch.full((1, 10, 4), 0.7), torch.full((1, 10, 4), 0.3)]).requires_grad_()
+    loss = budget_loss(u, 2.0, "mean", torch.tensor([0.5, 0.5]))
+    loss.backward()
+    assert float(loss.detach()) == pytest.approx(2.0 * 0.2)
+    assert bool((u.grad[0] > 0).all()) and bool((u.grad[1] < 0).all())
+    assert float(budget_loss(u.detach(), 2.0, "mean", 0.5)) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"target_slope": 0.5, "target_rate": 0.5},
+        {"target_slope": 0.5, "threshold_range": (0.1, 0.9)},
+    ],
+)
+def test_target_slope_needs_a_target_and_a_threshold_range(kwargs):
+    with pytest.raises(ValueError, match="target_slope needs target_rate and threshold_range"):
+        TrainConfig(**kwargs)
+
+
 def test_target_penalty_moves_the_coordinator_bias_the_right_way():
     """One step of gradient descent on the penalty alone lowers the coordinator biases of a
     model above its target rate and raises them below it."""
