@@ -8,7 +8,8 @@ once in the engine's thread pool, on the graph (dense or sparse) that the router
 jobs' recent update rates. Up to `concurrency` calls run at once (one per engine thread), and
 the next batch is gathered while they run; a small call (at most `inline_steps` padded steps)
 runs on the event loop itself, where it costs less than the hand-off to a thread and back.
-The loop is supervised: if it ever fails, the jobs it
+`on_delay` hears, for each batch, how long its oldest chunk waited (graceful degradation
+watches it). The loop is supervised: if it ever fails, the jobs it
 held are answered with Overloaded, the failure is counted (`on_restart`) and a new loop starts.
 """
 
@@ -49,6 +50,7 @@ class _Job:
     threshold: float
     rate: float
     future: asyncio.Future = field(repr=False)
+    enqueued: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class MicroBatcher:
         max_queue: int = 8192,
         on_restart: Callable[[], None] | None = None,
         inline_steps: int = 0,
+        on_delay: Callable[[float], None] | None = None,
     ) -> None:
         self.engine = engine
         self.router = router or Router(DENSE, None)
@@ -94,6 +97,7 @@ class MicroBatcher:
         self.max_queue = max_queue
         self.on_restart = on_restart
         self.inline_steps = inline_steps
+        self.on_delay = on_delay
         self.restarts = 0
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._full = asyncio.Event()
@@ -127,8 +131,9 @@ class MicroBatcher:
         full."""
         if self._queue.qsize() >= self.max_queue:
             raise Overloaded(self.max_queue)
-        future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Job(x, state, threshold, rate, future))
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.put_nowait(_Job(x, state, threshold, rate, future, loop.time()))
         if self._queue.qsize() >= self.max_rows:
             self._full.set()
         return await future
@@ -233,7 +238,10 @@ class MicroBatcher:
             self._held = [await self._queue.get()]
             await self._fill()
             await self._acquire()  # the batch is cut when an engine thread is free
-            for k, group in enumerate(self._groups(self._take(self._held))):
+            jobs = self._take(self._held)
+            if self.on_delay:
+                self.on_delay(loop.time() - jobs[0].enqueued)
+            for k, group in enumerate(self._groups(jobs)):
                 live = [j for j in group if not j.future.cancelled()]
                 if k:
                     await self._acquire()

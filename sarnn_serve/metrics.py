@@ -2,7 +2,7 @@
 so /metrics, /v1/models/{name}/stats, sessions and the dashboard report the same numbers."""
 
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -17,6 +17,8 @@ disable_created_metrics()
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 WINDOW_S = 60
+THRESHOLD_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+DEGRADED_WINDOW_S = 10.0
 
 
 class PromMetrics:
@@ -76,6 +78,26 @@ class PromMetrics:
             "Whole request (or WebSocket message) handling time.",
             ("endpoint",),
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.effective_threshold = Histogram(
+            "sarnn_effective_threshold",
+            "Threshold each chunk ran at: the session's own, or raised by degradation.",
+            ("model",),
+            buckets=THRESHOLD_BUCKETS,
+            registry=r,
+        )
+        self.degraded_sessions = Gauge(
+            "sarnn_degraded_sessions",
+            f"Sessions whose last chunk in the last {DEGRADED_WINDOW_S:g} s ran at a threshold "
+            "raised by degradation.",
+            ("model",),
+            registry=r,
+        )
+        self.degrade_level = Gauge(
+            "sarnn_degrade_level",
+            "Degradation level: degradable sessions run at threshold + level x SARNN_DEGRADE_STEP.",
+            ("model",),
             registry=r,
         )
         self.inference_seconds = Histogram(
@@ -213,6 +235,11 @@ class Monitor:
         self.stats = {name: ModelStats(h) for name, h in hidden_sizes.items()}
         prom.registry.register(UsageCollector(self.stats))
         self._request_series: dict[tuple[str, int], tuple] = {}
+        self._thresholds = {name: prom.effective_threshold.labels(name) for name in hidden_sizes}
+        self._degraded: dict[str, OrderedDict[str, float]] = {
+            n: OrderedDict() for n in hidden_sizes
+        }
+        self.degrade_levels: dict[str, Callable[[], int]] = {}
 
     def record_usage(self, model: str, u: Usage) -> None:
         self.stats[model].add(u)
@@ -220,6 +247,33 @@ class Monitor:
     def watch_queue(self, model: str, waiting: Callable[[], int]) -> None:
         """Report a model's queued chunks from `waiting` at each scrape."""
         self.prom.queued_chunks.labels(model).set_function(waiting)
+
+    def record_threshold(
+        self, model: str, session: str, threshold: float, degraded: bool, clock=time.monotonic
+    ) -> None:
+        """The threshold a session's chunk ran at, and whether degradation raised it."""
+        self._thresholds[model].observe(threshold)
+        recent = self._degraded[model]
+        if degraded:
+            recent[session] = clock()
+            recent.move_to_end(session)
+        elif recent:
+            recent.pop(session, None)
+
+    def degraded_sessions(self, model: str, clock=time.monotonic) -> int:
+        """Sessions whose last chunk in the last DEGRADED_WINDOW_S ran degraded."""
+        recent = self._degraded[model]
+        horizon = clock() - DEGRADED_WINDOW_S
+        while recent and next(iter(recent.values())) < horizon:
+            recent.popitem(last=False)
+        return len(recent)
+
+    def watch_degrade_level(self, model: str, level: Callable[[], int]) -> None:
+        """Report a model's degradation level from `level`, and its degraded sessions."""
+        self.prom.degrade_level.labels(model).set_function(level)
+        self.prom.degraded_sessions.labels(model).set_function(
+            lambda: self.degraded_sessions(model)
+        )
 
     def batcher_restarted(self, model: str) -> None:
         self.prom.batcher_restarts.labels(model).inc()

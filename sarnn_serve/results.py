@@ -116,6 +116,8 @@ class ChunkResult:
     session_updates: int
     replayed: bool
     session: dict[str, Any] | None = None
+    threshold: float = 0.5
+    expected_accuracy: float | None = None
 
 
 def chunk_columns(result: ChunkResult, include_probabilities: bool) -> dict[str, Any]:
@@ -129,6 +131,7 @@ def chunk_columns(result: ChunkResult, include_probabilities: bool) -> dict[str,
         "updates": out.counts,
         "session_steps": result.session_steps,
         "session_updates": result.session_updates,
+        "threshold": result.threshold,
         "replayed": result.replayed,
     }
     if include_probabilities:
@@ -148,5 +151,7 @@ def chunk_body(card: ModelCard, result: ChunkResult) -> dict[str, Any]:
         "steps": step_list(card, result.outputs),
         "chunk": result.chunk.as_dict(),
         "session": result.session,
+        "threshold": result.threshold,
+        "expected_accuracy": result.expected_accuracy,
         "replayed": result.replayed,
     }

@@ -36,6 +36,20 @@ class SessionCreate(BaseModel):
         allow_inf_nan=False,
         description="Gate threshold tau in (0, 1); default from the card.",
     )
+    target_update_rate: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="Instead of threshold: hold the session to this share of neurons updated "
+        "per step; a controller sets its threshold after each chunk, within the model's "
+        "measured threshold range (the card's threshold_curve).",
+    )
+    degrade: bool = Field(
+        False,
+        description="Let the server raise this session's threshold (spend less per step) "
+        "while it is overloaded (SARNN_DEGRADE_QUEUE_MS); never without it.",
+    )
     idle_timeout_s: float | None = Field(
         None,
         gt=0,
@@ -78,7 +92,11 @@ class SessionSummary(Usage):
     id: str
     model: str
     model_version: str
-    threshold: float
+    threshold: float = Field(description="The threshold the next chunk runs at.")
+    target_update_rate: float | None = Field(
+        None, description="The update rate the session is held to, if any."
+    )
+    degrade: bool = Field(False, description="Whether the server may raise its threshold.")
     idle_timeout_s: float
     created: float = Field(description="Unix time.")
     last_seen: float = Field(description="Unix time.")
@@ -132,6 +150,12 @@ class ChunkResponse(BaseModel):
     steps: list[StepResult]
     chunk: Usage
     session: SessionSummary
+    threshold: float = Field(description="The threshold this chunk ran at.")
+    expected_accuracy: float | None = Field(
+        None,
+        description="Validation streaming accuracy of the model at that threshold (the card's "
+        "threshold curve), if measured.",
+    )
     replayed: bool = Field(description="True when this answers a retry of the last seq.")
 
 
@@ -149,6 +173,7 @@ class ChunkColumns(BaseModel):
     masks: list[list[int]] | None = Field(None, description="With include_mask: [T][H] of 0/1.")
     session_steps: int
     session_updates: int
+    threshold: float = Field(description="The threshold this chunk ran at.")
     replayed: bool
 
 

@@ -25,7 +25,9 @@ from sarnn_serve import frames
 from sarnn_serve.accounting import Usage, usage
 from sarnn_serve.auth import KeyRing, Principal
 from sarnn_serve.batcher import MicroBatcher
+from sarnn_serve.budget import RateControl, ThresholdCurve
 from sarnn_serve.card import ModelCard
+from sarnn_serve.degrade import Degrader
 from sarnn_serve.errors import (
     ConcurrentUpdate,
     Forbidden,
@@ -59,6 +61,7 @@ from sarnn_serve.validation import out_of_range, parse_inputs
 
 log = logging.getLogger("sarnn.service")
 JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
+DEGRADE_CEILING = 0.95  # highest degraded threshold of a model without a threshold curve
 CAS_ATTEMPTS = 3
 RECENT_SESSIONS = 100
 WATCH_QUEUE = 256
@@ -97,6 +100,16 @@ class DataPlane:
         self._sweeper: asyncio.Task | None = None
         self.recent: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self.watchers: dict[str, set[asyncio.Queue]] = {}
+        self.curves = {name: ThresholdCurve.of(m.card) for name, m in registry.models.items()}
+        self.degraders = {
+            name: Degrader(
+                settings.degrade_queue_ms / 1000,
+                ceiling=curve.high if curve else DEGRADE_CEILING,
+                step=settings.degrade_step,
+            )
+            for name, curve in self.curves.items()
+            if settings.degrade_queue_ms
+        }
         self.batchers = {
             name: MicroBatcher(
                 model.engine,
@@ -110,11 +123,14 @@ class DataPlane:
                 max_queue=settings.batch_max_queue,
                 on_restart=partial(monitor.batcher_restarted, name),
                 inline_steps=settings.batch_inline_steps,
+                on_delay=self.degraders[name].observe if name in self.degraders else None,
             )
             for name, model in registry.models.items()
         }
         for name, batcher in self.batchers.items():
             monitor.watch_queue(name, lambda b=batcher: b.waiting)
+        for name, degrader in self.degraders.items():
+            monitor.watch_degrade_level(name, lambda d=degrader: d.level)
 
     async def start(self) -> None:
         for batcher in self.batchers.values():
@@ -178,6 +194,20 @@ class DataPlane:
                 "same calls, measured for calls that ran dense and predicted by the load-time "
                 "calibration for calls that ran sparse",
             },
+            "degradation": self._degradation(name),
+        }
+
+    def _degradation(self, name: str) -> dict:
+        """Whether degradation is on for a model, its level and the sessions it holds."""
+        degrader = self.degraders.get(name)
+        if degrader is None:
+            return {"enabled": False}
+        return {
+            "enabled": True,
+            "queue_target_ms": degrader.target_s * 1000,
+            "level": degrader.level,
+            "threshold_added": round(degrader.level * degrader.step, 6),
+            "degraded_sessions": self.monitor.degraded_sessions(name),
         }
 
     # callers --------------------------------------------------------------------------
@@ -223,16 +253,21 @@ class DataPlane:
         Protocol sequence's) when no live session has that id (ConcurrentUpdate otherwise)."""
         model = self.model(request.model)
         card = model.card
+        threshold = request.threshold if request.threshold is not None else card.threshold
+        if request.target_update_rate is not None:
+            threshold = self._first_budget_threshold(card, request)
         self._creation_rate.take(caller.id)
         record = SessionRecord(
             id=session_id or new_session_id(self.worker),
             model=card.name,
             model_version=card.version,
-            threshold=request.threshold if request.threshold is not None else card.threshold,
+            threshold=threshold,
             ttl_s=request.idle_timeout_s or self.settings.session_ttl_s,
             state=np.zeros(card.state_size, np.float32),
             owner=caller.id,
             recent_rate=_prior_rate(card),
+            target_rate=request.target_update_rate,
+            degrade=request.degrade,
         )
         try:
             async with self._locks.hold(record.id):
@@ -258,9 +293,45 @@ class DataPlane:
                 "model": card.name,
                 "owner": caller.id,
                 "threshold": record.threshold,
+                "target_update_rate": record.target_rate,
+                "degrade": record.degrade,
             },
         )
         return record.summary(card.cost)
+
+    def _first_budget_threshold(self, card: ModelCard, request: SessionCreate) -> float:
+        """The threshold a session held to `target_update_rate` starts at."""
+        if request.threshold is not None:
+            raise InvalidInput(
+                "target_update_rate", "give threshold or target_update_rate, not both"
+            )
+        curve = self.curves[card.name]
+        if curve is None:
+            raise InvalidInput(
+                "target_update_rate",
+                f"model {card.name} has no measured threshold curve to steer by; "
+                "set threshold instead",
+            )
+        return RateControl(request.target_update_rate).start(curve)
+
+    def _threshold_now(self, record: SessionRecord) -> float:
+        """The threshold the session's next chunk runs at: its own, raised while the server
+        degrades, if the session allows it."""
+        degrader = self.degraders.get(record.model)
+        if not record.degrade or degrader is None:
+            return record.threshold
+        return degrader.threshold(record.threshold)
+
+    def _steer(self, record: SessionRecord, card: ModelCard, threshold: float, used: Usage) -> None:
+        """After a chunk: the controller of a session held to a target rate sets the threshold
+        of the next chunk (not while degradation overrides it: no wind-up against it)."""
+        record.last_threshold = threshold
+        if record.target_rate is None or threshold != record.threshold:
+            return
+        control = RateControl(record.target_rate, record.control_offset)
+        curve = self.curves[card.name]
+        record.threshold = control.after_chunk(curve, used.steps, used.updates, card.hidden)
+        record.control_offset = control.offset
 
     async def _exists(self, session_id: str) -> bool:
         try:
@@ -372,8 +443,9 @@ class DataPlane:
                     return self._replay(record, card, digest, seq, chunk.answer)
                 if seq != record.next_seq:
                     raise SeqConflict(seq, record.next_seq)
+                own, threshold = record.threshold, self._threshold_now(record)
                 result = await self.batchers[card.name].run(
-                    x, record.state, record.threshold, record.recent_rate
+                    x, record.state, threshold, record.recent_rate
                 )
                 if not result.finite:
                     raise out_of_range()
@@ -386,6 +458,7 @@ class DataPlane:
                 record.updates += used.updates
                 record.next_seq = seq + 1
                 record.note_rate(used.steps, used.updates, card.hidden)
+                self._steer(record, card, threshold, used)
                 record.last_seen = time.time()
                 record.last_digest, record.last_outputs = digest, outputs
                 record.last_request = request_digest(request_id) if request_id else b""
@@ -394,6 +467,9 @@ class DataPlane:
                 ):
                     self._remember(session_id, version + 1, record)
                     self.monitor.record_usage(card.name, used)
+                    self.monitor.record_threshold(
+                        card.name, session_id, threshold, degraded=threshold != own
+                    )
                     self._note_activity(record, seq, result.updates, outputs)
                     return self._result(record, card, seq, outputs, used, False, chunk.answer)
                 log.warning(
@@ -419,7 +495,11 @@ class DataPlane:
         replayed: bool,
         answer: str | None,
     ) -> ChunkResult:
-        """The typed answer; the full session summary only for answers that show it."""
+        """The typed answer; the full session summary (and the accuracy expected at the
+        chunk's threshold) only for answers that show it."""
+        threshold = record.threshold if record.last_threshold is None else record.last_threshold
+        lean = answer == "columns"
+        curve = None if lean else self.curves.get(card.name)
         return ChunkResult(
             record.id,
             seq,
@@ -429,7 +509,9 @@ class DataPlane:
             record.steps,
             record.updates,
             replayed,
-            None if answer == "columns" else record.summary(card.cost),
+            None if lean else record.summary(card.cost),
+            threshold,
+            curve.accuracy_at(threshold) if curve else None,
         )
 
     def _replay(

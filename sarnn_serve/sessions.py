@@ -77,6 +77,10 @@ class SessionRecord:
     last_outputs: StepOutputs | None = None
     recent_rate: float = 1.0
     last_request: bytes = b""  # request_digest of the last chunk's request id (/v2 retries)
+    target_rate: float | None = None  # held to this update rate by budget.RateControl
+    control_offset: float = 0.0  # RateControl.offset
+    degrade: bool = False  # the server may raise the threshold under overload
+    last_threshold: float | None = None  # the threshold the last chunk ran at
 
     def note_rate(self, steps: int, updates: int, hidden: int) -> None:
         """Fold a chunk's update rate into `recent_rate`, weighing each step as 10% decay."""
@@ -110,6 +114,10 @@ class SessionRecord:
                 self.last_outputs.pack() if self.last_outputs is not None else None,
                 self.recent_rate,
                 self.last_request,
+                self.target_rate,
+                self.control_offset,
+                self.degrade,
+                self.last_threshold,
             ]
         )
 
@@ -128,6 +136,8 @@ class SessionRecord:
             "model": self.model,
             "model_version": self.model_version,
             "threshold": self.threshold,
+            "target_update_rate": self.target_rate,
+            "degrade": self.degrade,
             "idle_timeout_s": self.ttl_s,
             "created": self.created,
             "last_seen": self.last_seen,

@@ -69,6 +69,15 @@ class Settings(BaseSettings):
     batch_max_queue: int = Field(
         8192, ge=1, description="Chunks that may wait for one model; past it, 503 overloaded."
     )
+    degrade_queue_ms: float = Field(
+        0.0,
+        ge=0,
+        description="Queueing delay target of graceful degradation: past it, sessions created "
+        "with degrade=true run at raised thresholds until the delay falls (0: off).",
+    )
+    degrade_step: float = Field(
+        0.05, gt=0, lt=1, description="Threshold added per degradation level."
+    )
     engine_path: Literal["auto", "dense", "sparse"] = Field(
         "auto",
         description="Graph that runs batches: auto (the faster one per batch, by the timing "

@@ -83,6 +83,8 @@ class InferParameters(BaseModel):
     sequence_end: bool = False
     binary_data_output: bool = False
     threshold: float | None = Field(None, gt=0, lt=1, allow_inf_nan=False)
+    target_update_rate: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
+    degrade: bool = False
 
     @field_validator("sequence_id", mode="plain")
     @classmethod

@@ -56,15 +56,15 @@ MakePlane = Callable[..., Awaitable[DataPlane]]
 
 @pytest.fixture
 async def make_plane() -> AsyncIterator[MakePlane]:
-    """Factory of started data planes over a MemoryStore: make_plane(settings=Settings())."""
+    """Factory of started data planes over a MemoryStore: make_plane(settings, card)."""
     executor = ThreadPoolExecutor(1)
     planes: list[DataPlane] = []
 
-    async def make(settings: Settings | None = None) -> DataPlane:
+    async def make(settings: Settings | None = None, card: ModelCard = CARD) -> DataPlane:
         settings = settings or Settings()
         plane = DataPlane(
             settings,
-            Registry({MODEL: LoadedModel(CARD, FakeEngine())}),
+            Registry({MODEL: LoadedModel(card, FakeEngine())}),
             MemoryStore(settings.max_sessions),
             Monitor(PromMetrics(), {MODEL: CARD.hidden}),
             executor,

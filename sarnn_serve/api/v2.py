@@ -264,12 +264,19 @@ async def run_sequence(
             f"{card.n_features}]; batches of several sequences are not supported",
             field="inputs[0].shape",
         )
-    if params.threshold is not None and not params.sequence_start:
-        raise InvalidInput("parameters.threshold", "is set when a sequence starts")
+    for name in ("threshold", "target_update_rate", "degrade"):
+        if name in params.model_fields_set and not params.sequence_start:
+            raise InvalidInput(f"parameters.{name}", "is set when a sequence starts")
     session_id = sequence_session_id(who.id, card.name, params.sequence_id)
     try:
         if params.sequence_start:
-            seq = await start_sequence(dp, who, card, session_id, req.id, params.threshold)
+            opening = SessionCreate(
+                model=card.name,
+                threshold=params.threshold,
+                target_update_rate=params.target_update_rate,
+                degrade=params.degrade,
+            )
+            seq = await start_sequence(dp, who, session_id, req.id, opening)
         else:
             seq, _ = await dp.sequence_seq(who, session_id, req.id)
         chunk = ChunkRequest.model_construct(seq=seq, inputs=x[0], include_mask=include_mask)
@@ -289,13 +296,12 @@ async def run_sequence(
 async def start_sequence(
     dp: DataPlane,
     who: Principal,
-    card: ModelCard,
     session_id: str,
     request_id: str,
-    threshold: float | None,
+    opening: SessionCreate,
 ) -> int:
-    """Open the sequence's session, ending a live one, unless this request is the start that
-    was applied last (a retry, seq 0). The seq of the start's chunk: 0."""
+    """Open the sequence's session as `opening` asks, ending a live one, unless this request is
+    the start that was applied last (a retry, seq 0). The seq of the start's chunk: 0."""
     if request_id:
         with suppress(SessionNotFound, ModelUnavailable):
             seq, retry = await dp.sequence_seq(who, session_id, request_id)
@@ -303,8 +309,7 @@ async def start_sequence(
                 return 0
     with suppress(SessionNotFound):
         await dp.delete_session(who, session_id)
-    request = SessionCreate(model=card.name, threshold=threshold)
-    await dp.create_session(who, request, session_id=session_id)
+    await dp.create_session(who, opening, session_id=session_id)
     return 0
 
 

@@ -1,0 +1,55 @@
+"""Graceful degradation: under overload, sessions that allow it spend less per step.
+
+One `Degrader` per model watches the queueing delay of its micro-batcher (how long the oldest
+chunk of each batch waited). It keeps a level: once per `interval_s`, if the longest delay seen
+in the interval exceeded the target, the level rises by one; if it stayed under half the
+target, the level falls by one. A session created with `degrade: true` runs each chunk at its
+own threshold plus `level x step` (capped at `ceiling`): a higher threshold updates fewer
+neurons, which the sparse graph turns into less time per step. Sessions without it are never
+touched.
+"""
+
+import time
+from collections.abc import Callable
+
+DEFAULT_STEP = 0.05
+
+
+class Degrader:
+    """The degradation level of one model, driven by its batcher's queueing delay."""
+
+    def __init__(
+        self,
+        target_s: float,
+        ceiling: float,
+        step: float = DEFAULT_STEP,
+        interval_s: float = 0.25,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.target_s = target_s
+        self.ceiling = ceiling
+        self.step = step
+        self.interval_s = interval_s
+        self.clock = clock
+        self.level = 0
+        self.max_level = max(0, round(ceiling / step))
+        self._worst = 0.0
+        self._since = clock()
+
+    def observe(self, delay_s: float) -> None:
+        """A batch started after its oldest chunk waited `delay_s`."""
+        self._worst = max(self._worst, delay_s)
+        now = self.clock()
+        if now - self._since < self.interval_s:
+            return
+        if self._worst > self.target_s:
+            self.level = min(self.max_level, self.level + 1)
+        elif self._worst < self.target_s / 2:
+            self.level = max(0, self.level - 1)
+        self._worst, self._since = 0.0, now
+
+    def threshold(self, own: float) -> float:
+        """The threshold a degradable session with threshold `own` runs at now."""
+        if not self.level:
+            return own
+        return max(own, min(self.ceiling, own + self.level * self.step))
