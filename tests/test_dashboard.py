@@ -115,10 +115,10 @@ def keyed_server(
 def sparse_server(
     served_models: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
-    """A server that runs every batch on the sparse graph (SARNN_ENGINE_PATH=sparse)."""
-    server = start_server(
-        served_models, tmp_path_factory.mktemp("sparse"), {"SARNN_ENGINE_PATH": "sparse"}
-    )
+    """A server that runs every batch on the sparse graph (SARNN_ENGINE_PATH=sparse), with
+    graceful degradation on (a queueing delay target it never reaches)."""
+    env = {"SARNN_ENGINE_PATH": "sparse", "SARNN_DEGRADE_QUEUE_MS": "60000"}
+    server = start_server(served_models, tmp_path_factory.mktemp("sparse"), env)
     yield server
     stop_server(server)
 
@@ -347,6 +347,7 @@ def test_dashboard_follows_a_live_stream(
         assert dense_s > 0
         assert seconds(page.locator(card("time-saved-s")).inner_text()) <= dense_s
         assert_labelled(page)
+        assert page.locator(card("degrade-level")).inner_text() == "off"  # not configured
         for testid in ("macs-saved", "time-saved", "sparse-share", "routing"):
             box = page.locator(card(testid)).bounding_box()
             assert box and box["y"] + box["height"] <= page.viewport_size["height"], testid
@@ -529,6 +530,18 @@ def test_dashboard_engine_fields_with_sparse_routing(
     engine = assert_engine_shown(page, sparse_server)
     assert engine["calls"] == {"sparse": engine["calls"]["sparse"]}
     assert page.locator(card("sparse-share")).inner_text() == "100.0%"
+    degradation = httpx.get(f"{sparse_server.url}/v1/models/{TINY_MODEL}/stats").json()[
+        "degradation"
+    ]
+    assert degradation == {
+        "enabled": True,
+        "queue_target_ms": 60000.0,
+        "level": 0,
+        "threshold_added": 0.0,
+        "degraded_sessions": 0,
+    }
+    assert page.locator(card("degrade-level")).inner_text() == "level 0"
+    assert page.locator(card("degraded-sessions")).inner_text() == "0"
     assert_labelled(page)
     assert page_errors(page, 403) == []
 

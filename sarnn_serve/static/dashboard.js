@@ -282,6 +282,7 @@ function showStats(m, s) {
   setValue(q(el, "steps-total"), s.steps, fmtInt(s.steps));
   setValue(q(el, "updates-total"), s.updates, fmtSI(s.updates));
   showEngine(el, s.engine);
+  showDegradation(el, s.degradation);
   m.spark.push(lm.steps_per_s);
   if (m.spark.length > SPARK_POINTS) m.spark.shift();
   drawSpark(q(el, "steps-spark"), m.spark);
@@ -305,6 +306,20 @@ function showEngine(el, e) {
   const routing = q(el, "routing");
   routing.dataset.value = e.routing;
   routing.textContent = e.graphs.includes("sparse") ? e.routing : `${e.routing} (no sparse graph)`;
+}
+
+function showDegradation(el, d) {
+  // The stats' `degradation` object: off, or the level and the sessions it holds now.
+  const level = q(el, "degrade-level");
+  if (!d || !d.enabled) {
+    level.dataset.value = "off";
+    level.textContent = "off";
+    for (const id of ["degrade-added", "degraded-sessions"]) q(el, id).textContent = "\u2014";
+    return;
+  }
+  setValue(level, d.level, `level ${fmtInt(d.level)}`);
+  setValue(q(el, "degrade-added"), d.threshold_added, d.threshold_added.toFixed(2));
+  setValue(q(el, "degraded-sessions"), d.degraded_sessions, fmtInt(d.degraded_sessions));
 }
 
 async function pollStats() {
