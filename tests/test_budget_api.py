@@ -93,7 +93,7 @@ def test_sequence_with_a_budget(live_server: LiveServer):
                     "name": "x",
                     "shape": [1, steps, 6],
                     "datatype": "FP32",
-                    "data": sum(_steps(steps, seq_id), []),
+                    "data": [v for step in _steps(steps, seq_id) for v in step],
                 }
             ],
         }
