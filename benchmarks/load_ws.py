@@ -129,6 +129,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--model", help="model name (default: the server's only model)")
     p.add_argument("--threshold", type=float, help="session threshold (default: the card's)")
+    p.add_argument(
+        "--session-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another parameter of the sessions' /v1/stream (e.g. degrade=true)",
+    )
     p.add_argument("--json", dest="json_path", help="write the figures to this JSON file")
     p.add_argument("--no-uvloop", action="store_true", help="use the default asyncio loop")
     p.add_argument("--server-pid", type=int, help="report this (local) server's CPU use too")
@@ -483,6 +490,11 @@ async def measure(args: argparse.Namespace, server_pid: int | None = None) -> di
         query["model"] = args.model
     if args.threshold is not None:
         query["threshold"] = str(args.threshold)
+    for item in args.session_param:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--session-param needs KEY=VALUE, got {item!r}")
+        query[key] = value
     ws_url = f"{args.url.rstrip('/')}/v1/stream?{urlencode(query)}"
 
     loop = asyncio.get_running_loop()
