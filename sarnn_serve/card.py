@@ -115,7 +115,7 @@ class ModelCard(BaseModel):
     )
     threshold_curve: list[ThresholdPoint] | None = Field(
         None,
-        description="Update rate and validation streaming accuracy at thresholds 0.3 .. 0.9: "
+        description="Update rate and validation streaming accuracy at thresholds 0.05 .. 0.95: "
         "what turning the threshold buys or costs.",
     )
     cost_per_step: CostPerStep | None = None
