@@ -108,8 +108,8 @@ def report(f: dict) -> str:
         lat = r["latency_ms"]
         tau = r["mean_threshold"]
         lines.append(
-            f"| {name} | {r['achieved_steps_per_s']:,.0f} | {load_ws._ms(lat['p50'])} "
-            f"| {load_ws._ms(lat['p99'])} | {r['errors']} | {r['backlog']} "
+            f"| {name} | {r['achieved_steps_per_s']:,.0f} | {load_ws.fmt_ms(lat['p50'])} "
+            f"| {load_ws.fmt_ms(lat['p99'])} | {r['errors']} | {r['backlog']} "
             f"| {'-' if tau is None else f'{tau:.3f}'} |"
         )
     if f["accuracy_given_up"] is not None:

@@ -562,7 +562,7 @@ async def measure(args: argparse.Namespace, server_pid: int | None = None) -> di
     return figures
 
 
-def _ms(v: float | None) -> str:
+def fmt_ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}"
 
 
@@ -580,8 +580,8 @@ def report_lines(f: dict, unit: str) -> dict[str, str]:
         f"{f['duration_s'] - f['window_s']:.1f} s warm-up)",
         "achieved": f"achieved        {f['achieved_steps_per_s']:,.0f} steps/s, "
         f"{f['messages_per_s']:,.0f} {unit}/s",
-        "latency": f"latency ms      p50 {_ms(lat['p50'])}  p90 {_ms(lat['p90'])}  "
-        f"p99 {_ms(lat['p99'])}  max {_ms(lat['max'])}  ({f['latency_samples']} {unit})",
+        "latency": f"latency ms      p50 {fmt_ms(lat['p50'])}  p90 {fmt_ms(lat['p90'])}  "
+        f"p99 {fmt_ms(lat['p99'])}  max {fmt_ms(lat['max'])}  ({f['latency_samples']} {unit})",
         "errors": f"errors          {f['errors']}{kinds}",
         "cpu": f"cpu             {cpu}",
         "machine": f"machine         {f['cpus']} cpus, load avg {f['load_avg_1m']:.2f} at the "

@@ -18,6 +18,7 @@ the offset is clipped there too, so it does not wind up against an unreachable t
 """
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -59,15 +60,22 @@ class ThresholdCurve:
     def clamp(self, threshold: float) -> float:
         return min(self.high, max(self.low, threshold))
 
-    def threshold_for(self, rate: float) -> float:
-        """The threshold at which the curve gives `rate` (linear between points; the nearest
-        end outside them). Rates fall as thresholds rise; flat stretches are skipped."""
+    @cached_property
+    def _inverse(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Rates ascending (flat stretches dropped) and their thresholds, or None if the rate
+        never moves."""
         order = np.argsort(self.rates, kind="stable")
         rates, taus = self.rates[order], self.thresholds[order]
         keep = np.concatenate([[True], np.diff(rates) > 0])
-        if keep.sum() < 2:
+        return (rates[keep], taus[keep]) if keep.sum() >= 2 else None
+
+    def threshold_for(self, rate: float) -> float:
+        """The threshold at which the curve gives `rate` (linear between points; the nearest
+        end outside them). Rates fall as thresholds rise; flat stretches are skipped."""
+        if self._inverse is None:
             return self.clamp(float(np.mean(self.thresholds)))
-        return self.clamp(float(np.interp(rate, rates[keep], taus[keep])))
+        rates, taus = self._inverse
+        return self.clamp(float(np.interp(rate, rates, taus)))
 
     def slope_at(self, threshold: float) -> float:
         """|d rate / d tau| of the segment holding `threshold`, at least MIN_SLOPE."""

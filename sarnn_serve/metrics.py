@@ -239,7 +239,6 @@ class Monitor:
         self._degraded: dict[str, OrderedDict[str, float]] = {
             n: OrderedDict() for n in hidden_sizes
         }
-        self.degrade_levels: dict[str, Callable[[], int]] = {}
 
     def record_usage(self, model: str, u: Usage) -> None:
         self.stats[model].add(u)
