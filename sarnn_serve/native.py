@@ -1,0 +1,165 @@
+"""The native engine path: the chunk computed by the package's C kernel (`csrc/step_kernel.c`,
+built at install as the `sarnn_serve._step_kernel` library and called through ctypes).
+
+It reads its weights from `model.onnx` itself (`onnx_initializers`), so it cannot drift from the
+graph it stands in for, and it answers as that graph does: the same masks, logits and state to
+float32 rounding. Per step it reads only the weight rows of the neurons that update, where they
+lie, so its cost follows each row's update count; there is no per-node runtime overhead either.
+Where the library was not built (no C compiler at install) the engine runs without this path.
+"""
+
+import ctypes
+import importlib.util
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from sarnn_serve.onnx_initializers import read_initializers
+
+LIBRARY = "sarnn_serve._step_kernel"
+CELL_BLOCKS = {"gru": ("r", "z", "n"), "lstm": ("i", "f", "g", "o"), "rnn": ("c",)}
+CELL_CODES = {"gru": 0, "lstm": 1, "rnn": 2}
+_FLOATS = ctypes.POINTER(ctypes.c_float)
+
+
+class NativeKernelError(RuntimeError):
+    """The graph's weights are not those of a chunk graph the kernel computes."""
+
+
+class _Weights(ctypes.Structure):
+    _fields_ = [
+        *[(n, ctypes.c_int32) for n in ("cell", "hidden", "features", "classes", "blocks")],
+        ("alpha", ctypes.c_float),
+        *[
+            (n, _FLOATS)
+            for n in (
+                "mean",
+                "std",
+                "w_in",
+                "b_in",
+                "w_rec",
+                "b_hn",
+                "w_coord",
+                "b_coord",
+                "w_diag",
+                "w_out",
+                "b_out",
+            )
+        ],
+    ]
+
+
+def library_path() -> Path | None:
+    """Where the built kernel library is, or None if it was not built."""
+    spec = importlib.util.find_spec(LIBRARY)
+    return Path(spec.origin) if spec is not None and spec.origin else None
+
+
+@cache
+def _library() -> ctypes.CDLL | None:
+    path = library_path()
+    if path is None:
+        return None
+    lib = ctypes.CDLL(str(path))
+    lib.sarnn_chunk.restype = ctypes.c_int
+    lib.sarnn_chunk.argtypes = [
+        ctypes.POINTER(_Weights),
+        ctypes.c_int,
+        ctypes.c_int,
+        *[ctypes.c_void_p] * 7,
+    ]
+    return lib
+
+
+def available() -> bool:
+    """Whether the kernel library was built and loads."""
+    return _library() is not None
+
+
+def _cell(tensors: dict[str, np.ndarray]) -> str:
+    for cell, blocks in CELL_BLOCKS.items():
+        if all(f"R_{b}" in tensors for b in blocks):
+            return cell
+    raise NativeKernelError("no recurrent weights of a GRU, LSTM or RNN chunk graph")
+
+
+def _rows(array: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+class NativeKernel:
+    """The kernel bound to one model's weights (read from its dense chunk graph)."""
+
+    def __init__(self, graph: Path) -> None:
+        lib = _library()
+        if lib is None:
+            raise NativeKernelError("the kernel library was not built")
+        self._lib = lib
+        t = read_initializers(graph)
+        self.cell = _cell(t)
+        blocks = CELL_BLOCKS[self.cell]
+        # the dense graph multiplies x [.,F] @ W [F,H] and h [.,H] @ R [H,H]; the kernel reads
+        # one row per output neuron
+        self._arrays = {
+            "mean": _rows(t["mean"]),
+            "std": _rows(t["std"]),
+            "w_in": _rows(np.concatenate([t[f"W_{b}"].T for b in blocks])),
+            "b_in": _rows(np.concatenate([t[f"b_{b}"] for b in blocks])),
+            "w_rec": _rows(np.concatenate([t[f"R_{b}"].T for b in blocks])),
+            "b_hn": _rows(t.get("bh_n", np.zeros_like(t["wd"]))),
+            "w_coord": _rows(t["W_a"].T),
+            "b_coord": _rows(t["b_a"]),
+            "w_diag": _rows(t["wd"]),
+            "w_out": _rows(t["W_out"].T),
+            "b_out": _rows(t["b_out"]),
+        }
+        self.hidden = int(t["wd"].shape[0])
+        self.features = int(t["mean"].shape[0])
+        self.classes = int(t["b_out"].shape[0])
+        self.state_size = 2 * self.hidden if self.cell == "lstm" else self.hidden
+        self._weights = _Weights(
+            CELL_CODES[self.cell],
+            self.hidden,
+            self.features,
+            self.classes,
+            len(blocks),
+            float(t["alpha"]),
+            *[a.ctypes.data_as(_FLOATS) for a in self._arrays.values()],
+        )
+
+    def run(
+        self,
+        x: np.ndarray,
+        state: np.ndarray,
+        lengths: np.ndarray | None = None,
+        threshold: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """logits [B,T,C], updates [B,T,H] bool, state [B,S], as the chunk graph gives them;
+        `lengths` and `threshold` have shape [B] or [1] (broadcast), as the graph's inputs."""
+        batch, steps, features = x.shape
+        if features != self.features or state.shape != (batch, self.state_size):
+            raise ValueError(
+                f"x {x.shape} / state {state.shape} do not fit F={self.features}, "
+                f"S={self.state_size}"
+            )
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        state = np.ascontiguousarray(state, dtype=np.float32)
+        lengths = np.broadcast_to(
+            np.asarray(2**62 if lengths is None else lengths, np.int64), (batch,)
+        ).copy()
+        threshold = np.broadcast_to(
+            np.asarray(0.5 if threshold is None else threshold, np.float32), (batch,)
+        ).copy()
+        logits = np.empty((batch, steps, self.classes), np.float32)
+        updates = np.empty((batch, steps, self.hidden), np.bool_)
+        state_out = np.empty_like(state)
+        status = self._lib.sarnn_chunk(
+            ctypes.byref(self._weights),
+            batch,
+            steps,
+            *[a.ctypes.data for a in (x, state, lengths, threshold, logits, updates, state_out)],
+        )
+        if status != 0:
+            raise MemoryError("the native kernel could not allocate its scratch memory")
+        return logits, updates, state_out
