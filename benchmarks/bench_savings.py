@@ -14,6 +14,11 @@ all B rows together) for three onnxruntime graphs with the same cell weights:
   gru     ORT's fused `GRU` operator inside the same outer work (benchmarks/bench_onnx.py);
           it ignores the gates, so it is timed once per (H, B)
 
+and the package's native kernel (sarnn_serve.native: C, called through ctypes, with the dense
+graph's weights), which reads in place only the weight rows of each row's updating neurons:
+
+  native  what the server runs for the work-skipping path where the kernel is built
+
 The update rate is set, not trained: a fresh GRU SA-RNN (seeded, eval mode, identity input
 normalisation) gets coordinator weights with unit-norm random rows, w_d = 0 and bias
 Phi^-1(rate), so on x ~ N(0, 1) each neuron updates with probability `rate`, independently per
@@ -24,16 +29,17 @@ cycles through max(1, 16 // B) input chunks (calls alternate between them). The 
 measured rate (mean of the `updates` output) and the union rate (neurons updating in at least one
 row, per step; what the sparse graph computes) over those chunks. Before timing, sparse and
 dense must give the same masks, and logits and state within 1e-5, on every chunk of every
-config, or the script stops with an error.
+config (and so must the native kernel), or the script stops with an error.
 
 Every session is single-threaded (intra_op = inter_op = 1, ORT_SEQUENTIAL). For each (H, B) the
-eleven runtimes (sparse and dense per rate, and gru) are timed in interleaved rounds whose order
-rotates every round; a sample is a batch of calls lasting at least --sample-ms (or one call, if
-longer), the table shows the median over rounds. The number of rounds per (H, B) is what fits in
---config-seconds, between --min-rounds and --max-rounds, so the slowest configs (H=2048, B=64:
-about 0.3 s per call) get the fewest. The targets compare ratios from the same run (dense /
-sparse at H=2048 B=1: >= 5 at 5 %, >= 2 at 20 %; at H=1024 B=1: >= 3 at 5 %; dense / gru at
-H=128 B=1, median over the rates: <= 2) and print PASS/FAIL; the exit status is 0 either way.
+sixteen runtimes (sparse, native and dense per rate, and gru) are timed in interleaved rounds
+whose order rotates every round; a sample is a batch of calls lasting at least --sample-ms (or
+one call, if longer), the table shows the median over rounds. The number of rounds per (H, B)
+is what fits in --config-seconds, between --min-rounds and --max-rounds, so the slowest configs
+(H=2048, B=64: about 0.3 s per call) get the fewest. The targets compare ratios from the same
+run (dense / sparse and dense / native at H=2048 B=1: >= 5 at 5 %, >= 2 at 20 %; at H=1024 B=1:
+>= 3 at 5 %; dense / gru and native / gru at H=128 B=1, median over the rates: <= 2) and print
+PASS/FAIL; the exit status is 0 either way.
 The load average is printed at the start and the end: the machine is shared, so absolute times
 move with its load, the ratios much less.
 
@@ -69,6 +75,7 @@ from bench_onnx import gru_graph, make_inputs, per_call, session
 from export.model import SARNN, ModelConfig
 from export.onnx_export import build_model, cell_weights
 from export.onnx_sparse import build_sparse_chunk_graph
+from sarnn_serve.native import NativeKernel
 
 HIDDENS = (128, 512, 1024, 2048)
 QUICK_HIDDENS = (128, 512)
@@ -118,20 +125,30 @@ def sparse_graph(model: SARNN) -> onnx.ModelProto:
     return proto
 
 
+def native_kernel(proto: onnx.ModelProto) -> NativeKernel:
+    """The native kernel with the weights of the dense chunk graph `proto`."""
+    return NativeKernel({t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer})
+
+
 def check_parity(
-    sparse: ort.InferenceSession, dense: ort.InferenceSession, pool: list[dict]
+    sparse: ort.InferenceSession,
+    dense: ort.InferenceSession,
+    native: NativeKernel,
+    pool: list[dict],
 ) -> dict:
-    """Exit unless both graphs give the same masks, and logits and state within PARITY_TOL, on
-    every chunk of `pool`; return the worst differences and the measured (union) rates."""
+    """Exit unless the sparse graph and the native kernel give the dense graph's masks, and
+    logits and state within PARITY_TOL, on every chunk of `pool`; return the worst
+    differences and the measured (union) rates."""
     worst = {"logits_max_abs": 0.0, "state_max_abs": 0.0}
     masks = []
     for feeds in pool:
-        s_logits, s_upd, s_state = sparse.run(None, feeds)
         d_logits, d_upd, d_state = dense.run(None, feeds)
-        if (s_upd != d_upd).any():
-            raise SystemExit(f"sparse and dense masks differ in {(s_upd != d_upd).sum()} places")
-        worst["logits_max_abs"] = max(worst["logits_max_abs"], np.abs(s_logits - d_logits).max())
-        worst["state_max_abs"] = max(worst["state_max_abs"], np.abs(s_state - d_state).max())
+        for name, out in (("sparse", sparse.run(None, feeds)), ("native", native.run(**feeds))):
+            logits, upd, state = out
+            if (upd != d_upd).any():
+                raise SystemExit(f"{name} and dense masks differ in {(upd != d_upd).sum()} places")
+            worst["logits_max_abs"] = max(worst["logits_max_abs"], np.abs(logits - d_logits).max())
+            worst["state_max_abs"] = max(worst["state_max_abs"], np.abs(state - d_state).max())
         masks.append(d_upd)
     if max(worst.values()) > PARITY_TOL:
         raise SystemExit(f"sparse and dense outputs differ by more than {PARITY_TOL:g}: {worst}")
@@ -180,22 +197,28 @@ def bench_hidden(hidden: int, args: argparse.Namespace, rng: np.random.Generator
     base = base_model(hidden, args.seed)
     models = {rate: at_rate(base, rate) for rate in RATES}
     sparse = {rate: session(sparse_graph(m)) for rate, m in models.items()}
-    dense = {rate: session(build_model(m)) for rate, m in models.items()}
+    protos = {rate: build_model(m) for rate, m in models.items()}
+    dense = {rate: session(p) for rate, p in protos.items()}
+    native = {rate: native_kernel(p) for rate, p in protos.items()}
     gru = session(gru_graph(base))
     rows = []
     for batch in BATCHES:
         pool = [make_inputs(base, batch, args.steps, rng) for _ in range(chunks(batch))]
-        checks = {rate: check_parity(sparse[rate], dense[rate], pool) for rate in RATES}
+        checks = {
+            rate: check_parity(sparse[rate], dense[rate], native[rate], pool) for rate in RATES
+        }
         run = {"gru": runner(gru, [{"x": f["x"], "state": f["state"]} for f in pool])}
         for rate in RATES:
             run[f"sparse@{rate}"] = runner(sparse[rate], pool)
             run[f"dense@{rate}"] = runner(dense[rate], pool)
+            feeds = itertools.cycle(pool)
+            run[f"native@{rate}"] = lambda k=native[rate], f=feeds: k.run(**next(f))
         med, n_rounds = time_interleaved(
             run, args.sample_ms / 1e3, args.config_seconds, (args.min_rounds, args.max_rounds)
         )
         us = {name: sec * 1e6 / args.steps for name, sec in med.items()}
         for rate in RATES:
-            sp, de = us[f"sparse@{rate}"], us[f"dense@{rate}"]
+            sp, de, na = us[f"sparse@{rate}"], us[f"dense@{rate}"], us[f"native@{rate}"]
             rows.append(
                 {
                     "H": hidden,
@@ -205,9 +228,12 @@ def bench_hidden(hidden: int, args: argparse.Namespace, rng: np.random.Generator
                     "union_rate": checks[rate]["union_rate"],
                     "sparse_us": sp,
                     "dense_us": de,
+                    "native_us": na,
                     "gru_us": us["gru"],
                     "dense_over_sparse": de / sp,
+                    "dense_over_native": de / na,
                     "dense_over_gru": de / us["gru"],
+                    "native_over_gru": na / us["gru"],
                     "rounds": n_rounds,
                     "parity": {k: checks[rate][k] for k in ("logits_max_abs", "state_max_abs")},
                 }
@@ -224,39 +250,44 @@ def evaluate_targets(rows: list[dict]) -> list[dict]:
     """PASS/FAIL of the ratio targets; a target whose H was not run has value None."""
     by = {(r["H"], r["B"], r["target_rate"]): r for r in rows}
     targets = []
-    for hidden, rate, floor in ((2048, 0.05, 5.0), (2048, 0.20, 2.0), (1024, 0.05, 3.0)):
-        row = by.get((hidden, 1, rate))
-        value = row["dense_over_sparse"] if row else None
+    for path in ("sparse", "native"):
+        for hidden, rate, floor in ((2048, 0.05, 5.0), (2048, 0.20, 2.0), (1024, 0.05, 3.0)):
+            row = by.get((hidden, 1, rate))
+            value = row[f"dense_over_{path}"] if row else None
+            targets.append(
+                {
+                    "target": f"H={hidden} B=1 rate {rate:.0%}: dense/{path} >= {floor:g}",
+                    "value": value,
+                    "pass": None if value is None else value >= floor,
+                }
+            )
+    for path in ("dense", "native"):
+        ratios = [by[(128, 1, r)][f"{path}_over_gru"] for r in RATES if (128, 1, r) in by]
+        value = statistics.median(ratios) if ratios else None
         targets.append(
             {
-                "target": f"H={hidden} B=1 rate {rate:.0%}: dense/sparse >= {floor:g}",
+                "target": f"H=128 B=1: {path}/GRU <= 2 (median over rates)",
                 "value": value,
-                "pass": None if value is None else value >= floor,
+                "pass": None if value is None else value <= 2.0,
             }
         )
-    ratios = [by[(128, 1, rate)]["dense_over_gru"] for rate in RATES if (128, 1, rate) in by]
-    value = statistics.median(ratios) if ratios else None
-    targets.append(
-        {
-            "target": "H=128 B=1: dense/GRU <= 2 (median over rates)",
-            "value": value,
-            "pass": None if value is None else value <= 2.0,
-        }
-    )
     return targets
 
 
 def print_table(rows: list[dict]) -> None:
     print(
-        "| H | B | target rate | measured rate | union rate | sparse us/step | dense us/step "
-        "| fused GRU us/step | dense/sparse | dense/GRU |"
+        "| H | B | target rate | measured rate | union rate | sparse us/step | native us/step "
+        "| dense us/step | fused GRU us/step | dense/sparse | dense/native | dense/GRU "
+        "| native/GRU |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['H']} | {r['B']} | {r['target_rate']:.0%} | {r['measured_rate']:.1%} "
-            f"| {r['union_rate']:.1%} | {r['sparse_us']:.1f} | {r['dense_us']:.1f} "
-            f"| {r['gru_us']:.1f} | {r['dense_over_sparse']:.2f} | {r['dense_over_gru']:.2f} |"
+            f"| {r['union_rate']:.1%} | {r['sparse_us']:.1f} | {r['native_us']:.1f} "
+            f"| {r['dense_us']:.1f} | {r['gru_us']:.1f} | {r['dense_over_sparse']:.2f} "
+            f"| {r['dense_over_native']:.2f} | {r['dense_over_gru']:.2f} "
+            f"| {r['native_over_gru']:.2f} |"
         )
 
 
@@ -277,6 +308,7 @@ def plot(rows: list[dict], path: Path, steps: int) -> None:
             x = [100 * r["measured_rate"] for r in sel]
             color = f"C{i}"
             ax.plot(x, [r["sparse_us"] for r in sel], "o-", color=color, label=f"sparse H={hidden}")
+            ax.plot(x, [r["native_us"] for r in sel], "^:", color=color, label=f"native H={hidden}")
             ax.plot(x, [r["dense_us"] for r in sel], "s--", color=color, label=f"dense H={hidden}")
         ax.set_yscale("log")
         ax.set_title(f"B = {batch}")
@@ -285,7 +317,10 @@ def plot(rows: list[dict], path: Path, steps: int) -> None:
     axes[0].set_ylabel(f"us per step (T = {steps}, all B rows)")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=len(hiddens), fontsize=8)
-    fig.suptitle("SA-RNN chunk graph per step: sparse (solid) vs dense (dashed), ORT, 1 thread")
+    fig.suptitle(
+        "SA-RNN chunk per step: sparse graph (solid), native kernel (dotted), dense graph "
+        "(dashed); 1 thread"
+    )
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

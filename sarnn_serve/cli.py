@@ -131,7 +131,10 @@ def check(settings: Settings) -> None:
             ) from None
     try:
         registry = Registry.load(
-            settings.model_dir, settings.ort_intra_op_threads, settings.ort_inter_op_threads
+            settings.model_dir,
+            settings.ort_intra_op_threads,
+            settings.ort_inter_op_threads,
+            settings.native_kernel,
         )
     except ModelLoadError as exc:
         raise UsageError(str(exc)) from None

@@ -1,8 +1,10 @@
-"""onnxruntime sessions per model: the dense chunk graph, and its sparse twin if exported.
+"""The ways one model's chunks can be computed: onnxruntime sessions of the dense chunk graph
+and of its sparse twin if exported, and the package's native kernel if it was built.
 
-Both graphs take and give the same tensors; the sparse one computes only the gate rows of the
-neurons that update, so it is faster at low update rates and large state sizes (`routing`
-decides which one runs a batch). The engine knows nothing of sessions or HTTP.
+All take and give the same tensors. The sparse graph computes only the gate rows of the neurons
+that update in some row of the batch; the native kernel (`native`) reads, in place, only the
+weight rows of each row's updating neurons. Both are faster at low update rates and large state
+sizes (`routing` decides which path runs a batch). The engine knows nothing of sessions or HTTP.
 """
 
 from dataclasses import dataclass
@@ -11,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-DENSE, SPARSE = "dense", "sparse"
+from sarnn_serve.native import NativeKernel
+
+DENSE, SPARSE, NATIVE = "dense", "sparse", "native"
 
 
 @dataclass
@@ -33,7 +37,8 @@ def _session(path: Path, intra_op_threads: int, inter_op_threads: int) -> ort.In
 
 
 class Engine:
-    """Wraps the chunk graphs of one model. Thread-safe (ORT run is)."""
+    """Wraps the chunk graphs (and kernel) of one model. Thread-safe (ORT run is; the kernel
+    keeps no state between calls)."""
 
     def __init__(
         self,
@@ -45,6 +50,7 @@ class Engine:
         self.path = path
         self._threads = (intra_op_threads, inter_op_threads)
         self.sessions = {DENSE: _session(path, *self._threads)}
+        self.native: NativeKernel | None = None
         if sparse_path is not None:
             self.load_sparse(sparse_path)
         dense = self.sessions[DENSE]
@@ -56,10 +62,15 @@ class Engine:
         """Add the sparse twin of the dense graph."""
         self.sessions[SPARSE] = _session(path, *self._threads)
 
+    def load_native(self) -> None:
+        """Add the native kernel, with the dense graph's weights (NativeKernelError if it was
+        not built or the graph is not a chunk graph it computes)."""
+        self.native = NativeKernel.from_graph(self.path)
+
     @property
     def paths(self) -> list[str]:
-        """The graphs this engine can run: "dense", and "sparse" if exported."""
-        return list(self.sessions)
+        """What this engine can run: "dense", "sparse" if exported, "native" if loaded."""
+        return [*self.sessions, *([NATIVE] if self.native is not None else [])]
 
     def run(
         self,
@@ -71,6 +82,8 @@ class Engine:
     ) -> EngineOutput:
         """Advance every row of x [B,T,F] from state [B,S] on the `path` graph; rows stop at
         their `lengths`, each with its own `threshold` (shape [B] or [1])."""
+        if path == NATIVE:
+            return EngineOutput(*self.native.run(x, state, lengths, threshold))
         feed = {"x": x, "state": state}
         if lengths is not None:
             feed["lengths"] = lengths.astype(np.int64, copy=False)

@@ -46,21 +46,23 @@ class PromMetrics:
         self.errors = counter("sarnn_errors", "Errors by reason.", ("reason",))
         self.engine_seconds = Counter(
             "sarnn_engine_seconds",
-            "Seconds spent in onnxruntime calls, by graph (dense or sparse).",
+            "Seconds spent in engine calls, by path (dense or sparse graph, native kernel).",
             ("model", "path"),
             registry=r,
         )
         self.engine_calls = Counter(
-            "sarnn_engine_calls", "onnxruntime calls, by graph.", ("model", "path"), registry=r
+            "sarnn_engine_calls", "Engine calls, by path.", ("model", "path"), registry=r
         )
         self.engine_dense_seconds = counter(
             "sarnn_engine_dense_equivalent_seconds",
             "Seconds the dense graph would have spent on the same calls: measured for calls "
-            "that ran dense, predicted by the load-time calibration for calls that ran sparse.",
+            "that ran dense, predicted by the load-time calibration for the others.",
         )
         self.sparse_crossover = Gauge(
             "sarnn_sparse_crossover_update_rate",
-            "Calibrated union update rate below which the sparse graph is faster, by batch size.",
+            "Calibrated update rate below which the work-skipping path is faster, by batch "
+            "size (the union rate of a batch for the sparse graph, the mean row rate for the "
+            "native kernel).",
             ("model", "batch"),
             registry=r,
         )

@@ -88,15 +88,22 @@ def _rows(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
-class NativeKernel:
-    """The kernel bound to one model's weights (read from its dense chunk graph)."""
+def _per_row(values: np.ndarray | None, batch: int, dtype: type, default: float) -> np.ndarray:
+    """A graph input of shape [B] or [1] (or None: the graph's default) as B contiguous values."""
+    if values is None or len(values) != batch:
+        return np.full(batch, default if values is None else values[0], dtype)
+    return np.ascontiguousarray(values, dtype=dtype)
 
-    def __init__(self, graph: Path) -> None:
+
+class NativeKernel:
+    """The kernel bound to one model's weights: the initializers of its dense chunk graph, by
+    name (`from_graph` reads them from the file)."""
+
+    def __init__(self, t: dict[str, np.ndarray]) -> None:
         lib = _library()
         if lib is None:
             raise NativeKernelError("the kernel library was not built")
         self._lib = lib
-        t = read_initializers(graph)
         self.cell = _cell(t)
         blocks = CELL_BLOCKS[self.cell]
         # the dense graph multiplies x [.,F] @ W [F,H] and h [.,H] @ R [H,H]; the kernel reads
@@ -108,7 +115,7 @@ class NativeKernel:
             "b_in": _rows(np.concatenate([t[f"b_{b}"] for b in blocks])),
             "w_rec": _rows(np.concatenate([t[f"R_{b}"].T for b in blocks])),
             "b_hn": _rows(t.get("bh_n", np.zeros_like(t["wd"]))),
-            "w_coord": _rows(t["W_a"].T),
+            "w_coord": _rows(t["W_a"]),
             "b_coord": _rows(t["b_a"]),
             "w_diag": _rows(t["wd"]),
             "w_out": _rows(t["W_out"].T),
@@ -128,6 +135,11 @@ class NativeKernel:
             *[a.ctypes.data_as(_FLOATS) for a in self._arrays.values()],
         )
 
+    @classmethod
+    def from_graph(cls, graph: Path) -> "NativeKernel":
+        """The kernel with the weights of the dense chunk graph at `graph`."""
+        return cls(read_initializers(graph))
+
     def run(
         self,
         x: np.ndarray,
@@ -145,12 +157,8 @@ class NativeKernel:
             )
         x = np.ascontiguousarray(x, dtype=np.float32)
         state = np.ascontiguousarray(state, dtype=np.float32)
-        lengths = np.broadcast_to(
-            np.asarray(2**62 if lengths is None else lengths, np.int64), (batch,)
-        ).copy()
-        threshold = np.broadcast_to(
-            np.asarray(0.5 if threshold is None else threshold, np.float32), (batch,)
-        ).copy()
+        lengths = _per_row(lengths, batch, np.int64, 2**62)
+        threshold = _per_row(threshold, batch, np.float32, 0.5)
         logits = np.empty((batch, steps, self.classes), np.float32)
         updates = np.empty((batch, steps, self.hidden), np.bool_)
         state_out = np.empty_like(state)

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 from pydantic import ValidationError
 
+from sarnn_serve import native
 from sarnn_serve.card import CARD_FORMAT, GRAPH_INPUTS, GRAPH_OUTPUTS, ModelCard
-from sarnn_serve.engine import Engine
+from sarnn_serve.engine import DENSE, Engine
 from sarnn_serve.errors import ModelLoadError, ModelNotFound
 
 log = logging.getLogger("sarnn.registry")
@@ -76,18 +77,22 @@ def _check_graph(card: ModelCard, engine: Engine, path: Path) -> None:
             card.hidden,
         ):
             raise ModelLoadError(f"{path}: a probe run of the {name} graph returned other shapes")
-    if len(probes) == 2:
-        dense, sparse = probes.values()
-        if not np.array_equal(dense.updates, sparse.updates) or not np.allclose(
-            dense.state, sparse.state, atol=1e-5
+    dense = probes.pop(DENSE)
+    for name, probe in probes.items():
+        if not np.array_equal(dense.updates, probe.updates) or not np.allclose(
+            dense.state, probe.state, atol=1e-5
         ):
-            raise ModelLoadError(f"{path}: the sparse graph does not answer as the dense one")
+            raise ModelLoadError(f"{path}: the {name} path does not answer as the dense graph")
 
 
 def load_model(
-    directory: Path, intra_op_threads: int = 1, inter_op_threads: int = 1
+    directory: Path,
+    intra_op_threads: int = 1,
+    inter_op_threads: int = 1,
+    native_kernel: bool = True,
 ) -> LoadedModel:
-    """Load one model directory; ModelLoadError names the bad file."""
+    """Load one model directory (with the native kernel where it was built, unless
+    `native_kernel` is off); ModelLoadError names the bad file."""
     card = _read_card(directory / "model.json")
     graph = directory / "model.onnx"
     sparse = directory / card.sparse_graph if card.sparse_graph else None
@@ -104,6 +109,11 @@ def load_model(
             engine.load_sparse(sparse)
         except Exception as exc:
             raise ModelLoadError(f"{sparse}: onnxruntime cannot load it: {exc}") from exc
+    if native_kernel and native.available():
+        try:
+            engine.load_native()
+        except native.NativeKernelError as exc:
+            log.warning("no native kernel", extra={"model": card.name, "reason": str(exc)})
     _check_graph(card, engine, graph)
     return LoadedModel(card, engine)
 
@@ -115,7 +125,13 @@ class Registry:
         self.models = models
 
     @classmethod
-    def load(cls, model_dir: Path, intra_op_threads: int = 1, inter_op_threads: int = 1):
+    def load(
+        cls,
+        model_dir: Path,
+        intra_op_threads: int = 1,
+        inter_op_threads: int = 1,
+        native_kernel: bool = True,
+    ):
         """Every subdirectory holding a model.json; refuse an empty or missing model dir."""
         if not model_dir.exists():
             raise ModelLoadError(f"{model_dir}: model directory does not exist")
@@ -131,7 +147,7 @@ class Registry:
             )
         models: dict[str, LoadedModel] = {}
         for directory in sorted(p for p in model_dir.iterdir() if (p / "model.json").exists()):
-            model = load_model(directory, intra_op_threads, inter_op_threads)
+            model = load_model(directory, intra_op_threads, inter_op_threads, native_kernel)
             if model.name in models:
                 raise ModelLoadError(f"{directory}: model name {model.name!r} used twice")
             models[model.name] = model

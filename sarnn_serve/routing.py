@@ -1,14 +1,22 @@
-"""Which graph runs a batch: dense or sparse, chosen by what is measured on this machine.
+"""What runs a batch: the dense graph or a path that skips work, chosen by what is measured on
+this machine.
 
-At model load `calibrate` times both graphs at a few batch sizes and at 1 and 16 steps per call
+Two paths skip the work of neurons that do not update: the native kernel (where it was built)
+and the sparse graph; the router weighs the dense graph against one of them, the kernel if the
+engine has it. Below, "sparse" names that path, and its rate is what its cost follows: for the
+sparse graph the union update rate of the batch (the fraction of neurons that update in at least
+one row: the rows it computes), for the kernel the mean of the rows' update rates (it computes
+each row's own updates).
+
+At model load `calibrate` times both paths at a few batch sizes and at 1 and 16 steps per call
 (the sparse one at several update rates, set through the threshold), and fits, per batch size, a
-call's time as fixed + steps x per-step, where the sparse graph's per-step time is a line in the
-union update rate (the fraction of neurons that update in at least one row: the rows it
-computes). `Router.plan` then predicts, for every batch, the cost of one dense call, one sparse
-call, and sparse calls on small groups of rows, and takes the cheapest (a sparse plan must beat
-the dense call by a margin). The union rate of a batch is predicted from its sessions' recent
-update rates as if they were independent, 1 - prod(1 - r_i), which over-estimates it (neurons
-that update often do so in every session), so the choice errs towards dense.
+call's time as fixed + steps x per-step, where the sparse path's per-step time is a line in its
+rate. `Router.plan` then predicts, for every batch, the cost of one dense call, one sparse call,
+and (sparse graph only) sparse calls on small groups of rows, and takes the cheapest (a sparse
+plan must beat the dense call by a margin). The union rate of a batch is predicted from its
+sessions' recent update rates as if they were independent, 1 - prod(1 - r_i), which
+over-estimates it (neurons that update often do so in every session), so the choice errs
+towards dense.
 
 Calibration on a busy machine is noisy, so predictions are corrected while serving: every call
 reports its measured time, and each graph keeps a running ratio of measured to predicted time
@@ -26,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sarnn_serve.engine import DENSE, SPARSE, Engine
+from sarnn_serve.engine import DENSE, NATIVE, SPARSE, Engine
 
 BATCHES = (1, 8, 64)
 THRESHOLDS = (0.02, 0.3, 0.5, 0.7, 0.9, 0.98)
@@ -52,7 +60,8 @@ def _line(steps: tuple[int, int], seconds: tuple[float, float]) -> tuple[float, 
 @dataclass
 class Calibration:
     """Per calibrated batch size: dense call = fixed + steps x per-step; sparse call = fixed +
-    steps x (base + slope x union rate); with the union rates that were measured."""
+    steps x (base + slope x rate); with the rates that were measured. `graph` is the sparse
+    path: SPARSE (rate: the union rate) or NATIVE (rate: the mean row rate)."""
 
     batches: list[int]
     dense_fixed: list[float]
@@ -61,10 +70,17 @@ class Calibration:
     sparse_base: list[float]
     sparse_slope: list[float]
     measured_rates: list[list[float]] = field(default_factory=list)
+    graph: str = SPARSE
+
+    def rate_of(self, rates: list[float]) -> float:
+        """The rate the sparse path's cost follows, for rows that update `rates`."""
+        if self.graph == NATIVE:
+            return sum(rates) / len(rates)
+        return union_rate(rates)
 
     def crossover(self) -> list[float]:
-        """Per batch size, for long chunks: the union rate below which the sparse graph is
-        faster per step than the dense one by the margin."""
+        """Per batch size, for long chunks: the rate below which the sparse path is faster per
+        step than the dense graph by the margin."""
         out = []
         for dense, base, slope in zip(self.dense, self.sparse_base, self.sparse_slope, strict=True):
             target = SPARSE_MARGIN * dense
@@ -91,7 +107,7 @@ class Calibration:
         return self._at(self.dense_fixed, batch) + self._at(self.dense, batch) * steps
 
     def sparse_call(self, batch: int, steps: int, union: float) -> float:
-        """Predicted seconds of a sparse call at a union update rate."""
+        """Predicted seconds of a sparse call at a rate (see `rate_of`)."""
         per_step = self._at(self.sparse_base, batch) + self._at(self.sparse_slope, batch) * union
         return self._at(self.sparse_fixed, batch) + per_step * steps
 
@@ -100,6 +116,7 @@ class Calibration:
             return [round(v * 1e6, 2) for v in values]
 
         return {
+            "path": self.graph,
             "batch_sizes": self.batches,
             "dense_us_per_call": us(self.dense_fixed),
             "dense_us_per_step": us(self.dense),
@@ -137,20 +154,23 @@ def _feed(state: np.ndarray, steps: int, n_features: int, tau: float | None = No
     return feed
 
 
-def calibrate(engine: Engine, n_features: int, state_size: int, seed: int = 0) -> Calibration:
-    """Time both graphs of `engine` at BATCHES x STEP_COUNTS (sparse also x THRESHOLDS)."""
+def calibrate(
+    engine: Engine, n_features: int, state_size: int, graph: str = SPARSE, seed: int = 0
+) -> Calibration:
+    """Time the dense graph and the sparse path `graph` (SPARSE or NATIVE) of `engine` at
+    BATCHES x STEP_COUNTS (the sparse path also x THRESHOLDS)."""
     rng = np.random.default_rng(seed)
-    cal = Calibration([], [], [], [], [], [])
+    cal = Calibration([], [], [], [], [], [], graph=graph)
     for batch in BATCHES:
         state = (0.5 * rng.standard_normal((batch, state_size))).astype(np.float32)
         dense = [_time(engine, DENSE, _feed(state, t, n_features))[0] for t in STEP_COUNTS]
         fixed, per_step = _line(STEP_COUNTS, tuple(dense))
         rates, per_steps, fixeds = [], [], []
         for tau in THRESHOLDS:
-            short, _ = _time(engine, SPARSE, _feed(state, STEP_COUNTS[0], n_features, tau))
-            long, updates = _time(engine, SPARSE, _feed(state, STEP_COUNTS[1], n_features, tau))
+            short, _ = _time(engine, graph, _feed(state, STEP_COUNTS[0], n_features, tau))
+            long, updates = _time(engine, graph, _feed(state, STEP_COUNTS[1], n_features, tau))
             f, s = _line(STEP_COUNTS, (short, long))
-            rates.append(float(updates.any(axis=0).mean()))
+            rates.append(float((updates if graph == NATIVE else updates.any(axis=0)).mean()))
             per_steps.append(s)
             fixeds.append(f)
         if np.ptp(rates) > 0:
@@ -176,12 +196,14 @@ Plan = list[tuple[str, list[int]]]
 
 
 class Router:
-    """Plans the calls of a batch: `mode` "auto" (by calibration), "dense" or "sparse".
+    """Plans the calls of a batch: `mode` "auto" (by calibration), "dense", "sparse" or
+    "native".
 
-    In auto mode the options are: one dense call; one sparse call; or sparse calls on groups of
-    GROUP_SIZES rows, the rows sorted by rate (the sparse graph computes the union of its rows'
-    updates, so rows that update little are cheaper together, and at large H single rows can
-    beat every batch). The cheapest predicted option wins; a sparse one must beat the dense
+    In auto mode the options are: one dense call; one call on the sparse path; or, for the
+    sparse graph, calls on groups of GROUP_SIZES rows, the rows sorted by rate (the sparse graph
+    computes the union of its rows' updates, so rows that update little are cheaper together,
+    and at large H single rows can beat every batch; the kernel's cost is a sum over rows, so
+    splitting never pays). The cheapest predicted option wins; a sparse one must beat the dense
     call by the margin.
     """
 
@@ -190,7 +212,8 @@ class Router:
             mode = DENSE
         self.mode = mode
         self.calibration = calibration
-        self.correction = {DENSE: 1.0, SPARSE: 1.0}
+        self.sparse = calibration.graph if calibration is not None else SPARSE
+        self.correction = {DENSE: 1.0, self.sparse: 1.0}
         self._thresholds: dict[tuple[int, int], float] = {}
         self._thresholds_at = dict(self.correction)
 
@@ -199,6 +222,9 @@ class Router:
         batch, so it works on one sorted list of keep-probabilities, not per-group lists)."""
         cal = self.calibration
         n = len(rates)
+        if self.sparse == NATIVE:
+            cost = cal.sparse_call(n, steps, cal.rate_of(rates)) * self.correction[NATIVE]
+            return [(NATIVE, list(range(n)))], cost
         order = sorted(range(n), key=rates.__getitem__)
         keep = [1.0 - min(1.0, max(0.0, rates[i])) for i in order]
         best_size, best_cost = n, float("inf")
@@ -246,6 +272,9 @@ class Router:
         none can for a batch whose least active row updates at least that much (every plan's
         cost grows with its rows' rates)."""
         cal = self.calibration
+        if self.sparse == NATIVE:
+            cost = cal.sparse_call(n, steps, rate) * self.correction[NATIVE]
+            return cost >= SPARSE_MARGIN * dense_cost
         keep = 1.0 - rate
 
         def calls(size: int) -> float:  # n rows in groups of `size`, each at its least union
@@ -260,8 +289,8 @@ class Router:
         """Calls for a batch of chunks of up to `steps` steps whose rows recently updated
         `rates` of their neurons: a list of (graph, row indices)."""
         everyone = list(range(len(rates)))
-        if self.mode == SPARSE:
-            return [(SPARSE, everyone)]
+        if self.mode in (SPARSE, NATIVE):
+            return [(self.mode, everyone)]
         if self.mode != "auto" or self.calibration is None:
             return [(DENSE, everyone)]
         if min(rates) >= self._dense_from(len(rates), steps):
@@ -277,7 +306,9 @@ class Router:
         if path == DENSE:
             predicted = self.calibration.dense_call(len(rates), steps)
         else:
-            predicted = self.calibration.sparse_call(len(rates), steps, union_rate(rates))
+            predicted = self.calibration.sparse_call(
+                len(rates), steps, self.calibration.rate_of(rates)
+            )
         if predicted <= 0:
             return
         low, high = CORRECTION_BOUNDS

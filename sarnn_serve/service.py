@@ -192,7 +192,7 @@ class DataPlane:
                 **self.monitor.stats[name].engine_snapshot(),
                 "note": "dense_equivalent_seconds: what the dense graph would have spent on the "
                 "same calls, measured for calls that ran dense and predicted by the load-time "
-                "calibration for calls that ran sparse",
+                "calibration for calls that ran on the native kernel or the sparse graph",
             },
             "degradation": self._degradation(name),
         }

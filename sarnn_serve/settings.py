@@ -78,10 +78,15 @@ class Settings(BaseSettings):
     degrade_step: float = Field(
         0.05, gt=0, lt=1, description="Threshold added per degradation level."
     )
-    engine_path: Literal["auto", "dense", "sparse"] = Field(
+    engine_path: Literal["auto", "dense", "sparse", "native"] = Field(
         "auto",
-        description="Graph that runs batches: auto (the faster one per batch, by the timing "
-        "calibration at load), or always dense / sparse (sparse needs model.sparse.onnx).",
+        description="What runs batches: auto (per batch, the dense graph or the path that skips "
+        "work, whichever the timing calibration at load says is faster: the native kernel where "
+        "it was built, else the sparse graph), or always dense / sparse (needs "
+        "model.sparse.onnx) / native (needs the built kernel).",
+    )
+    native_kernel: bool = Field(
+        True, description="Load the package's native kernel for each model, where it was built."
     )
     switch_interval_s: float = Field(1e-4, gt=0, description="sys.setswitchinterval value.")
 

@@ -13,7 +13,7 @@ from sarnn_serve.api import dashboard, docs, errors, health, models, openapi, se
 from sarnn_serve.api.fast_chunks import FastChunks
 from sarnn_serve.api.limits import BodyLimit, RequestMetrics
 from sarnn_serve.auth import KeyRing
-from sarnn_serve.engine import DENSE, SPARSE
+from sarnn_serve.engine import DENSE, NATIVE, SPARSE
 from sarnn_serve.errors import ModelLoadError
 from sarnn_serve.metrics import Monitor, PromMetrics
 from sarnn_serve.registry import Registry
@@ -41,22 +41,31 @@ def make_store(settings: Settings) -> SessionStore:
 
 
 def make_routers(settings: Settings, registry: Registry, monitor: Monitor) -> dict[str, Router]:
-    """Per model, the router between its graphs: calibrated on this machine when both exist."""
+    """Per model, the router between the dense graph and the path that skips work (the native
+    kernel where built, else the sparse graph): calibrated on this machine when both exist."""
     routers = {}
     for name, model in registry.models.items():
         mode = settings.engine_path
+        if mode in (SPARSE, NATIVE) and mode not in model.engine.paths:
+            what = "sparse graph" if mode == SPARSE else "native kernel (built and loaded)"
+            raise ModelLoadError(f"{name}: SARNN_ENGINE_PATH={mode} but it has no {what}")
+        skipping = mode if mode in (SPARSE, NATIVE) else None
+        skipping = skipping or next((p for p in (NATIVE, SPARSE) if p in model.engine.paths), None)
         calibration = None
-        if SPARSE in model.engine.paths and mode != DENSE:
+        if mode != DENSE and skipping is not None:
             card = model.card
-            calibration = calibrate(model.engine, card.n_features, card.state_size)
+            calibration = calibrate(model.engine, card.n_features, card.state_size, skipping)
             crossover = calibration.crossover()
             monitor.set_crossover(name, dict(zip(calibration.batches, crossover, strict=True)))
             log.info(
                 "graphs calibrated",
-                extra={"model": name, "batch_sizes": calibration.batches, "crossover": crossover},
+                extra={
+                    "model": name,
+                    "path": skipping,
+                    "batch_sizes": calibration.batches,
+                    "crossover": crossover,
+                },
             )
-        elif mode == SPARSE:
-            raise ModelLoadError(f"{name}: SARNN_ENGINE_PATH=sparse but it has no sparse graph")
         routers[name] = Router(mode, calibration)
     return routers
 
@@ -71,7 +80,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         logs.configure(settings.log_level)
         sys.setswitchinterval(settings.switch_interval_s)
         registry = Registry.load(
-            settings.model_dir, settings.ort_intra_op_threads, settings.ort_inter_op_threads
+            settings.model_dir,
+            settings.ort_intra_op_threads,
+            settings.ort_inter_op_threads,
+            settings.native_kernel,
         )
         monitor = Monitor(prom, {n: m.card.hidden for n, m in registry.models.items()})
         routers = make_routers(settings, registry, monitor)

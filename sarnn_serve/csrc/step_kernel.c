@@ -26,7 +26,7 @@ typedef struct {
     const float *b_in;         /* [G*H]: both biases, except the GRU's n block (input bias) */
     const float *w_rec;        /* [G*H, H] */
     const float *b_hn;         /* [H]: the GRU's recurrent n bias, inside r * (...) */
-    const float *w_coord;      /* [H, F] */
+    const float *w_coord;      /* [F, H]: one row per input feature */
     const float *b_coord;      /* [H] */
     const float *w_diag;       /* [H] */
     const float *w_out;        /* [C, H] */
@@ -73,6 +73,19 @@ static void update_neuron(const sarnn_weights *w, int j, const float *xn, const 
     }
 }
 
+/* The coordinator of one row: u_j = (x_n W_a + b_a)_j + w_d,j h_j > cut, for every j (the
+ * input part summed over the features in order, as a row of x_n [1,F] times W_a [F,H]). */
+VECTOR_CLONES static void coordinate(const sarnn_weights *w, const float *xn, const float *h,
+                                     float cut, float *a, uint8_t *u) {
+    const int H = w->hidden, F = w->features;
+    for (int j = 0; j < H; j++) a[j] = 0.0f;
+    for (int f = 0; f < F; f++) {
+        const float *row = w->w_coord + (size_t)f * H;
+        for (int j = 0; j < H; j++) a[j] += xn[f] * row[j];
+    }
+    for (int j = 0; j < H; j++) u[j] = (a[j] + w->b_coord[j]) + w->w_diag[j] * h[j] > cut;
+}
+
 /* Advance `batch` rows by `steps` steps. x [B,T,F]; state_in and state_out [B,S] (S = H, or
  * 2H for the LSTM: h then c); lengths and threshold [B]; logits [B,T,C]; updates [B,T,H].
  * Returns 0, or -1 if scratch memory could not be had. */
@@ -87,8 +100,9 @@ int sarnn_chunk(const sarnn_weights *w, int batch, int steps, const float *x,
     float *xn = malloc(sizeof(float) * (size_t)batch * (F > 0 ? F : 1));
     uint8_t *gate = malloc((size_t)batch * H);
     float *cut = malloc(sizeof(float) * (size_t)batch);
-    if (!state || !next || !xn || !gate || !cut) {
-        free(state), free(next), free(xn), free(gate), free(cut);
+    float *coord = malloc(sizeof(float) * (size_t)H);
+    if (!state || !next || !xn || !gate || !cut || !coord) {
+        free(state), free(next), free(xn), free(gate), free(cut), free(coord);
         return -1;
     }
     memcpy(state, state_in, sizeof(float) * (size_t)batch * S);
@@ -105,11 +119,7 @@ int sarnn_chunk(const sarnn_weights *w, int batch, int steps, const float *x,
                 memset(u, 0, (size_t)H);
                 continue;
             }
-            for (int j = 0; j < H; j++) {
-                const float a = (dot(xb, w->w_coord + (size_t)j * F, F) + w->b_coord[j]) +
-                                w->w_diag[j] * h[j];
-                u[j] = a > cut[b];
-            }
+            coordinate(w, xb, h, cut[b], coord, u);
         }
         memcpy(next, state, sizeof(float) * (size_t)batch * S);
         /* neuron-major: a neuron's weight rows are read once per step for every row using them */
@@ -133,6 +143,6 @@ int sarnn_chunk(const sarnn_weights *w, int batch, int steps, const float *x,
         }
     }
     memcpy(state_out, state, sizeof(float) * (size_t)batch * S);
-    free(state), free(next), free(xn), free(gate), free(cut);
+    free(state), free(next), free(xn), free(gate), free(cut), free(coord);
     return 0;
 }

@@ -7,7 +7,8 @@
 // A model card shows two different savings: multiply-adds saved, counted from update counts
 // (bookkeeping), and measured time saved, engine seconds against what the dense graph would
 // have spent (measured on dense calls, calibrated at load for sparse calls), with the share of
-// calls routed to the sparse graph and the routing mode.
+// calls routed to a path that skips work (the native kernel or the sparse graph) and the routing
+// mode.
 //
 // With API keys on, the key typed into the top bar (kept in sessionStorage) goes with every
 // request as `Authorization: Bearer` and on the watch socket as `access_token`; a 401 pauses
@@ -289,9 +290,9 @@ function showStats(m, s) {
 }
 
 function showEngine(el, e) {
-  // The stats' `engine` object: measured engine seconds and which graph ran the calls.
+  // The stats' `engine` object: measured engine seconds and which path ran the calls.
   const calls = Object.values(e.calls).reduce((a, b) => a + b, 0);
-  const sparse = e.calls.sparse || 0;
+  const sparse = calls - (e.calls.dense || 0);
   const share = calls ? sparse / calls : 0;
   const shown = (fmt, x) => (calls ? fmt(x) : "\u2014");
   const saved = e.measured_time_saved;
@@ -305,7 +306,8 @@ function showEngine(el, e) {
   setValue(q(el, "engine-calls"), calls, fmtInt(calls));
   const routing = q(el, "routing");
   routing.dataset.value = e.routing;
-  routing.textContent = e.graphs.includes("sparse") ? e.routing : `${e.routing} (no sparse graph)`;
+  const skipping = e.graphs.some((g) => g !== "dense");
+  routing.textContent = skipping ? e.routing : `${e.routing} (dense only)`;
 }
 
 function showDegradation(el, d) {
