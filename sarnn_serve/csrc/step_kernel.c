@@ -39,37 +39,87 @@ typedef struct {
 #define VECTOR_CLONES
 #endif
 
-VECTOR_CLONES static float dot(const float *a, const float *b, int n) {
-    float sum = 0.0f;
-    for (int i = 0; i < n; i++) sum += a[i] * b[i];
+/* Dot products in 16 lanes (two 8-float vectors of partial sums), added up in a fixed order: a
+ * row's dot product is the same bits whether it is computed alone (dot) or beside other rows
+ * (dot_rows), and nothing depends on the compiler's reassociation. GCC/Clang vector types;
+ * each target clone maps them to its widest registers. */
+typedef float v8f __attribute__((vector_size(32)));
+#define ROW_BLOCK 4
+
+static inline v8f load8(const float *p) {
+    v8f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline float reduce(v8f lo, v8f hi, const float *a, const float *b, int from, int n) {
+    const v8f v = lo + hi;
+    float sum = ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+    for (int i = from; i < n; i++) sum += a[i] * b[i];
     return sum;
+}
+
+VECTOR_CLONES static float dot(const float *a, const float *b, int n) {
+    v8f lo = {0}, hi = {0};
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        lo += load8(a + i) * load8(b + i);
+        hi += load8(a + i + 8) * load8(b + i + 8);
+    }
+    return reduce(lo, hi, a, b, i, n);
+}
+
+/* The dot products of one weight row w with ROW_BLOCK state rows h[r], reading w once. */
+VECTOR_CLONES static void dot_rows(const float *w, const float *const *h, int n, float *out) {
+    v8f lo[ROW_BLOCK] = {{0}}, hi[ROW_BLOCK] = {{0}};
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const v8f wl = load8(w + i), wh = load8(w + i + 8);
+        for (int r = 0; r < ROW_BLOCK; r++) {
+            lo[r] += wl * load8(h[r] + i);
+            hi[r] += wh * load8(h[r] + i + 8);
+        }
+    }
+    for (int r = 0; r < ROW_BLOCK; r++) out[r] = reduce(lo[r], hi[r], w, h[r], i, n);
 }
 
 static float sigmoid(float v) { return 1.0f / (1.0f + expf(-v)); }
 
-/* One neuron j of one row: its new state value(s) from the old state h (and c). */
-static void update_neuron(const sarnn_weights *w, int j, const float *xn, const float *h,
-                          const float *c, float *h_next, float *c_next) {
+/* Neuron j of `m` rows (m <= ROW_BLOCK; h[r], c[r] their old state, h_next[r], c_next[r] where
+ * their new values go, xn[r] their normalised inputs). */
+static void update_rows(const sarnn_weights *w, int j, int m, const float *const *xn,
+                        const float *const *h, const float *const *c, float *const *h_next,
+                        float *const *c_next) {
     const int H = w->hidden, F = w->features;
-    float pre[4];
+    float pre[4][ROW_BLOCK], gx[4][ROW_BLOCK], rec[ROW_BLOCK];
     for (int k = 0; k < w->blocks; k++) {
         const size_t row = (size_t)k * H + j;
-        const float gx = dot(xn, w->w_in + row * F, F) + w->b_in[row];
-        const float rec = dot(h, w->w_rec + row * H, H);
-        pre[k] = (w->cell == CELL_GRU && k == 2) ? rec + w->b_hn[j] : rec + gx;
-        if (w->cell == CELL_GRU && k == 2) {
-            const float r = sigmoid(pre[0]), zc = sigmoid(pre[1]);
-            const float n = tanhf(gx + r * pre[2]);
-            h_next[j] = h[j] + zc * (n - h[j]);
+        if (m == ROW_BLOCK) {
+            dot_rows(w->w_rec + row * H, h, H, rec);
+        } else {
+            for (int r = 0; r < m; r++) rec[r] = dot(h[r], w->w_rec + row * H, H);
+        }
+        for (int r = 0; r < m; r++) {
+            gx[k][r] = dot(xn[r], w->w_in + row * F, F) + w->b_in[row];
+            /* the GRU's n block: W_hn h + b_hn, which r multiplies; else W h + (W x + b) */
+            pre[k][r] = (w->cell == CELL_GRU && k == 2) ? rec[r] + w->b_hn[j] : rec[r] + gx[k][r];
         }
     }
-    if (w->cell == CELL_LSTM) {
-        const float c_new = sigmoid(pre[1]) * c[j] + sigmoid(pre[0]) * tanhf(pre[2]);
-        const float h_new = sigmoid(pre[3]) * tanhf(c_new);
-        c_next[j] = c[j] + (c_new - c[j]);
-        h_next[j] = h[j] + (h_new - h[j]);
-    } else if (w->cell == CELL_RNN) {
-        h_next[j] = h[j] + (tanhf(pre[0]) - h[j]);
+    for (int r = 0; r < m; r++) {
+        const float hj = h[r][j];
+        if (w->cell == CELL_GRU) {
+            const float reset = sigmoid(pre[0][r]), zc = sigmoid(pre[1][r]);
+            const float n = tanhf(gx[2][r] + reset * pre[2][r]);
+            h_next[r][j] = hj + zc * (n - hj);
+        } else if (w->cell == CELL_LSTM) {
+            const float cj = c[r][j];
+            const float c_new = sigmoid(pre[1][r]) * cj + sigmoid(pre[0][r]) * tanhf(pre[2][r]);
+            const float h_new = sigmoid(pre[3][r]) * tanhf(c_new);
+            c_next[r][j] = cj + (c_new - cj);
+            h_next[r][j] = hj + (h_new - hj);
+        } else {
+            h_next[r][j] = hj + (tanhf(pre[0][r]) - hj);
+        }
     }
 }
 
@@ -122,15 +172,25 @@ int sarnn_chunk(const sarnn_weights *w, int batch, int steps, const float *x,
             coordinate(w, xb, h, cut[b], coord, u);
         }
         memcpy(next, state, sizeof(float) * (size_t)batch * S);
-        /* neuron-major: a neuron's weight rows are read once per step for every row using them */
+        /* neuron-major: a neuron's weight rows are read once per step for the rows updating
+         * it, ROW_BLOCK rows at a time */
         for (int j = 0; j < H; j++) {
+            const float *xs[ROW_BLOCK], *hs[ROW_BLOCK], *cs[ROW_BLOCK];
+            float *hns[ROW_BLOCK], *cns[ROW_BLOCK];
+            int m = 0;
             for (int b = 0; b < batch; b++) {
                 if (!gate[(size_t)b * H + j]) continue;
-                const float *h = state + b * S;
-                float *hn = next + b * S;
-                update_neuron(w, j, xn + (size_t)b * F, h, lstm ? h + H : NULL, hn,
-                              lstm ? hn + H : NULL);
+                xs[m] = xn + (size_t)b * F;
+                hs[m] = state + b * S;
+                hns[m] = next + b * S;
+                cs[m] = lstm ? hs[m] + H : NULL;
+                cns[m] = lstm ? hns[m] + H : NULL;
+                if (++m == ROW_BLOCK) {
+                    update_rows(w, j, m, xs, hs, cs, hns, cns);
+                    m = 0;
+                }
             }
+            if (m) update_rows(w, j, m, xs, hs, cs, hns, cns);
         }
         float *swap = state;
         state = next;
