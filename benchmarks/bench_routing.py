@@ -5,27 +5,29 @@
 
 For each H in {128, 512, 1024, 2048} (--quick: {128, 512}) the GRU SA-RNN of bench_savings.py
 (unit-norm coordinator rows, w_d = 0, bias 0) is exported as the dense and the sparse chunk
-graph into a temp dir and loaded as one `sarnn_serve.engine.Engine`; `routing.calibrate` runs
-once, as the server does at load (its duration is printed), and one `Router("auto", ...)` serves
-the whole grid of that H, as one per model does in the server.
+graph into a temp dir and loaded as one `sarnn_serve.engine.Engine` with the native kernel;
+`routing.calibrate` runs once against the work-skipping path (--path: the native kernel, as the
+server picks where it is built, or the sparse graph), as the server does at load (its duration
+is printed), and one `Router("auto", ...)` serves the whole grid of that H, as one per model
+does in the server.
 
 The update rate is set per row through the threshold: u = [w.x > 2 tau - 1] with x ~ N(0, 1)
 and unit-norm w, so tau = (1 + Phi^-1(1 - rate)) / 2 gives bench_savings' masks (its bias
 Phi^-1(rate) with tau = 0.5) on one graph; 2 % needs tau = 1.53, which the graph accepts. The
 router is told each row's target rate, as a session's settled recent rate would tell it.
 
-For each B in {1, 8, 64}, rate in {2, 5, 10, 20, 50} % and T in {1, 32} steps a pool of
-max(2, 512 // (B T)) input chunks is cycled. "routed" is what the batcher's `_call` does for
-a batch: `Router.plan`, then one engine call per (path, rows) group on those rows of the batch,
-each followed by `Router.observe` with its measured time; "dense" is one dense call on the
-whole batch. After --warmup routed plans (the correction settles) both are timed in interleaved
+For each B in {1, 8, 64}, rate in {2, 5, 10, 20, 50} % and T in {1, 32} steps a pool of max(2,
+512 // (B T)) input chunks is cycled. "routed" is what the batcher's `_call` does for a batch:
+`Router.plan`, then one engine call per (path, rows) group on those rows of the batch, each
+followed by `Router.observe` with its measured time; "dense" is one dense call on the whole
+batch. After --warmup routed plans (the correction settles) both are timed in interleaved
 rounds, alternating first; a sample is a run of calls lasting at least --sample-ms, the figure
 is the median over rounds, as many as fit in --point-seconds within [--min-rounds,
---max-rounds]. Each point reports the plan (dense / sparse / sparse in groups of g rows; more
-than one if the correction changed it while timing), the routed and dense time per call, the
-router's own time per batch (plan + observe, included in routed), its prediction of routed /
-dense, routed / dense measured, and the same without the router's own time (what the choice
-of graph alone costs). The requirement: routed / dense <= 1.05 at every point.
+--max-rounds]. Each point reports the plan (dense / native / sparse / sparse in groups of g
+rows; more than one if the correction changed it while timing), the routed and dense time per
+call, the router's own time per batch (plan + observe, included in routed), its prediction of
+routed / dense, routed / dense measured, and the same without the router's own time (what the
+choice of graph alone costs). The requirement: routed / dense <= 1.05 at every point.
 """
 
 import argparse
@@ -62,8 +64,9 @@ from bench_savings import (
 )
 
 from export.onnx_export import build_model
-from sarnn_serve.engine import DENSE, SPARSE, Engine
-from sarnn_serve.routing import Plan, Router, calibrate, union_rate
+from sarnn_serve import native
+from sarnn_serve.engine import DENSE, NATIVE, SPARSE, Engine
+from sarnn_serve.routing import Plan, Router, calibrate
 
 STEPS = (1, 32)
 POOL_ROW_STEPS = 512
@@ -92,12 +95,11 @@ def make_pool(
 
 
 def label(plan: Plan) -> str:
-    """A plan in words: dense, sparse, or sparse in groups of g rows."""
-    if plan[0][0] == DENSE:
-        return "dense"
+    """A plan in words: dense, native, sparse, or sparse in groups of g rows."""
+    path = plan[0][0]
     if len(plan) == 1:
-        return "sparse"
-    return f"sparse {len(plan)} x {len(plan[0][1])} rows"
+        return path
+    return f"{path} {len(plan)} x {len(plan[0][1])} rows"
 
 
 class Routed:
@@ -164,8 +166,8 @@ def predicted_ratio(router: Router, rates: list[float], steps: int) -> float:
         if path == DENSE:
             cost += cal.dense_call(len(rows), steps) * correction[DENSE]
         else:
-            union = union_rate([rates[i] for i in rows])
-            cost += cal.sparse_call(len(rows), steps, union) * correction[SPARSE]
+            rate = cal.rate_of([rates[i] for i in rows])
+            cost += cal.sparse_call(len(rows), steps, rate) * correction[path]
     return cost / (cal.dense_call(len(rates), steps) * correction[DENSE])
 
 
@@ -178,8 +180,10 @@ def bench_hidden(hidden: int, args: argparse.Namespace, rng: np.random.Generator
         onnx.save(build_model(model), dense_path)
         onnx.save(sparse_graph(model), sparse_path)
         engine = Engine(dense_path, sparse_path=sparse_path)
+        if args.path == NATIVE:
+            engine.load_native()
     started = time.perf_counter()
-    calibration = calibrate(engine, features, state_size, seed=args.seed)
+    calibration = calibrate(engine, features, state_size, args.path, seed=args.seed)
     calibration_s = time.perf_counter() - started
     print(f"H={hidden}: calibration {calibration_s:.1f} s", file=sys.stderr, flush=True)
     router = Router("auto", calibration)
@@ -252,6 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=20, help="routed plans before timing")
     parser.add_argument("--sample-ms", type=float, default=20.0, help="shortest timed sample")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--path",
+        choices=(NATIVE, SPARSE),
+        default=NATIVE if native.available() else SPARSE,
+        help="the work-skipping path the router weighs against dense (default: the native "
+        "kernel where built, as the server)",
+    )
     parser.add_argument("--json", type=Path, help="write every figure here")
     args = parser.parse_args(argv)
     if args.quick:
@@ -260,7 +271,10 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     load_start = os.getloadavg()
-    print(f"# routed (Router auto) vs dense graph, onnxruntime {ort.__version__}, 1 thread")
+    print(
+        f"# routed (Router auto, dense or {args.path}) vs dense graph, onnxruntime "
+        f"{ort.__version__}, 1 thread"
+    )
     print(f"load average at start: {' '.join(f'{v:.2f}' for v in load_start)}")
     started = time.perf_counter()
     rng = np.random.default_rng(args.seed)
@@ -298,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
                 "max_rounds": args.max_rounds,
                 "sample_ms": args.sample_ms,
                 "seed": args.seed,
+                "path": args.path,
             },
             "versions": versions(),
             "load_average": {"start": list(load_start), "end": list(load_end)},
