@@ -12,7 +12,10 @@
 #   IMAGE         tag to build (default localhost/sarnn-serve:dev)
 #   BASE_IMAGE    base to build on (default localhost/sarnn-base:bookworm, made here if missing;
 #                 any other name must already exist, e.g. docker.io/library/python:3.11-slim)
-#   REBUILD_BASE  1: remake the mmdebstrap base even if it exists (e.g. for security updates)
+#   BUILD_BASE_IMAGE  base of the build stage: the same Python plus gcc (default
+#                 localhost/sarnn-build-base:bookworm, made here if missing; or e.g.
+#                 docker.io/library/python:3.11)
+#   REBUILD_BASE  1: remake the mmdebstrap bases even if they exist (e.g. for security updates)
 #   NO_CACHE      1: build without podman's layer cache (a cold build)
 #   MODELS        models/ directories to ship, space-separated (default: all)
 #   PIP_INDEX_URL a PyPI mirror for pip inside the build (default: pip's config, else PyPI)
@@ -27,6 +30,7 @@ cd "$(dirname "$0")/.."
 
 IMAGE=${IMAGE:-localhost/sarnn-serve:dev}
 BASE_IMAGE=${BASE_IMAGE:-localhost/sarnn-base:bookworm}
+BUILD_BASE_IMAGE=${BUILD_BASE_IMAGE:-localhost/sarnn-build-base:bookworm}
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 MODELS=${MODELS:-all}
 KEEP_IMAGE=${KEEP_IMAGE:-1}
@@ -90,16 +94,24 @@ events_logger = "file"
 EOF
 export CONTAINERS_CONF="$work/containers.conf"
 
-# --- base image: Debian bookworm + python3 (3.11) + venv + CA certificates ------------------------
-if [ "${REBUILD_BASE:-0}" = 1 ] || ! podman image exists "$BASE_IMAGE"; then
-  [ "$BASE_IMAGE" = localhost/sarnn-base:bookworm ] \
-    || { log "BASE_IMAGE=$BASE_IMAGE does not exist (pull it first)"; exit 1; }
-  log "making $BASE_IMAGE with mmdebstrap from $DEBIAN_MIRROR"
+# --- base images: Debian bookworm + python3 (3.11) + venv + CA certificates ----------------------
+# make_base IMAGE [PACKAGE...]: the base with these packages too, unless it exists.
+make_base() {
+  local image=$1
+  shift
+  if [ "${REBUILD_BASE:-0}" != 1 ] && podman image exists "$image"; then
+    log "base $image exists (REBUILD_BASE=1 remakes it)"
+    return
+  fi
+  log "making $image with mmdebstrap from $DEBIAN_MIRROR"
+  local t0
   t0=$(now)
   # Essential packages only (no apt, which the image never runs) with merged /usr (else usrmerge
   # and perl come along); no docs, man pages or translations (copyright files stay). libstdc++6:
   # onnxruntime links it (python:3.11-slim has it too).
-  mmdebstrap --quiet --variant=essential --include=python3,python3-venv,ca-certificates,libstdc++6 \
+  local include=python3,python3-venv,ca-certificates,libstdc++6
+  for package in "$@"; do include+=",$package"; done
+  mmdebstrap --quiet --variant=essential --include="$include" \
     --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
     --aptopt='APT::Install-Recommends "false"' \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
@@ -108,15 +120,22 @@ if [ "${REBUILD_BASE:-0}" = 1 ] || ! podman image exists "$BASE_IMAGE"; then
     bookworm "$work/base.tar" "$DEBIAN_MIRROR" \
     "deb $DEBIAN_MIRROR bookworm-updates main" \
     "deb ${DEBIAN_MIRROR%/debian}/debian-security bookworm-security main"
-  podman import --quiet --change 'CMD ["python3"]' "$work/base.tar" "$BASE_IMAGE" >/dev/null
+  podman import --quiet --change 'CMD ["python3"]' "$work/base.tar" "$image" >/dev/null
   rm -f "$work/base.tar"
   log "base made in $(since "$t0") s"
-else
-  log "base $BASE_IMAGE exists (REBUILD_BASE=1 remakes it)"
-fi
+}
+
+for image in "$BASE_IMAGE" "$BUILD_BASE_IMAGE"; do
+  case "$image" in
+    localhost/sarnn-base:bookworm) make_base "$image" ;;
+    localhost/sarnn-build-base:bookworm) make_base "$image" gcc libc6-dev ;;
+    *) podman image exists "$image" || { log "$image does not exist (pull it first)"; exit 1; } ;;
+  esac
+done
 
 # --- build ---------------------------------------------------------------------------------------
-build_args=(--build-arg "BASE=$BASE_IMAGE" --build-arg "MODELS=$MODELS")
+build_args=(--build-arg "BASE=$BASE_IMAGE" --build-arg "BUILD_BASE=$BUILD_BASE_IMAGE")
+build_args+=(--build-arg "MODELS=$MODELS")
 # pip inside the build uses the same registry as pip here: an http(s) index-url, if one is set.
 index_url=${PIP_INDEX_URL:-$(pip config get global.index-url 2>/dev/null || true)}
 case "$index_url" in
