@@ -89,10 +89,15 @@ def _rows(array: np.ndarray) -> np.ndarray:
 
 
 def _per_row(values: np.ndarray | None, batch: int, dtype: type, default: float) -> np.ndarray:
-    """A graph input of shape [B] or [1] (or None: the graph's default) as B contiguous values."""
-    if values is None or len(values) != batch:
-        return np.full(batch, default if values is None else values[0], dtype)
-    return np.ascontiguousarray(values, dtype=dtype)
+    """A graph input of shape [B] or [1] (or None: the graph's default) as B contiguous values;
+    ValueError for any other size, as the graph refuses it."""
+    if values is None:
+        return np.full(batch, default, dtype)
+    if len(values) == batch:
+        return np.ascontiguousarray(values, dtype=dtype)
+    if len(values) == 1:
+        return np.full(batch, values[0], dtype)
+    raise ValueError(f"{len(values)} values for {batch} rows (give {batch} or 1)")
 
 
 class NativeKernel:

@@ -33,19 +33,22 @@ def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
 
 
 def _fields(buf: memoryview):
-    """(field number, wire type, value) of each field: an int, or a memoryview for LENGTH."""
+    """(field number, wire type, value) of each field: an int for VARINT, else the field's
+    bytes (a memoryview)."""
     pos = 0
     while pos < len(buf):
         key, pos = _varint(buf, pos)
         number, wire = key >> 3, key & 7
         if wire == VARINT:
             value, pos = _varint(buf, pos)
-        elif wire == LENGTH:
-            size, pos = _varint(buf, pos)
+        elif wire in (LENGTH, FIXED64, FIXED32):
+            if wire == LENGTH:
+                size, pos = _varint(buf, pos)
+            else:
+                size = 8 if wire == FIXED64 else 4
+            if pos + size > len(buf):
+                raise OnnxFormatError("truncated field")
             value, pos = buf[pos : pos + size], pos + size
-        elif wire in (FIXED64, FIXED32):
-            size = 8 if wire == FIXED64 else 4
-            value, pos = int.from_bytes(buf[pos : pos + size], "little"), pos + size
         else:
             raise OnnxFormatError(f"unsupported wire type {wire}")
         yield number, wire, value
@@ -72,18 +75,22 @@ def _tensor(buf: memoryview) -> tuple[str, np.ndarray | None]:
         elif number == TENSOR_RAW:
             raw = bytes(value)
         elif number == TENSOR_FLOATS:
-            typed.append(np.frombuffer(value, "<f4") if wire == LENGTH else [value])
+            typed.append(np.frombuffer(value, "<f4"))  # packed, or one FIXED32 value
         elif number == TENSOR_INT64S:
             ints = _packed_varints(value) if wire == LENGTH else [value]
             typed.append(np.array(ints, np.uint64).view(np.int64))
     if dtype not in DTYPES:
         return name, None
     if raw is not None:
+        if len(raw) % DTYPES[dtype].itemsize:
+            raise OnnxFormatError(f"tensor {name!r}: raw data of {len(raw)} bytes")
         array = np.frombuffer(raw, DTYPES[dtype])
     elif typed:
         array = np.concatenate([np.asarray(t) for t in typed]).astype(DTYPES[dtype])
     else:
         array = np.empty(0, DTYPES[dtype])
+    if array.size != np.prod(dims, dtype=np.int64):
+        raise OnnxFormatError(f"tensor {name!r}: {array.size} values for shape {dims}")
     return name, array.reshape(dims).astype(DTYPES[dtype].newbyteorder("="))
 
 

@@ -124,7 +124,7 @@ class Calibration:
             "sparse_us_per_step_at_rate_0": us(self.sparse_base),
             "sparse_us_per_step_per_unit_rate": us(self.sparse_slope),
             "crossover_update_rate": [round(c, 4) for c in self.crossover()],
-            "measured_union_rates": [[round(r, 3) for r in rs] for rs in self.measured_rates],
+            "measured_rates": [[round(r, 3) for r in rs] for rs in self.measured_rates],
         }
 
 
