@@ -374,9 +374,10 @@ def assert_labelled(page) -> None:
     time_title = page.locator(time_saved).get_attribute("title")
     assert time_title.startswith(
         "Measured time saved (engine seconds vs. the dense graph: measured on dense calls, "
-        "calibrated at load for sparse calls)"
+        "calibrated at load for calls on the native kernel or the sparse graph)"
     )
-    assert "sparse graph" in page.locator(card("sparse-share-stat")).get_attribute("title")
+    share_title = page.locator(card("sparse-share-stat")).get_attribute("title")
+    assert "native kernel" in share_title and "sparse graph" in share_title
 
 
 def bearer(key: str | None) -> dict[str, str]:
