@@ -69,6 +69,34 @@ VECTOR_CLONES static float dot(const float *a, const float *b, int n) {
     return reduce(lo, hi, a, b, i, n);
 }
 
+/* The dot products of G weight rows (w + k * stride) with one state row h, reading h once:
+ * independent sums (more in flight) and several weight streams at once. One function per G
+ * (GRU 3, LSTM 4, RNN 1), so that the sums stay in registers. */
+#define DEFINE_DOT_BLOCKS(G)                                                                   \
+    VECTOR_CLONES static void dot_blocks_##G(const float *w, size_t stride, const float *h,   \
+                                             int n, float *out) {                             \
+        v8f lo[G] = {{0}}, hi[G] = {{0}};                                                     \
+        int i = 0;                                                                            \
+        for (; i + 16 <= n; i += 16) {                                                        \
+            const v8f hl = load8(h + i), hh = load8(h + i + 8);                               \
+            for (int k = 0; k < G; k++) {                                                     \
+                lo[k] += load8(w + k * stride + i) * hl;                                      \
+                hi[k] += load8(w + k * stride + i + 8) * hh;                                  \
+            }                                                                                 \
+        }                                                                                     \
+        for (int k = 0; k < G; k++) out[k] = reduce(lo[k], hi[k], w + k * stride, h, i, n); \
+    }
+DEFINE_DOT_BLOCKS(1)
+DEFINE_DOT_BLOCKS(3)
+DEFINE_DOT_BLOCKS(4)
+
+static void dot_blocks(const float *w, size_t stride, int blocks, const float *h, int n,
+                       float *out) {
+    if (blocks == 3) dot_blocks_3(w, stride, h, n, out);
+    else if (blocks == 4) dot_blocks_4(w, stride, h, n, out);
+    else dot_blocks_1(w, stride, h, n, out);
+}
+
 /* The dot products of one weight row w with ROW_BLOCK state rows h[r], reading w once. */
 VECTOR_CLONES static void dot_rows(const float *w, const float *const *h, int n, float *out) {
     v8f lo[ROW_BLOCK] = {{0}}, hi[ROW_BLOCK] = {{0}};
@@ -91,18 +119,25 @@ static void update_rows(const sarnn_weights *w, int j, int m, const float *const
                         const float *const *h, const float *const *c, float *const *h_next,
                         float *const *c_next) {
     const int H = w->hidden, F = w->features;
-    float pre[4][ROW_BLOCK], gx[4][ROW_BLOCK], rec[ROW_BLOCK];
+    const size_t block_stride = (size_t)H * H;
+    float pre[4][ROW_BLOCK], gx[4][ROW_BLOCK], rec[4][ROW_BLOCK];
+    if (m == ROW_BLOCK) {
+        for (int k = 0; k < w->blocks; k++)
+            dot_rows(w->w_rec + ((size_t)k * H + j) * H, h, H, rec[k]);
+    } else {
+        for (int r = 0; r < m; r++) {
+            float one[4];
+            dot_blocks(w->w_rec + (size_t)j * H, block_stride, w->blocks, h[r], H, one);
+            for (int k = 0; k < w->blocks; k++) rec[k][r] = one[k];
+        }
+    }
     for (int k = 0; k < w->blocks; k++) {
         const size_t row = (size_t)k * H + j;
-        if (m == ROW_BLOCK) {
-            dot_rows(w->w_rec + row * H, h, H, rec);
-        } else {
-            for (int r = 0; r < m; r++) rec[r] = dot(h[r], w->w_rec + row * H, H);
-        }
         for (int r = 0; r < m; r++) {
             gx[k][r] = dot(xn[r], w->w_in + row * F, F) + w->b_in[row];
             /* the GRU's n block: W_hn h + b_hn, which r multiplies; else W h + (W x + b) */
-            pre[k][r] = (w->cell == CELL_GRU && k == 2) ? rec[r] + w->b_hn[j] : rec[r] + gx[k][r];
+            pre[k][r] = (w->cell == CELL_GRU && k == 2) ? rec[k][r] + w->b_hn[j]
+                                                         : rec[k][r] + gx[k][r];
         }
     }
     for (int r = 0; r < m; r++) {
@@ -120,6 +155,18 @@ static void update_rows(const sarnn_weights *w, int j, int m, const float *const
         } else {
             h_next[r][j] = hj + (tanhf(pre[0][r]) - hj);
         }
+    }
+}
+
+/* Ask for the head of neuron j's recurrent weight rows ahead of their use: the rows lie far
+ * apart (one per gate block), so the hardware prefetcher would meet each cold; once a row's
+ * first lines are on their way it follows the rest. */
+#define PREFETCH_FLOATS 128
+static void prefetch_rows(const sarnn_weights *w, int j) {
+    const int H = w->hidden, n = H < PREFETCH_FLOATS ? H : PREFETCH_FLOATS;
+    for (int k = 0; k < w->blocks; k++) {
+        const float *row = w->w_rec + ((size_t)k * H + j) * H;
+        for (int i = 0; i < n; i += 16) __builtin_prefetch(row + i);
     }
 }
 
@@ -151,8 +198,9 @@ int sarnn_chunk(const sarnn_weights *w, int batch, int steps, const float *x,
     uint8_t *gate = malloc((size_t)batch * H);
     float *cut = malloc(sizeof(float) * (size_t)batch);
     float *coord = malloc(sizeof(float) * (size_t)H);
-    if (!state || !next || !xn || !gate || !cut || !coord) {
-        free(state), free(next), free(xn), free(gate), free(cut), free(coord);
+    int *active = malloc(sizeof(int) * (size_t)H);
+    if (!state || !next || !xn || !gate || !cut || !coord || !active) {
+        free(state), free(next), free(xn), free(gate), free(cut), free(coord), free(active);
         return -1;
     }
     memcpy(state, state_in, sizeof(float) * (size_t)batch * S);
@@ -173,8 +221,16 @@ int sarnn_chunk(const sarnn_weights *w, int batch, int steps, const float *x,
         }
         memcpy(next, state, sizeof(float) * (size_t)batch * S);
         /* neuron-major: a neuron's weight rows are read once per step for the rows updating
-         * it, ROW_BLOCK rows at a time */
+         * it, ROW_BLOCK rows at a time, while the next such neuron's rows are fetched */
+        int n_active = 0;
         for (int j = 0; j < H; j++) {
+            int any = 0;
+            for (int b = 0; b < batch && !any; b++) any = gate[(size_t)b * H + j];
+            if (any) active[n_active++] = j;
+        }
+        for (int a = 0; a < n_active; a++) {
+            const int j = active[a];
+            if (a + 1 < n_active) prefetch_rows(w, active[a + 1]);
             const float *xs[ROW_BLOCK], *hs[ROW_BLOCK], *cs[ROW_BLOCK];
             float *hns[ROW_BLOCK], *cns[ROW_BLOCK];
             int m = 0;
@@ -203,6 +259,6 @@ int sarnn_chunk(const sarnn_weights *w, int batch, int steps, const float *x,
         }
     }
     memcpy(state_out, state, sizeof(float) * (size_t)batch * S);
-    free(state), free(next), free(xn), free(gate), free(cut), free(coord);
+    free(state), free(next), free(xn), free(gate), free(cut), free(coord), free(active);
     return 0;
 }
