@@ -1,10 +1,11 @@
-"""Server CPU per step with the sparse graph against the same server forced to the dense graph.
+"""Server CPU per step routed by measurement against the same server forced to the dense graph.
 
     .venv/bin/python benchmarks/bench_served_savings.py --model-dir DIR [--threshold 0.9]
         [--sessions 16] [--rate 20] [--chunk 1] [--duration 20] [--rounds 2] [--json out.json]
 
-Serves DIR (one model with a sparse graph, e.g. a large-H model) twice per round, once with
-SARNN_ENGINE_PATH=auto (each batch on the faster graph, by the load-time calibration) and once
+Serves DIR (one model, e.g. a large-H model) twice per round, once with SARNN_ENGINE_PATH=auto
+(each batch on the dense graph or the work-skipping path, the native kernel where built, by the
+load-time calibration) and once
 with SARNN_ENGINE_PATH=dense, alternating, and drives each with the same WebSocket load
 (benchmarks/load_ws.py: --sessions sessions streaming held-out watch recordings at --rate
 samples/s each, --chunk samples per message, sessions opened with --threshold). Reports, per
@@ -77,7 +78,7 @@ def main() -> int:
     cpu = {m: statistics.median(r["server_cpu_s_per_1000_steps"] for r in runs if r["mode"] == m)
            for m in MODES}  # fmt: skip
     ratio = cpu["dense"] / cpu["auto"]
-    print(f"server CPU per step, dense / auto (sparse where faster): {ratio:.2f}x")
+    print(f"server CPU per step, dense / auto (work skipped where faster): {ratio:.2f}x")
     if args.json_path:
         result = {"runs": runs, "cpu_ratio_dense_over_auto": ratio, "args": vars(args)}
         Path(args.json_path).write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))

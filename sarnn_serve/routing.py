@@ -215,6 +215,7 @@ class Router:
         self.sparse = calibration.graph if calibration is not None else SPARSE
         self.correction = {DENSE: 1.0, self.sparse: 1.0}
         self._thresholds: dict[tuple[int, int], float] = {}
+        self._everyone: dict[int, list[int]] = {}  # row indices of a batch of n, never mutated
         self._thresholds_at = dict(self.correction)
 
     def _sparse_plan(self, rates: list[float], steps: int) -> tuple[Plan, float]:
@@ -288,7 +289,9 @@ class Router:
     def plan(self, rates: list[float], steps: int = 1) -> Plan:
         """Calls for a batch of chunks of up to `steps` steps whose rows recently updated
         `rates` of their neurons: a list of (graph, row indices)."""
-        everyone = list(range(len(rates)))
+        everyone = self._everyone.get(len(rates)) or self._everyone.setdefault(
+            len(rates), list(range(len(rates)))
+        )
         if self.mode in (SPARSE, NATIVE):
             return [(self.mode, everyone)]
         if self.mode != "auto" or self.calibration is None:
