@@ -5,14 +5,13 @@
 
 Serves DIR (one model, e.g. a large-H model) twice per round, once with SARNN_ENGINE_PATH=auto
 (each batch on the dense graph or the work-skipping path, the native kernel where built, by the
-load-time calibration) and once
-with SARNN_ENGINE_PATH=dense, alternating, and drives each with the same WebSocket load
-(benchmarks/load_ws.py: --sessions sessions streaming held-out watch recordings at --rate
-samples/s each, --chunk samples per message, sessions opened with --threshold). Reports, per
-mode, the achieved steps/s, the server's CPU seconds per 1,000 steps (its user + system CPU
-time over the scored window), p99 latency, the update rate the sessions reported and the
-engine's calls per graph, and the ratio of CPU per step between the two modes. Client and
-server share the machine's cores; the offered load is the same for both modes, so the
+load-time calibration) and once with SARNN_ENGINE_PATH=dense, alternating, and drives each with
+the same WebSocket load (benchmarks/load_ws.py: --sessions sessions streaming held-out watch
+recordings at --rate samples/s each, --chunk samples per message, sessions opened with
+--threshold). Reports, per mode, the achieved steps/s, the server's CPU seconds per 1,000 steps
+(its user + system CPU time over the scored window), p99 latency, the update rate the sessions
+reported and the engine's calls per graph, and the ratio of CPU per step between the two modes.
+Client and server share the machine's cores; the offered load is the same for both modes, so the
 server's CPU time per step is what differs.
 """
 
