@@ -49,7 +49,9 @@ def main() -> int:
     args = p.parse_args()
     rows = load_watch().test[3].x.tolist()
     tmp = Path("/tmp")
-    server = start_server(ROOT / "models", tmp, {"SARNN_DEFAULT_MODEL": args.model})
+    # routing by measurement, as a real server (the test servers' default is dense)
+    env = {"SARNN_DEFAULT_MODEL": args.model, "SARNN_ENGINE_PATH": "auto"}
+    server = start_server(ROOT / "models", tmp, env)
     stop = threading.Event()
     try:
         sid = httpx.post(f"{server.url}/v1/sessions", json={"model": args.model}).json()["id"]
