@@ -124,16 +124,23 @@ class MicroBatcher:
         return self._queue.qsize()
 
     async def run(
-        self, x: np.ndarray, state: np.ndarray, threshold: float, rate: float = 1.0
+        self,
+        x: np.ndarray,
+        state: np.ndarray,
+        threshold: float,
+        rate: float = 1.0,
+        arrived: float | None = None,
     ) -> RowResult:
         """Advance one chunk x [T,F] from state [S]; `rate` is the session's recent update
-        rate (it predicts this chunk's, for the choice of graph). Overloaded if the queue is
-        full."""
+        rate (it predicts this chunk's, for the choice of graph); `arrived` (the loop's clock)
+        is when the chunk reached the server, if it waited before this call (its queueing
+        delay counts from then). Overloaded if the queue is full."""
         if self._queue.qsize() >= self.max_queue:
             raise Overloaded(self.max_queue)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.put_nowait(_Job(x, state, threshold, rate, future, loop.time()))
+        enqueued = loop.time() if arrived is None else arrived
+        self._queue.put_nowait(_Job(x, state, threshold, rate, future, enqueued))
         if self._queue.qsize() >= self.max_rows:
             self._full.set()
         return await future

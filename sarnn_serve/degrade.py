@@ -1,18 +1,22 @@
 """Graceful degradation: under overload, sessions that allow it spend less per step.
 
 One `Degrader` per model watches the queueing delay of its micro-batcher (how long the oldest
-chunk of each batch waited). It keeps a level: once per `interval_s`, if the longest delay seen
-in the interval exceeded the target, the level rises by one; if it stayed under half the
-target, the level falls by one. A session created with `degrade: true` runs each chunk at its
-own threshold plus `level x step` (capped at `ceiling`): a higher threshold updates fewer
-neurons, which the sparse graph turns into less time per step. Sessions without it are never
-touched.
+chunk of each batch waited since it reached the server: WebSocket chunks that a client sent
+ahead of its answers wait from their arrival). It keeps a level: once per `interval_s`, if the
+longest delay seen in the interval exceeded the target, the level rises, by one, or by more the
+further over the target the delay is (1 + log2 of the ratio, at most MAX_RISE: a heavy overload
+is met within a second); if it stayed under half the target, the level falls by one. A session
+created with `degrade: true` runs each chunk at its own threshold plus `level x step` (capped at
+`ceiling`): a higher threshold updates fewer neurons, which the native kernel (or the sparse
+graph) turns into less time per step. Sessions without it are never touched.
 """
 
+import math
 import time
 from collections.abc import Callable
 
 DEFAULT_STEP = 0.05
+MAX_RISE = 4
 
 
 class Degrader:
@@ -43,7 +47,8 @@ class Degrader:
         if now - self._since < self.interval_s:
             return
         if self._worst > self.target_s:
-            self.level = min(self.max_level, self.level + 1)
+            rise = min(MAX_RISE, 1 + int(math.log2(self._worst / self.target_s)))
+            self.level = min(self.max_level, self.level + rise)
         elif self._worst < self.target_s / 2:
             self.level = max(0, self.level - 1)
         self._worst, self._since = 0.0, now

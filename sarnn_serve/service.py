@@ -414,10 +414,17 @@ class DataPlane:
         return record
 
     async def advance(
-        self, caller: Principal, session_id: str, chunk: ChunkRequest, request_id: str = ""
+        self,
+        caller: Principal,
+        session_id: str,
+        chunk: ChunkRequest,
+        request_id: str = "",
+        arrived: float | None = None,
     ) -> ChunkResult:
         """Apply one chunk, or answer a retry of the last seq again without applying it;
-        `request_id` (of an Open Inference Protocol request) is kept to recognise its retry.
+        `request_id` (of an Open Inference Protocol request) is kept to recognise its retry;
+        `arrived` (the event loop's clock) is when the chunk reached the server, if it waited
+        before this call (a socket's read-ahead): its queueing delay counts from then.
 
         The record this process wrote last for the session is kept (`_written`), so that the
         next chunk in order costs one store round trip (the compare-and-set) instead of two; a
@@ -445,7 +452,7 @@ class DataPlane:
                     raise SeqConflict(seq, record.next_seq)
                 own, threshold = record.threshold, self._threshold_now(record)
                 result = await self.batchers[card.name].run(
-                    x, record.state, threshold, record.recent_rate
+                    x, record.state, threshold, record.recent_rate, arrived
                 )
                 if not result.finite:
                     raise out_of_range()

@@ -122,3 +122,16 @@ def test_degrader_levels_follow_the_queueing_delay():
         now[0] += 1.0
         d.observe(0.001)
     assert d.level == 0 and d.threshold(0.5) == 0.5
+
+
+def test_degrader_rises_faster_the_further_over_target():
+    now = [0.0]
+    d = Degrader(target_s=0.010, ceiling=0.9, step=0.05, interval_s=1.0, clock=lambda: now[0])
+    rises = []
+    for delay in (0.015, 0.025, 0.045, 5.0):  # 1.5x, 2.5x, 4.5x and 500x the target
+        before = d.level
+        d.observe(delay)
+        now[0] += 1.0
+        d.observe(0.0)
+        rises.append(d.level - before)
+    assert rises == [1, 2, 3, 4]

@@ -12,6 +12,7 @@ gets a JSON error frame {"type": "error", "status", "error": {...}} and changes 
 socket stays open. Close codes are listed in `api/ws.py`.
 """
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -40,6 +41,7 @@ from sarnn_serve.validation import validate_request
 router = APIRouter(tags=["streaming"])
 log = logging.getLogger("sarnn.stream")
 ENDPOINT = "WS /v1/sessions/{session_id}/stream"
+READ_AHEAD = 64  # messages a socket may have read but not yet answered
 
 
 def _size(text: str) -> int:
@@ -65,14 +67,32 @@ def decode_chunk(message: dict, limit: int) -> ChunkRequest:
     return validate_request(ChunkRequest, body)
 
 
+async def _read_ahead(ws: WebSocket, inbox: asyncio.Queue) -> None:
+    """Move the socket's messages into `inbox` as they arrive, each with its arrival time (the
+    loop's clock), until the client disconnects; the bounded inbox pushes back on the socket.
+    A client that sends ahead of its answers then waits here, where the server sees it, rather
+    than in the socket: the wait counts in the queueing delay that degradation watches."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            message = await ws.receive()
+        except WebSocketDisconnect:
+            message = {"type": "websocket.disconnect"}
+        await inbox.put((loop.time(), message))
+        if message["type"] == "websocket.disconnect":
+            return
+
+
 async def _serve(
     ws: WebSocket, dp: DataPlane, who: Principal, session_id: str, query: StreamAttach
 ) -> None:
     limit = dp.settings.ws_max_message_bytes
     delete_on_close = query.delete_on_close
+    inbox: asyncio.Queue = asyncio.Queue(READ_AHEAD)
+    reader = asyncio.create_task(_read_ahead(ws, inbox))
     try:
         while True:
-            message = await ws.receive()
+            arrived, message = await inbox.get()
             if message["type"] == "websocket.disconnect":
                 break
             started = time.perf_counter()
@@ -81,7 +101,7 @@ async def _serve(
                 chunk = decode_chunk(message, limit)
                 if chunk.answer is None:
                     chunk.answer = query.answer
-                result = await dp.advance(who, session_id, chunk)
+                result = await dp.advance(who, session_id, chunk, arrived=arrived)
                 if isinstance(chunk.inputs, np.ndarray):  # a raw binary chunk
                     await ws.send_bytes(dp.chunk_binary(result, chunk))
                 else:
@@ -96,6 +116,9 @@ async def _serve(
     except WebSocketDisconnect:
         pass
     finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):  # the socket is done with
+            await reader
         if delete_on_close:
             try:
                 await dp.delete_session(who, session_id)
