@@ -5,10 +5,12 @@ chunk of each batch waited since it reached the server: WebSocket chunks that a 
 ahead of its answers wait from their arrival). It keeps a level: once per `interval_s`, if the
 longest delay seen in the interval exceeded the target, the level rises, by one, or by more the
 further over the target the delay is (1 + log2 of the ratio, at most MAX_RISE: a heavy overload
-is met within a second); if it stayed under half the target, the level falls by one. A session
-created with `degrade: true` runs each chunk at its own threshold plus `level x step` (capped at
-`ceiling`): a higher threshold updates fewer neurons, which the native kernel (or the sparse
-graph) turns into less time per step. Sessions without it are never touched.
+is met within a second); once it has stayed under half the target for CALM_INTERVALS intervals
+in a row, the level falls by one (falling at the first calm interval would undo the shedding
+that calmed it, and the load would swing). A session created with `degrade: true` runs each
+chunk at its own threshold plus `level x step` (capped at `ceiling`): a higher threshold updates
+fewer neurons, which the native kernel (or the sparse graph) turns into less time per step.
+Sessions without it are never touched.
 """
 
 import math
@@ -17,6 +19,7 @@ from collections.abc import Callable
 
 DEFAULT_STEP = 0.05
 MAX_RISE = 4
+CALM_INTERVALS = 4
 
 
 class Degrader:
@@ -38,6 +41,7 @@ class Degrader:
         self.level = 0
         self.max_level = max(0, round(ceiling / step))
         self._worst = 0.0
+        self._calm = 0
         self._since = clock()
 
     def observe(self, delay_s: float) -> None:
@@ -46,11 +50,13 @@ class Degrader:
         now = self.clock()
         if now - self._since < self.interval_s:
             return
+        self._calm = self._calm + 1 if self._worst < self.target_s / 2 else 0
         if self._worst > self.target_s:
             rise = min(MAX_RISE, 1 + int(math.log2(self._worst / self.target_s)))
             self.level = min(self.max_level, self.level + rise)
-        elif self._worst < self.target_s / 2:
+        elif self._calm >= CALM_INTERVALS:
             self.level = max(0, self.level - 1)
+            self._calm = 0
         self._worst, self._since = 0.0, now
 
     def threshold(self, own: float) -> float:

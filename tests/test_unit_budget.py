@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sarnn_serve.card import ModelCard
-from sarnn_serve.degrade import Degrader
+from sarnn_serve.degrade import CALM_INTERVALS, Degrader
 from sarnn_serve.errors import InvalidInput
 from sarnn_serve.schemas import SessionCreate
 from sarnn_serve.settings import Settings
@@ -118,9 +118,12 @@ def test_degrader_levels_follow_the_queueing_delay():
     now[0] += 1.0
     d.observe(0.007)
     assert d.level == high
-    for _ in range(20):
+    levels = []
+    for _ in range(CALM_INTERVALS * high):  # calm: one level down per CALM_INTERVALS
         now[0] += 1.0
         d.observe(0.001)
+        levels.append(d.level)
+    assert levels[CALM_INTERVALS - 2] == high and levels[CALM_INTERVALS - 1] == high - 1
     assert d.level == 0 and d.threshold(0.5) == 0.5
 
 
