@@ -11,12 +11,12 @@ $(VENV)/bin/python:
 	$(PIP) --upgrade pip
 
 # Serving needs no torch: onnxruntime, numpy, fastapi, uvicorn, pydantic.
-$(VENV)/.serve: pyproject.toml sarnn_serve/csrc/step_kernel.c | $(VENV)/bin/python
+$(VENV)/.serve: pyproject.toml setup.py sarnn_serve/csrc/step_kernel.c | $(VENV)/bin/python
 	$(PIP) -e .
 	touch $@
 
 # Tests need everything: torch (CPU build pinned), onnx, datasets, redis, a browser driver.
-$(VENV)/.dev: pyproject.toml sarnn_serve/csrc/step_kernel.c | $(VENV)/bin/python
+$(VENV)/.dev: pyproject.toml setup.py sarnn_serve/csrc/step_kernel.c | $(VENV)/bin/python
 	$(PIP) -e '.[dev]'
 	touch $@ $(VENV)/.serve
 
