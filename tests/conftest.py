@@ -112,3 +112,21 @@ def tiny_onnx(tiny_sarnn: SARNN) -> ort.InferenceSession:
 
 
 pytest_plugins = ["tests.service_fixtures"]
+
+
+def run_chunk_graph(
+    sess: ort.InferenceSession,
+    x: np.ndarray,
+    state: np.ndarray,
+    lengths: list[int] | np.ndarray | None = None,
+    threshold: list[float] | np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(logits, updates, state_out) of a chunk graph session; lengths and threshold are fed
+    only when given (else the graph's defaults)."""
+    feeds = {"x": x, "state": state}
+    if lengths is not None:
+        feeds["lengths"] = np.asarray(lengths, np.int64)
+    if threshold is not None:
+        feeds["threshold"] = np.asarray(threshold, np.float32)
+    logits, updates, state_out = sess.run(None, feeds)
+    return logits, updates, state_out

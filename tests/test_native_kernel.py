@@ -33,7 +33,7 @@ from sarnn_serve.onnx_initializers import OnnxFormatError, read_initializers
 from sarnn_serve.registry import load_model
 from sarnn_serve.routing import BATCHES, THRESHOLDS, Calibration, Router, calibrate
 from sarnn_serve.settings import DEFAULT_MODEL_DIR
-from tests.conftest import TINY_FEATURES, build_tiny_sarnn, tiny_inputs
+from tests.conftest import TINY_FEATURES, build_tiny_sarnn, run_chunk_graph, tiny_inputs
 from tests.service_fixtures import start_server, stop_server
 from tests.test_stream import rest_answers
 
@@ -56,7 +56,7 @@ class Pair:
 
     def both(self, x: np.ndarray, state: np.ndarray, **feeds) -> tuple[Outputs, Outputs]:
         """(kernel, dense graph) outputs for the same inputs."""
-        return self.run(x, state, **feeds), _dense(self.dense, x, state, **feeds)
+        return self.run(x, state, **feeds), run_chunk_graph(self.dense, x, state, **feeds)
 
     def run(
         self,
@@ -69,22 +69,6 @@ class Pair:
         lengths = None if lengths is None else np.asarray(lengths, np.int64)
         threshold = None if threshold is None else np.asarray(threshold, np.float32)
         return self.kernel.run(x, state, lengths, threshold)
-
-
-def _dense(
-    sess: ort.InferenceSession,
-    x: np.ndarray,
-    state: np.ndarray,
-    lengths: list[int] | np.ndarray | None = None,
-    threshold: list[float] | np.ndarray | None = None,
-) -> Outputs:
-    feeds = {"x": x, "state": state}
-    if lengths is not None:
-        feeds["lengths"] = np.asarray(lengths, np.int64)
-    if threshold is not None:
-        feeds["threshold"] = np.asarray(threshold, np.float32)
-    logits, updates, state_out = sess.run(None, feeds)
-    return logits, updates, state_out
 
 
 def _initializers(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -362,7 +346,7 @@ def test_chunking_does_not_change_the_answer(cell: str, hidden: int) -> None:
     steps, batch = 33, 5
     x, state0, taus = tiny_inputs(batch, steps, seed=11), _state(p.model, batch), _row_taus(batch)
     whole = p.run(x, state0, threshold=taus)
-    _assert_same(whole, _dense(p.dense, x, state0, threshold=taus), f"{cell} H={hidden}")
+    _assert_same(whole, run_chunk_graph(p.dense, x, state0, threshold=taus), f"{cell} H={hidden}")
     for plan in ([1] * steps, [7, 7, 7, 7, 5], [5, 1, 27]):
         state, logits, updates, t = state0, [], [], 0
         for n in plan:
@@ -438,7 +422,7 @@ def test_lengths_or_thresholds_of_another_batch_are_refused(feed: str) -> None:
     x, state = tiny_inputs(3, 4), _state(p.model, 3)
     values = {"lengths": [2, 4], "threshold": [0.2, 0.9]}[feed]
     with pytest.raises(Exception, match="Scan"):
-        _dense(p.dense, x, state, **{feed: values})
+        run_chunk_graph(p.dense, x, state, **{feed: values})
     with pytest.raises(ValueError):
         p.run(x, state, **{feed: values})
 

@@ -17,7 +17,7 @@ import torch
 from export.model import CELLS, GATES, SARNN
 from export.onnx_export import build_model, cell_weights
 from export.onnx_sparse import build_sparse_chunk_graph
-from tests.conftest import build_tiny_sarnn, tiny_inputs
+from tests.conftest import build_tiny_sarnn, run_chunk_graph, tiny_inputs
 
 ATOL = 1e-5
 CLOSED, OPEN = 0.999, 0.001
@@ -59,25 +59,9 @@ def _graphs(cell: str, hidden: int, coord_scale: float = 1.0) -> Graphs:
     return Graphs(model, proto, _session(build_model(model)), _session(proto))
 
 
-def _run(
-    sess: ort.InferenceSession,
-    x: np.ndarray,
-    state: np.ndarray,
-    lengths: list[int] | np.ndarray | None = None,
-    threshold: list[float] | np.ndarray | None = None,
-) -> Outputs:
-    feeds = {"x": x, "state": state}
-    if lengths is not None:
-        feeds["lengths"] = np.asarray(lengths, np.int64)
-    if threshold is not None:
-        feeds["threshold"] = np.asarray(threshold, np.float32)
-    logits, updates, state_out = sess.run(None, feeds)
-    return logits, updates, state_out
-
-
 def _both(g: Graphs, *args, **kwargs) -> tuple[Outputs, Outputs]:
     """(sparse, dense) outputs for the same feeds."""
-    return _run(g.sparse, *args, **kwargs), _run(g.dense, *args, **kwargs)
+    return run_chunk_graph(g.sparse, *args, **kwargs), run_chunk_graph(g.dense, *args, **kwargs)
 
 
 def _assert_same(got: Outputs, want: Outputs, label: str = "") -> None:
@@ -136,7 +120,9 @@ def test_sparse_graph_passes_checker_with_the_dense_interface(cell, hidden, capf
     sess = _session(proto, log_severity_level=2)
     assert [i.name for i in sess.get_inputs()] == ["x", "state"]
     assert [i.name for i in sess.get_overridable_initializers()] == ["lengths", "threshold"]
-    _run(sess, np.zeros((2, 4, 3), np.float32), np.zeros((2, g.model.state_size), np.float32))
+    run_chunk_graph(
+        sess, np.zeros((2, 4, 3), np.float32), np.zeros((2, g.model.state_size), np.float32)
+    )
     log = capfd.readouterr().err
     problems = [
         line
@@ -194,7 +180,7 @@ def test_padding_leaves_state_untouched_past_each_length(cell, hidden, batch, st
             assert np.array_equal(state_out[i], state[i]), f"{label}: row {i} of length 0"
             continue
         # The row alone, unpadded, up to its length.
-        alone = _run(g.sparse, x[i : i + 1, :n], state[i : i + 1], threshold=[taus[i]])
+        alone = run_chunk_graph(g.sparse, x[i : i + 1, :n], state[i : i + 1], threshold=[taus[i]])
         assert np.array_equal(updates[i : i + 1, :n], alone[1]), f"{label}: row {i}"
         np.testing.assert_allclose(logits[i : i + 1, :n], alone[0], atol=ATOL, rtol=0)
         np.testing.assert_allclose(state_out[i : i + 1], alone[2], atol=ATOL, rtol=0)
@@ -205,12 +191,14 @@ def test_padding_leaves_state_untouched_past_each_length(cell, hidden, batch, st
     # One length broadcast to every row is the same as that length given per row.
     one, each = steps // 2, [steps // 2] * batch
     broadcast, per_row = (
-        _run(g.sparse, x, state, lengths=[one]),
-        _run(g.sparse, x, state, lengths=each),
+        run_chunk_graph(g.sparse, x, state, lengths=[one]),
+        run_chunk_graph(g.sparse, x, state, lengths=each),
     )
     for a, b in zip(broadcast, per_row, strict=True):
         assert np.array_equal(a, b)
-    _assert_same(broadcast, _run(g.dense, x, state, lengths=[one]), f"{label} lengths=[{one}]")
+    _assert_same(
+        broadcast, run_chunk_graph(g.dense, x, state, lengths=[one]), f"{label} lengths=[{one}]"
+    )
 
 
 @pytest.mark.parametrize("steps", [1, 64])
@@ -265,12 +253,12 @@ def test_chunking_does_not_change_the_answer(cell, hidden):
     taus = _row_taus(batch)
     wholes = {}
     for name, sess in (("sparse", g.sparse), ("dense", g.dense)):
-        whole = wholes[name] = _run(sess, x, state0, threshold=taus)
+        whole = wholes[name] = run_chunk_graph(sess, x, state0, threshold=taus)
         for plan in ([1] * steps, [7] * 9 + [1], [5, 1, 30, 28]):
             assert sum(plan) == steps
             state, logits, updates, t = state0, [], [], 0
             for n in plan:
-                lo, up, state = _run(sess, x[:, t : t + n], state, threshold=taus)
+                lo, up, state = run_chunk_graph(sess, x[:, t : t + n], state, threshold=taus)
                 logits.append(lo)
                 updates.append(up)
                 t += n
@@ -298,12 +286,12 @@ def test_sparse_graph_matches_pytorch(cell, hidden, steps):
             )
         assert np.abs(coord.coordinator.numpy() - _cut(model, tau)).min() > 1e-5, "near tie"
         got, want = (
-            _run(g.sparse, x, state, threshold=[tau]),
+            run_chunk_graph(g.sparse, x, state, threshold=[tau]),
             _torch(model, x, state, threshold=tau),
         )
         _assert_same(got, want, f"{label} tau={tau}")
     # Per-row thresholds: each row as torch runs it alone with its own threshold.
-    got = _run(g.sparse, x, state, threshold=taus)
+    got = run_chunk_graph(g.sparse, x, state, threshold=taus)
     for i, tau in enumerate(taus):
         want = _torch(model, x[i : i + 1], state[i : i + 1], threshold=tau)
         _assert_same(tuple(o[i : i + 1] for o in got), want, f"{label} row {i} tau={tau}")
