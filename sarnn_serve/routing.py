@@ -216,6 +216,7 @@ class Router:
         self.correction = {DENSE: 1.0, self.sparse: 1.0}
         self._thresholds: dict[tuple[int, int], float] = {}
         self._everyone: dict[int, list[int]] = {}  # row indices of a batch of n, never mutated
+        self._dense_calls: dict[tuple[int, int], float] = {}  # calibrated, by (batch, steps)
         self._thresholds_at = dict(self.correction)
 
     def _sparse_plan(self, rates: list[float], steps: int) -> tuple[Plan, float]:
@@ -253,7 +254,7 @@ class Router:
         every batch."""
         key = (batch, steps)
         if key not in self._thresholds:
-            dense_cost = self.calibration.dense_call(batch, steps) * self.correction[DENSE]
+            dense_cost = self._dense_call(batch, steps) * self.correction[DENSE]
             low, high = 0.0, 1.0
             if self._beaten_at(batch, steps, 0.0, dense_cost):
                 high = 0.0
@@ -298,16 +299,24 @@ class Router:
             return [(DENSE, everyone)]
         if min(rates) >= self._dense_from(len(rates), steps):
             return [(DENSE, everyone)]
-        dense_cost = self.calibration.dense_call(len(rates), steps) * self.correction[DENSE]
+        dense_cost = self._dense_call(len(rates), steps) * self.correction[DENSE]
         sparse, sparse_cost = self._sparse_plan(rates, steps)
         return sparse if sparse_cost < SPARSE_MARGIN * dense_cost else [(DENSE, everyone)]
+
+    def _dense_call(self, batch: int, steps: int) -> float:
+        """The calibration's dense call, remembered: every batch asks for it."""
+        key = (batch, steps)
+        cost = self._dense_calls.get(key)
+        if cost is None:
+            cost = self._dense_calls[key] = self.calibration.dense_call(batch, steps)
+        return cost
 
     def observe(self, path: str, rates: list[float], steps: int, seconds: float) -> None:
         """Fold a call's measured time into its graph's correction of the calibration."""
         if self.calibration is None:
             return
         if path == DENSE:
-            predicted = self.calibration.dense_call(len(rates), steps)
+            predicted = self._dense_call(len(rates), steps)
         else:
             predicted = self.calibration.sparse_call(
                 len(rates), steps, self.calibration.rate_of(rates)
@@ -327,4 +336,4 @@ class Router:
         dense calls have measured."""
         if self.calibration is None:
             return None
-        return self.calibration.dense_call(batch, steps) * self.correction[DENSE]
+        return self._dense_call(batch, steps) * self.correction[DENSE]
