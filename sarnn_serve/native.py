@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sarnn_serve.onnx_initializers import read_initializers
+from sarnn_serve.onnx_initializers import OnnxFormatError, read_initializers
 
 LIBRARY = "sarnn_serve._step_kernel"
 CELL_BLOCKS = {"gru": ("r", "z", "n"), "lstm": ("i", "f", "g", "o"), "rnn": ("c",)}
@@ -84,6 +84,24 @@ def _cell(tensors: dict[str, np.ndarray]) -> str:
     raise NativeKernelError("no recurrent weights of a GRU, LSTM or RNN chunk graph")
 
 
+def _check_shapes(t: dict[str, np.ndarray], blocks: tuple[str, ...], cell: str) -> None:
+    """Every weight the kernel reads, with the shape the chunk graph gives it (the kernel
+    trusts these sizes: a wrong one would read past an array)."""
+    try:
+        h, f, c = t["wd"].shape[0], t["mean"].shape[0], t["b_out"].shape[0]
+    except (KeyError, IndexError):
+        raise NativeKernelError("no coordinator, normalisation or output head weights") from None
+    want = {"std": (f,), "W_a": (f, h), "b_a": (h,), "wd": (h,), "W_out": (h, c), "alpha": ()}
+    for b in blocks:
+        want |= {f"W_{b}": (f, h), f"b_{b}": (h,), f"R_{b}": (h, h)}
+    if cell == "gru":
+        want["bh_n"] = (h,)
+    for name, shape in want.items():
+        got = t[name].shape if name in t else None
+        if got != shape:
+            raise NativeKernelError(f"weight {name}: shape {got}, expected {shape}")
+
+
 def _rows(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32)
 
@@ -111,6 +129,7 @@ class NativeKernel:
         self._lib = lib
         self.cell = _cell(t)
         blocks = CELL_BLOCKS[self.cell]
+        _check_shapes(t, blocks, self.cell)
         # the dense graph multiplies x [.,F] @ W [F,H] and h [.,H] @ R [H,H]; the kernel reads
         # one row per output neuron
         self._arrays = {
@@ -143,7 +162,10 @@ class NativeKernel:
     @classmethod
     def from_graph(cls, graph: Path) -> "NativeKernel":
         """The kernel with the weights of the dense chunk graph at `graph`."""
-        return cls(read_initializers(graph))
+        try:
+            return cls(read_initializers(graph))
+        except OnnxFormatError as exc:
+            raise NativeKernelError(f"{graph}: {exc}") from exc
 
     def run(
         self,

@@ -433,6 +433,26 @@ def test_weights_of_no_chunk_graph_are_refused() -> None:
         NativeKernel({k: v for k, v in tensors.items() if not k.startswith("R_")})
 
 
+@pytest.mark.parametrize("name", ["R_z", "W_a", "W_out", "bh_n", "std"])
+def test_weights_of_another_shape_are_refused_before_any_call(name: str) -> None:
+    """The kernel trusts the sizes it is given: a wrong one is refused, naming the weight."""
+    tensors = _initializers(_pair("gru", 5).proto)
+    shape = tensors[name].shape
+    bad = {**tensors, name: np.zeros((*shape[:-1], shape[-1] + 1), np.float32)}
+    with pytest.raises(NativeKernelError, match=name):
+        NativeKernel(bad)
+    missing = {k: v for k, v in tensors.items() if k != name}
+    with pytest.raises(NativeKernelError):  # a missing recurrent block: no cell at all
+        NativeKernel(missing)
+
+
+def test_a_file_that_is_not_onnx_gives_no_kernel(tmp_path: Path) -> None:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"\x0a\xff\xff")
+    with pytest.raises(NativeKernelError, match=r"model\.onnx"):
+        NativeKernel.from_graph(path)
+
+
 # --- engine and registry ------------------------------------------------------------------
 
 

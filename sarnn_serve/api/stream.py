@@ -117,7 +117,8 @@ async def _serve(
         pass
     finally:
         reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):  # the socket is done with
+        # the socket is closed or closing: how its reader ended does not matter
+        with contextlib.suppress(asyncio.CancelledError, Exception):
             await reader
         if delete_on_close:
             try:
