@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sarnn_serve.card import ModelCard
-from sarnn_serve.degrade import CALM_INTERVALS, Degrader
+from sarnn_serve.degrade import CALM_INTERVALS, SETPOINT, Degrader
 from sarnn_serve.errors import InvalidInput
 from sarnn_serve.schemas import SessionCreate
 from sarnn_serve.settings import Settings
@@ -106,7 +106,7 @@ async def test_degradation_raises_only_sessions_that_allow_it(plane_with_curve):
 def test_degrader_levels_follow_the_queueing_delay():
     now = [0.0]
     d = Degrader(target_s=0.010, ceiling=0.9, step=0.1, interval_s=1.0, clock=lambda: now[0])
-    for delay in (0.02, 0.03, 0.02):  # over target in three intervals
+    for delay in (0.02, 0.03, 0.02):  # over the setpoint in three intervals
         d.observe(delay)
         now[0] += 1.0
         d.observe(0.0)
@@ -114,27 +114,32 @@ def test_degrader_levels_follow_the_queueing_delay():
     assert d.threshold(0.5) == pytest.approx(min(0.9, 0.5 + 0.1 * d.level))
     assert d.threshold(0.95) == 0.95  # never lowers a session's own threshold
     high = d.level
-    d.observe(0.007)  # between half the target and the target: hold
+    hold = 0.75 * SETPOINT * 0.010  # between half the setpoint and the setpoint: hold
+    d.observe(hold)
     now[0] += 1.0
-    d.observe(0.007)
+    d.observe(hold)
     assert d.level == high
     levels = []
     for _ in range(CALM_INTERVALS * high):  # calm: one level down per CALM_INTERVALS
         now[0] += 1.0
-        d.observe(0.001)
+        d.observe(0.1 * SETPOINT * 0.010)
         levels.append(d.level)
     assert levels[CALM_INTERVALS - 2] == high and levels[CALM_INTERVALS - 1] == high - 1
     assert d.level == 0 and d.threshold(0.5) == 0.5
 
 
-def test_degrader_rises_faster_the_further_over_target():
+def test_degrader_rises_faster_the_further_over_its_setpoint():
+    """It acts at SETPOINT x the target (headroom: acting only past the target would run the
+    server at its edge), the further over the faster."""
     now = [0.0]
     d = Degrader(target_s=0.010, ceiling=0.9, step=0.05, interval_s=1.0, clock=lambda: now[0])
     rises = []
-    for delay in (0.015, 0.025, 0.045, 5.0):  # 1.5x, 2.5x, 4.5x and 500x the target
+    setpoint = SETPOINT * 0.010
+    for ratio in (0.9, 1.5, 2.5, 4.5, 500):
+        delay = ratio * setpoint
         before = d.level
         d.observe(delay)
         now[0] += 1.0
         d.observe(0.0)
         rises.append(d.level - before)
-    assert rises == [1, 2, 3, 4]
+    assert rises == [0, 1, 2, 3, 4]
