@@ -34,39 +34,39 @@ typedef struct {
 } sarnn_weights;
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define VECTOR_CLONES \
+    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define VECTOR_CLONES
 #endif
 
-/* Dot products in 16 lanes (two 8-float vectors of partial sums), added up in a fixed order: a
- * row's dot product is the same bits whether it is computed alone (dot) or beside other rows
- * (dot_rows), and nothing depends on the compiler's reassociation. GCC/Clang vector types;
- * each target clone maps them to its widest registers. */
-typedef float v8f __attribute__((vector_size(32)));
+/* Dot products in 16 lanes (one 16-float vector of partial sums: lane l sums the elements
+ * i = l mod 16), added up in a fixed order: a row's dot product is the same bits whether it is
+ * computed alone (dot, dot_blocks) or beside other rows (dot_rows), and nothing depends on the
+ * compiler's reassociation. GCC/Clang vector types: each target clone maps them to its
+ * registers (one AVX-512 register, two AVX2 ones, four SSE ones) without changing a sum. */
+typedef float v16f __attribute__((vector_size(64)));
 #define ROW_BLOCK 4
 
-static inline v8f load8(const float *p) {
-    v8f v;
+static inline v16f load16(const float *p) {
+    v16f v;
     memcpy(&v, p, sizeof v);
     return v;
 }
 
-static inline float reduce(v8f lo, v8f hi, const float *a, const float *b, int from, int n) {
-    const v8f v = lo + hi;
+static inline float reduce(v16f acc, const float *a, const float *b, int from, int n) {
+    float v[8];
+    for (int l = 0; l < 8; l++) v[l] = acc[l] + acc[l + 8];
     float sum = ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
     for (int i = from; i < n; i++) sum += a[i] * b[i];
     return sum;
 }
 
 VECTOR_CLONES static float dot(const float *a, const float *b, int n) {
-    v8f lo = {0}, hi = {0};
+    v16f acc = {0};
     int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        lo += load8(a + i) * load8(b + i);
-        hi += load8(a + i + 8) * load8(b + i + 8);
-    }
-    return reduce(lo, hi, a, b, i, n);
+    for (; i + 16 <= n; i += 16) acc += load16(a + i) * load16(b + i);
+    return reduce(acc, a, b, i, n);
 }
 
 /* The dot products of G weight rows (w + k * stride) with one state row h, reading h once:
@@ -75,16 +75,13 @@ VECTOR_CLONES static float dot(const float *a, const float *b, int n) {
 #define DEFINE_DOT_BLOCKS(G)                                                                   \
     VECTOR_CLONES static void dot_blocks_##G(const float *w, size_t stride, const float *h,   \
                                              int n, float *out) {                             \
-        v8f lo[G] = {{0}}, hi[G] = {{0}};                                                     \
+        v16f acc[G] = {{0}};                                                                  \
         int i = 0;                                                                            \
         for (; i + 16 <= n; i += 16) {                                                        \
-            const v8f hl = load8(h + i), hh = load8(h + i + 8);                               \
-            for (int k = 0; k < G; k++) {                                                     \
-                lo[k] += load8(w + k * stride + i) * hl;                                      \
-                hi[k] += load8(w + k * stride + i + 8) * hh;                                  \
-            }                                                                                 \
+            const v16f hv = load16(h + i);                                                    \
+            for (int k = 0; k < G; k++) acc[k] += load16(w + k * stride + i) * hv;            \
         }                                                                                     \
-        for (int k = 0; k < G; k++) out[k] = reduce(lo[k], hi[k], w + k * stride, h, i, n); \
+        for (int k = 0; k < G; k++) out[k] = reduce(acc[k], w + k * stride, h, i, n);         \
     }
 DEFINE_DOT_BLOCKS(1)
 DEFINE_DOT_BLOCKS(3)
@@ -99,16 +96,13 @@ static void dot_blocks(const float *w, size_t stride, int blocks, const float *h
 
 /* The dot products of one weight row w with ROW_BLOCK state rows h[r], reading w once. */
 VECTOR_CLONES static void dot_rows(const float *w, const float *const *h, int n, float *out) {
-    v8f lo[ROW_BLOCK] = {{0}}, hi[ROW_BLOCK] = {{0}};
+    v16f acc[ROW_BLOCK] = {{0}};
     int i = 0;
     for (; i + 16 <= n; i += 16) {
-        const v8f wl = load8(w + i), wh = load8(w + i + 8);
-        for (int r = 0; r < ROW_BLOCK; r++) {
-            lo[r] += wl * load8(h[r] + i);
-            hi[r] += wh * load8(h[r] + i + 8);
-        }
+        const v16f wv = load16(w + i);
+        for (int r = 0; r < ROW_BLOCK; r++) acc[r] += wv * load16(h[r] + i);
     }
-    for (int r = 0; r < ROW_BLOCK; r++) out[r] = reduce(lo[r], hi[r], w, h[r], i, n);
+    for (int r = 0; r < ROW_BLOCK; r++) out[r] = reduce(acc[r], w, h[r], i, n);
 }
 
 static float sigmoid(float v) { return 1.0f / (1.0f + expf(-v)); }
