@@ -215,7 +215,7 @@ class Router:
         self.sparse = calibration.graph if calibration is not None else SPARSE
         self.correction = {DENSE: 1.0, self.sparse: 1.0}
         self._thresholds: dict[tuple[int, int], float] = {}
-        self._everyone: dict[int, list[int]] = {}  # row indices of a batch of n, never mutated
+        self._everyone: dict[int, list[int]] = {}  # see _rows
         self._dense_calls: dict[tuple[int, int], float] = {}  # calibrated, by (batch, steps)
         self._thresholds_at = dict(self.correction)
 
@@ -226,7 +226,7 @@ class Router:
         n = len(rates)
         if self.sparse == NATIVE:
             cost = cal.sparse_call(n, steps, cal.rate_of(rates)) * self.correction[NATIVE]
-            return [(NATIVE, list(range(n)))], cost
+            return [(NATIVE, self._rows(n))], cost
         order = sorted(range(n), key=rates.__getitem__)
         keep = [1.0 - min(1.0, max(0.0, rates[i])) for i in order]
         best_size, best_cost = n, float("inf")
@@ -290,9 +290,7 @@ class Router:
     def plan(self, rates: list[float], steps: int = 1) -> Plan:
         """Calls for a batch of chunks of up to `steps` steps whose rows recently updated
         `rates` of their neurons: a list of (graph, row indices)."""
-        everyone = self._everyone.get(len(rates)) or self._everyone.setdefault(
-            len(rates), list(range(len(rates)))
-        )
+        everyone = self._rows(len(rates))
         if self.mode in (SPARSE, NATIVE):
             return [(self.mode, everyone)]
         if self.mode != "auto" or self.calibration is None:
@@ -302,6 +300,13 @@ class Router:
         dense_cost = self._dense_call(len(rates), steps) * self.correction[DENSE]
         sparse, sparse_cost = self._sparse_plan(rates, steps)
         return sparse if sparse_cost < SPARSE_MARGIN * dense_cost else [(DENSE, everyone)]
+
+    def _rows(self, n: int) -> list[int]:
+        """The row indices of a batch of n, one list per n (plans never change it)."""
+        rows = self._everyone.get(n)
+        if rows is None:
+            rows = self._everyone[n] = list(range(n))
+        return rows
 
     def _dense_call(self, batch: int, steps: int) -> float:
         """The calibration's dense call, remembered: every batch asks for it."""

@@ -3,13 +3,15 @@ with target_update_rate (REST, WebSocket, Open Inference Protocol sequences), th
 answer reports, a retry after the controller moved the threshold, and bad budgets refused."""
 
 import json
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from websockets.sync.client import connect
 
-from tests.service_fixtures import TINY_MODEL, LiveServer
+from tests.service_fixtures import TINY_MODEL, LiveServer, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
@@ -82,6 +84,37 @@ def test_websocket_session_with_a_budget(live_server: LiveServer):
             assert answer["type"] == "chunk", answer
             thresholds.append(answer["threshold"])
     assert thresholds[0] == opened["session"]["threshold"] and len(set(thresholds)) > 1
+
+
+@pytest.fixture(scope="module")
+def degrading_server(
+    served_models: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """A server with degradation on: its sockets read ahead of their answers."""
+    server = start_server(
+        served_models, tmp_path_factory.mktemp("degrading"), {"SARNN_DEGRADE_QUEUE_MS": "20"}
+    )
+    yield server
+    stop_server(server)
+
+
+def _stream_ahead(server: LiveServer, chunks: int) -> list[dict]:
+    """Send every chunk before reading any answer; the answers, in the order they came."""
+    with connect(f"{server.ws_url}/v1/stream?answer=columns") as ws:
+        assert json.loads(ws.recv())["type"] == "session"
+        for seq in range(chunks):
+            ws.send(json.dumps({"seq": seq, "inputs": _steps(4, seq)}))
+        return [json.loads(ws.recv()) for _ in range(chunks)]
+
+
+def test_a_socket_that_reads_ahead_answers_as_one_that_does_not(
+    degrading_server: LiveServer, live_server: LiveServer
+):
+    ahead = _stream_ahead(degrading_server, 12)
+    assert [a["seq"] for a in ahead] == list(range(12))
+    on_demand = _stream_ahead(live_server, 12)
+    for got, want in zip(ahead, on_demand, strict=True):
+        assert (got["classes"], got["updates"]) == (want["classes"], want["updates"])
 
 
 def test_sequence_with_a_budget(live_server: LiveServer):

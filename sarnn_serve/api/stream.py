@@ -71,7 +71,8 @@ async def _read_ahead(ws: WebSocket, inbox: asyncio.Queue) -> None:
     """Move the socket's messages into `inbox` as they arrive, each with its arrival time (the
     loop's clock), until the client disconnects; the bounded inbox pushes back on the socket.
     A client that sends ahead of its answers then waits here, where the server sees it, rather
-    than in the socket: the wait counts in the queueing delay that degradation watches."""
+    than in the socket: the wait counts in the queueing delay that degradation watches (so the
+    socket reads ahead only while degradation is on)."""
     loop = asyncio.get_running_loop()
     while True:
         try:
@@ -88,11 +89,15 @@ async def _serve(
 ) -> None:
     limit = dp.settings.ws_max_message_bytes
     delete_on_close = query.delete_on_close
+    # reading ahead costs a task switch per message; only degradation needs the arrival times
     inbox: asyncio.Queue = asyncio.Queue(READ_AHEAD)
-    reader = asyncio.create_task(_read_ahead(ws, inbox))
+    reader = asyncio.create_task(_read_ahead(ws, inbox)) if dp.settings.degrade_queue_ms else None
     try:
         while True:
-            arrived, message = await inbox.get()
+            if reader is None:
+                arrived, message = None, await ws.receive()
+            else:
+                arrived, message = await inbox.get()
             if message["type"] == "websocket.disconnect":
                 break
             started = time.perf_counter()
@@ -116,10 +121,11 @@ async def _serve(
     except WebSocketDisconnect:
         pass
     finally:
-        reader.cancel()
-        # the socket is closed or closing: how its reader ended does not matter
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await reader
+        if reader is not None:
+            reader.cancel()
+            # the socket is closed or closing: how its reader ended does not matter
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
         if delete_on_close:
             try:
                 await dp.delete_session(who, session_id)
