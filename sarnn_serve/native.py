@@ -149,14 +149,14 @@ class NativeKernel:
         self.features = int(t["mean"].shape[0])
         self.classes = int(t["b_out"].shape[0])
         self.state_size = 2 * self.hidden if self.cell == "lstm" else self.hidden
-        self._weights = _Weights(
-            CELL_CODES[self.cell],
-            self.hidden,
-            self.features,
-            self.classes,
-            len(blocks),
-            float(t["alpha"]),
-            *[a.ctypes.data_as(_FLOATS) for a in self._arrays.values()],
+        self._weights = _Weights(  # by name: the struct's field order is the C header's
+            cell=CELL_CODES[self.cell],
+            hidden=self.hidden,
+            features=self.features,
+            classes=self.classes,
+            blocks=len(blocks),
+            alpha=float(t["alpha"]),
+            **{name: a.ctypes.data_as(_FLOATS) for name, a in self._arrays.items()},
         )
 
     @classmethod
