@@ -9,7 +9,6 @@
  *
  * Loaded with ctypes by sarnn_serve/native.py; no Python API is used.
  */
-#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,16 +104,94 @@ VECTOR_CLONES static void dot_rows(const float *w, const float *const *h, int n,
     for (int r = 0; r < ROW_BLOCK; r++) out[r] = reduce(acc[r], w, h[r], i, n);
 }
 
-static float sigmoid(float v) { return 1.0f / (1.0f + expf(-v)); }
+/* Elementwise math on 16 lanes, the same for every lane: a value's answer never depends on
+ * where it sits. exp: Cephes' range reduction and polynomial (about 1 ulp on [-87, 88], the
+ * input clamped there); tanh(v) = 1 - 2 / (e^2v + 1), within 1e-7 of the true value. */
+typedef int32_t v16i __attribute__((vector_size(64)));
+
+static inline v16f splat(float v) { return (v16f){0} + v; }
+
+static inline v16f select16(v16i mask, v16f yes, v16f no) {
+    return (v16f)((mask & (v16i)yes) | (~mask & (v16i)no));
+}
+
+static inline v16f exp16(v16f x) {
+    x = select16(x > 88.0f, splat(88.0f), x);
+    x = select16(x < -87.0f, splat(-87.0f), x);
+    const v16f shifter = splat(12582912.0f); /* 1.5 * 2^23: adding it rounds to an integer */
+    const v16f n = (x * 1.44269504088896341f + shifter) - shifter;
+    const v16f r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+    v16f p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    return p * (v16f)((__builtin_convertvector(n, v16i) + 127) << 23);
+}
+
+static inline v16f sigmoid16(v16f v) { return 1.0f / (1.0f + exp16(-v)); }
+
+static inline v16f tanh16(v16f v) { return 1.0f - 2.0f / (exp16(v + v) + 1.0f); }
+
+/* Updates whose dot products are done and whose activations wait, to be computed 16 at a time
+ * (a multiple of 16: lanes past `n` hold stale values, computed and never written back). */
+#define PENDING 256
+typedef struct {
+    int n;
+    float pre[4][PENDING]; /* per gate block; the GRU's n block: W_hn h + b_hn */
+    float gx_n[PENDING];   /* the GRU's n block: W_in x + b_in */
+    float h[PENDING], c[PENDING];
+    float *h_to[PENDING], *c_to[PENDING];
+} pending_updates;
+
+/* The new state of every pending update, written where it goes. */
+VECTOR_CLONES static void activate(int cell, pending_updates *p) {
+    float h_new[PENDING], c_new[PENDING];
+    for (int i = 0; i < p->n; i += 16) {
+        const v16f h = load16(p->h + i);
+        v16f out;
+        if (cell == CELL_GRU) {
+            const v16f reset = sigmoid16(load16(p->pre[0] + i));
+            const v16f zc = sigmoid16(load16(p->pre[1] + i));
+            const v16f n = tanh16(load16(p->gx_n + i) + reset * load16(p->pre[2] + i));
+            out = h + zc * (n - h);
+        } else if (cell == CELL_LSTM) {
+            const v16f c = load16(p->c + i);
+            const v16f c_next = sigmoid16(load16(p->pre[1] + i)) * c +
+                                sigmoid16(load16(p->pre[0] + i)) * tanh16(load16(p->pre[2] + i));
+            const v16f h_next = sigmoid16(load16(p->pre[3] + i)) * tanh16(c_next);
+            const v16f c_out = c + (c_next - c);
+            memcpy(c_new + i, &c_out, sizeof c_out);
+            out = h + (h_next - h);
+        } else {
+            out = h + (tanh16(load16(p->pre[0] + i)) - h);
+        }
+        memcpy(h_new + i, &out, sizeof out);
+    }
+    for (int i = 0; i < p->n; i++) *p->h_to[i] = h_new[i];
+    if (cell == CELL_LSTM)
+        for (int i = 0; i < p->n; i++) *p->c_to[i] = c_new[i];
+    p->n = 0;
+}
+
+/* x_n . w in order: F is small, and a plain loop inlines where a vector one is a call. */
+static inline float input_dot(const float *xn, const float *w, int n) {
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) sum += xn[i] * w[i];
+    return sum;
+}
 
 /* Neuron j of `m` rows (m <= ROW_BLOCK; h[r], c[r] their old state, h_next[r], c_next[r] where
- * their new values go, xn[r] their normalised inputs). */
+ * their new values go, xn[r] their normalised inputs): its dot products, queued in `p` for
+ * activation (done first if `p` could not take them). */
 static void update_rows(const sarnn_weights *w, int j, int m, const float *const *xn,
                         const float *const *h, const float *const *c, float *const *h_next,
-                        float *const *c_next) {
+                        float *const *c_next, pending_updates *p) {
     const int H = w->hidden, F = w->features;
     const size_t block_stride = (size_t)H * H;
-    float pre[4][ROW_BLOCK], gx[4][ROW_BLOCK], rec[4][ROW_BLOCK];
+    float rec[4][ROW_BLOCK];
+    if (p->n + m > PENDING) activate(w->cell, p);
     if (m == ROW_BLOCK) {
         for (int k = 0; k < w->blocks; k++)
             dot_rows(w->w_rec + ((size_t)k * H + j) * H, h, H, rec[k]);
@@ -125,29 +202,24 @@ static void update_rows(const sarnn_weights *w, int j, int m, const float *const
             for (int k = 0; k < w->blocks; k++) rec[k][r] = one[k];
         }
     }
-    for (int k = 0; k < w->blocks; k++) {
-        const size_t row = (size_t)k * H + j;
-        for (int r = 0; r < m; r++) {
-            gx[k][r] = dot(xn[r], w->w_in + row * F, F) + w->b_in[row];
-            /* the GRU's n block: W_hn h + b_hn, which r multiplies; else W h + (W x + b) */
-            pre[k][r] = (w->cell == CELL_GRU && k == 2) ? rec[k][r] + w->b_hn[j]
-                                                         : rec[k][r] + gx[k][r];
-        }
-    }
     for (int r = 0; r < m; r++) {
-        const float hj = h[r][j];
-        if (w->cell == CELL_GRU) {
-            const float reset = sigmoid(pre[0][r]), zc = sigmoid(pre[1][r]);
-            const float n = tanhf(gx[2][r] + reset * pre[2][r]);
-            h_next[r][j] = hj + zc * (n - hj);
-        } else if (w->cell == CELL_LSTM) {
-            const float cj = c[r][j];
-            const float c_new = sigmoid(pre[1][r]) * cj + sigmoid(pre[0][r]) * tanhf(pre[2][r]);
-            const float h_new = sigmoid(pre[3][r]) * tanhf(c_new);
-            c_next[r][j] = cj + (c_new - cj);
-            h_next[r][j] = hj + (h_new - hj);
-        } else {
-            h_next[r][j] = hj + (tanhf(pre[0][r]) - hj);
+        const int i = p->n++;
+        for (int k = 0; k < w->blocks; k++) {
+            const size_t row = (size_t)k * H + j;
+            const float gx = input_dot(xn[r], w->w_in + row * F, F) + w->b_in[row];
+            /* the GRU's n block: W_hn h + b_hn, which r multiplies; else W h + (W x + b) */
+            if (w->cell == CELL_GRU && k == 2) {
+                p->pre[k][i] = rec[k][r] + w->b_hn[j];
+                p->gx_n[i] = gx;
+            } else {
+                p->pre[k][i] = rec[k][r] + gx;
+            }
+        }
+        p->h[i] = h[r][j];
+        p->h_to[i] = h_next[r] + j;
+        if (w->cell == CELL_LSTM) {
+            p->c[i] = c[r][j];
+            p->c_to[i] = c_next[r] + j;
         }
     }
 }
@@ -193,8 +265,10 @@ int sarnn_chunk(const sarnn_weights *w, int batch, int steps, const float *x,
     float *cut = malloc(sizeof(float) * (size_t)batch);
     float *coord = malloc(sizeof(float) * (size_t)H);
     int *active = malloc(sizeof(int) * (size_t)H);
-    if (!state || !next || !xn || !gate || !cut || !coord || !active) {
+    pending_updates *pending = calloc(1, sizeof *pending);
+    if (!state || !next || !xn || !gate || !cut || !coord || !active || !pending) {
         free(state), free(next), free(xn), free(gate), free(cut), free(coord), free(active);
+        free(pending);
         return -1;
     }
     memcpy(state, state_in, sizeof(float) * (size_t)batch * S);
@@ -229,19 +303,22 @@ int sarnn_chunk(const sarnn_weights *w, int batch, int steps, const float *x,
             float *hns[ROW_BLOCK], *cns[ROW_BLOCK];
             int m = 0;
             for (int b = 0; b < batch; b++) {
-                if (!gate[(size_t)b * H + j]) continue;
+                /* every row written in place, kept by counting it only if it updates: no
+                 * branch on the gate, which is a coin flip at high rates */
                 xs[m] = xn + (size_t)b * F;
                 hs[m] = state + b * S;
                 hns[m] = next + b * S;
                 cs[m] = lstm ? hs[m] + H : NULL;
                 cns[m] = lstm ? hns[m] + H : NULL;
-                if (++m == ROW_BLOCK) {
-                    update_rows(w, j, m, xs, hs, cs, hns, cns);
+                m += gate[(size_t)b * H + j];
+                if (m == ROW_BLOCK) {
+                    update_rows(w, j, m, xs, hs, cs, hns, cns, pending);
                     m = 0;
                 }
             }
-            if (m) update_rows(w, j, m, xs, hs, cs, hns, cns);
+            if (m) update_rows(w, j, m, xs, hs, cs, hns, cns, pending);
         }
+        activate(w->cell, pending);
         float *swap = state;
         state = next;
         next = swap;
@@ -254,5 +331,6 @@ int sarnn_chunk(const sarnn_weights *w, int batch, int steps, const float *x,
     }
     memcpy(state_out, state, sizeof(float) * (size_t)batch * S);
     free(state), free(next), free(xn), free(gate), free(cut), free(coord), free(active);
+    free(pending);
     return 0;
 }
