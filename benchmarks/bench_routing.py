@@ -121,12 +121,14 @@ class Routed:
         self.plan_log.append(plan)
         for path, rows in plan:
             # the batcher stacks each call's rows anyway: a call on every row takes the batch
-            group = feed if len(rows) == len(self.rates) else {k: v[rows] for k, v in feed.items()}
+            whole = len(rows) == len(self.rates)
+            group = feed if whole else {k: v[rows] for k, v in feed.items()}
             started = time.perf_counter()
             self.engine.run(**group, path=path)
             seconds = time.perf_counter() - started
             started = time.perf_counter()
-            self.router.observe(path, [self.rates[i] for i in rows], self.steps, seconds)
+            rates = self.rates if whole else [self.rates[i] for i in rows]
+            self.router.observe(path, rates, self.steps, seconds)
             self.router_s += time.perf_counter() - started
 
 

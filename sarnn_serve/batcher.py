@@ -214,12 +214,14 @@ class MicroBatcher:
     def _call(self, jobs: list[_Job]) -> tuple[list[RowResult], list[CallTiming]]:
         """Run a group of jobs as the router plans it (one call, or several smaller ones)."""
         steps = max(len(j.x) for j in jobs)
-        plan = self.router.plan([j.rate for j in jobs], steps)
+        rates = [j.rate for j in jobs]
+        plan = self.router.plan(rates, steps)
         results: list[RowResult | None] = [None] * len(jobs)
         timings = []
         for path, rows in plan:
-            answers, seconds = self._run_rows([jobs[i] for i in rows], path)
-            self.router.observe(path, [jobs[i].rate for i in rows], steps, seconds)
+            whole = len(rows) == len(jobs)
+            answers, seconds = self._run_rows(jobs if whole else [jobs[i] for i in rows], path)
+            self.router.observe(path, rates if whole else [rates[i] for i in rows], steps, seconds)
             for i, answer in zip(rows, answers, strict=True):
                 results[i] = answer
             if path == DENSE:

@@ -141,11 +141,11 @@ def _time(engine: Engine, path: str, feed: dict) -> tuple[float, np.ndarray]:
     return statistics.median(samples), out.updates
 
 
-def _feed(state: np.ndarray, steps: int, n_features: int, tau: float | None = None) -> dict:
-    """Zero inputs of `steps` steps for every row of `state`, at threshold `tau`."""
+def _feed(state: np.ndarray, x: np.ndarray, steps: int, tau: float | None = None) -> dict:
+    """The first `steps` steps of inputs `x` for every row of `state`, at threshold `tau`."""
     batch = len(state)
     feed = {
-        "x": np.zeros((batch, steps, n_features), np.float32),
+        "x": x[:, :steps],
         "state": state,
         "lengths": np.full(batch, steps, np.int64),
     }
@@ -158,17 +158,20 @@ def calibrate(
     engine: Engine, n_features: int, state_size: int, graph: str = SPARSE, seed: int = 0
 ) -> Calibration:
     """Time the dense graph and the sparse path `graph` (SPARSE or NATIVE) of `engine` at
-    BATCHES x STEP_COUNTS (the sparse path also x THRESHOLDS)."""
+    BATCHES x STEP_COUNTS (the sparse path also x THRESHOLDS), on random inputs: they make the
+    neurons' gates differ, so the thresholds spread the update rates between 0 and 1 (on
+    constant inputs an untrained model's neurons all flip at one threshold)."""
     rng = np.random.default_rng(seed)
     cal = Calibration([], [], [], [], [], [], graph=graph)
     for batch in BATCHES:
         state = (0.5 * rng.standard_normal((batch, state_size))).astype(np.float32)
-        dense = [_time(engine, DENSE, _feed(state, t, n_features))[0] for t in STEP_COUNTS]
+        x = rng.standard_normal((batch, STEP_COUNTS[-1], n_features)).astype(np.float32)
+        dense = [_time(engine, DENSE, _feed(state, x, t))[0] for t in STEP_COUNTS]
         fixed, per_step = _line(STEP_COUNTS, tuple(dense))
         rates, per_steps, fixeds = [], [], []
         for tau in THRESHOLDS:
-            short, _ = _time(engine, graph, _feed(state, STEP_COUNTS[0], n_features, tau))
-            long, updates = _time(engine, graph, _feed(state, STEP_COUNTS[1], n_features, tau))
+            short, _ = _time(engine, graph, _feed(state, x, STEP_COUNTS[0], tau))
+            long, updates = _time(engine, graph, _feed(state, x, STEP_COUNTS[1], tau))
             f, s = _line(STEP_COUNTS, (short, long))
             rates.append(float((updates if graph == NATIVE else updates.any(axis=0)).mean()))
             per_steps.append(s)
