@@ -293,14 +293,16 @@ class Router:
     def plan(self, rates: list[float], steps: int = 1) -> Plan:
         """Calls for a batch of chunks of up to `steps` steps whose rows recently updated
         `rates` of their neurons: a list of (graph, row indices)."""
-        everyone = self._rows(len(rates))
-        if self.mode in (SPARSE, NATIVE):
+        n = len(rates)
+        everyone = self._rows(n)
+        if self.mode != "auto":  # without a calibration the mode is dense (__init__)
             return [(self.mode, everyone)]
-        if self.mode != "auto" or self.calibration is None:
+        dense_from = self._thresholds.get((n, steps))
+        if dense_from is None:
+            dense_from = self._dense_from(n, steps)
+        if min(rates) >= dense_from:
             return [(DENSE, everyone)]
-        if min(rates) >= self._dense_from(len(rates), steps):
-            return [(DENSE, everyone)]
-        dense_cost = self._dense_call(len(rates), steps) * self.correction[DENSE]
+        dense_cost = self._dense_call(n, steps) * self.correction[DENSE]
         sparse, sparse_cost = self._sparse_plan(rates, steps)
         return sparse if sparse_cost < SPARSE_MARGIN * dense_cost else [(DENSE, everyone)]
 
