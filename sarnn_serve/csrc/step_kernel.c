@@ -106,7 +106,8 @@ VECTOR_CLONES static void dot_rows(const float *w, const float *const *h, int n,
 
 /* Elementwise math on 16 lanes, the same for every lane: a value's answer never depends on
  * where it sits. exp: Cephes' range reduction and polynomial (about 1 ulp on [-87, 88], the
- * input clamped there); tanh(v) = 1 - 2 / (e^2v + 1), within 1e-7 of the true value. */
+ * input clamped there); sigmoid within 1e-7 of the exact value, tanh(v) = 1 - 2 / (e^2v + 1)
+ * within 2e-7 (measured on [-20, 20] in steps of 1e-4). */
 typedef int32_t v16i __attribute__((vector_size(64)));
 
 static inline v16f splat(float v) { return (v16f){0} + v; }
