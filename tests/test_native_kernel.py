@@ -400,6 +400,16 @@ def test_concurrent_calls_answer_as_sequential_ones() -> None:
         assert np.array_equal(x, x0) and np.array_equal(state, state0), "inputs were written"
 
 
+def test_read_only_inputs_answer_as_writable_ones() -> None:
+    # binary frames arrive as read-only views of the received bytes; the kernel takes their
+    # address another way and must read the same values
+    p = _pair("gru", 37)
+    x, state = tiny_inputs(3, 7, seed=5), _state(p.model, 3)
+    frozen_x, frozen_state = x.copy(), state.copy()
+    frozen_x.flags.writeable = frozen_state.flags.writeable = False
+    _assert_identical(p.run(frozen_x, frozen_state), p.run(x, state), "read-only inputs")
+
+
 # --- bad input and bad weights ------------------------------------------------------------
 
 
