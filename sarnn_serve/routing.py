@@ -297,10 +297,7 @@ class Router:
         everyone = self._rows(n)
         if self.mode != "auto":  # without a calibration the mode is dense (__init__)
             return [(self.mode, everyone)]
-        dense_from = self._thresholds.get((n, steps))
-        if dense_from is None:
-            dense_from = self._dense_from(n, steps)
-        if min(rates) >= dense_from:
+        if min(rates) >= self._dense_from(n, steps):
             return [(DENSE, everyone)]
         dense_cost = self._dense_call(n, steps) * self.correction[DENSE]
         sparse, sparse_cost = self._sparse_plan(rates, steps)
