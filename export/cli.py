@@ -15,7 +15,9 @@ def _train(args: argparse.Namespace) -> int:
     from export.train import TrainConfig, train
 
     names = {f.name for f in fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    values = {k: v for k, v in vars(args).items() if k in names}
+    values["idle_min_s"], values["idle_max_s"] = args.idle_seconds
+    cfg = TrainConfig(**values)
     metrics = train(cfg, Path(args.out), progress=not args.quiet)
     for part in ("validation", "test"):
         ev = metrics[part]
@@ -80,6 +82,7 @@ def _pareto(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from export.data import DATASETS
+    from export.streams import VARIANTS
     from export.model import BUDGETS, GATE_GRADS
     from export.train import TrainConfig
 
@@ -187,6 +190,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="R",
         help="baseline: each neuron updates with probability R per step, independently of the "
         "input (a fixed seeded pattern at evaluation); offline only: not exportable",
+    )
+    t.add_argument(
+        "--streams",
+        choices=VARIANTS,
+        help="train and evaluate on information-sparse streams (export/streams.py): bouts "
+        "separated by idle periods of a sensor at rest (or, for distractor, half of them noise)",
+    )
+    t.add_argument(
+        "--idle-seconds",
+        type=float,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        default=(d.idle_min_s, d.idle_max_s),
+        help="idle periods of --streams last log-uniform in [MIN, MAX] seconds",
+    )
+    t.add_argument(
+        "--coord-energy",
+        action="store_true",
+        help="energy features for the coordinator: W_e (x * x) beside W_x x (H x F more "
+        "multiply-adds per step), so a gate can tell rest from motion",
     )
     t.add_argument("--epochs", type=int, default=d.epochs)
     t.add_argument("--batches-per-epoch", type=int, default=d.batches_per_epoch)

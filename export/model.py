@@ -3,6 +3,7 @@
 The math follows docs/architecture.md, section "The model":
 
     a_t = W_x x_t + w_d * h_{t-1} + b                 coordinator (w_d: one weight per neuron)
+          [+ W_e (x_t * x_t)]                         energy features (`coord_energy`)
     p_t = clamp((alpha a_t + 1) / 2, 0, 1)            hard sigmoid, slope alpha annealed 1 -> 5
     u_t = round(p_t) = [a_t > 0], straight through    training gate (tie a = 0: no update;
                                                       a drawn tau moves the cut as below)
@@ -58,6 +59,7 @@ class ModelConfig:
     coord_bias_init: float = 1.0
     skip_every: int = 1
     random_mask: float | None = None
+    coord_energy: bool = False
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -71,6 +73,8 @@ class ModelConfig:
             raise ValueError("choose one schedule: skip_every or random_mask")
         if self.selective and self.gating != "coordinator":
             raise ValueError("a fixed update schedule replaces the coordinator; selective=False")
+        if self.coord_energy and not self.selective:
+            raise ValueError("coord_energy feeds the coordinator; a baseline has none")
 
     @property
     def gating(self) -> str:
@@ -130,6 +134,9 @@ class SARNN(nn.Module):
         self.coord_x = nn.Linear(f, h)
         self.coord_d = nn.Parameter(torch.zeros(h))
         nn.init.constant_(self.coord_x.bias, config.coord_bias_init)
+        self.coord_e = nn.Linear(f, h, bias=False) if config.coord_energy else None
+        if self.coord_e is not None:
+            nn.init.zeros_(self.coord_e.weight)
         self.head = nn.Linear(h, config.n_classes)
         self.register_buffer("mean", torch.zeros(f))
         self.register_buffer("std", torch.ones(f))
@@ -197,7 +204,7 @@ class SARNN(nn.Module):
         c = state[:, hidden:] if self.config.cell == "lstm" else None
         xn = (x - self.mean) / self.std
         gx_all = (xn @ self.cell.weight_ih.T + self.cell.bias_ih).unbind(1)
-        ax_all = self.coord_x(xn).unbind(1)
+        ax_all = self.coordinator_input(xn).unbind(1)
         cut = gate_threshold(threshold, self.alpha)
         gating = self.config.gating if force_gate is None else "forced"
         pattern = self._random_pattern(steps) if gating == "random" and deterministic else None
@@ -237,6 +244,13 @@ class SARNN(nn.Module):
         hseq = torch.stack(hs, 1)
         final = h if c is None else torch.cat([h, c], 1)
         return Output(self.head(hseq), torch.stack(us, 1), torch.stack(as_, 1), final)
+
+    def coordinator_input(self, xn: Tensor) -> Tensor:
+        """The coordinator's input part W_x x + b, plus W_e (x * x) with energy features (x the
+        normalised input): a gate can then open on motion and stay shut at rest, which a linear
+        function of x alone cannot tell apart when motion swings both ways."""
+        ax = self.coord_x(xn)
+        return ax if self.coord_e is None else ax + self.coord_e(xn * xn)
 
     def _random_pattern(self, steps: int) -> Tensor:
         """The fixed uniform draws [T, H] of deterministic mode (seed RANDOM_MASK_SEED); a

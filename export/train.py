@@ -35,6 +35,14 @@ from export.data import (
     pad_recordings,
     sample_windows,
 )
+from export.streams import (
+    IDLE,
+    RestModel,
+    StreamSet,
+    StreamSpec,
+    build_streams,
+    sample_stream_windows,
+)
 from export.model import (
     BUDGETS,
     GATE_GRADS,
@@ -45,7 +53,7 @@ from export.model import (
     slope,
 )
 from sarnn_serve.accounting import CellCost
-from sarnn_serve.recordings import LABEL_COLUMN
+from sarnn_serve.client.recordings import LABEL_COLUMN
 
 CURVE_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
@@ -89,6 +97,10 @@ class TrainConfig:
     warmup_steps: int = 50
     eval_skip_seconds: float = 2.0
     threads: int = 1
+    streams: str | None = None
+    idle_min_s: float = StreamSpec.idle_min_s
+    idle_max_s: float = StreamSpec.idle_max_s
+    coord_energy: bool = False
 
     def __post_init__(self) -> None:
         if self.data is not None:
@@ -121,6 +133,10 @@ class TrainConfig:
             self.target_rate is None or self.threshold_range is None
         ):
             raise ValueError("target_slope needs target_rate and threshold_range")
+        if self.coord_energy and self.baseline is not None:
+            raise ValueError("coord_energy feeds the coordinator; a baseline has none")
+        if self.streams is not None:
+            StreamSpec(self.streams, self.idle_min_s, self.idle_max_s)
         for name in ("epochs", "batches_per_epoch", "batch_size", "window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -144,6 +160,22 @@ class TrainConfig:
             selective=self.baseline is None,
             skip_every=self.skip_every,
             random_mask=self.random_mask,
+            coord_energy=self.coord_energy,
+        )
+
+    def stream_spec(self, data: Dataset) -> StreamSpec | None:
+        """How this recipe's streams are built (None: it trains on plain recordings). The watch
+        data's gravity and gyroscope features are named; other data hold their last values."""
+        if self.streams is None:
+            return None
+        named = data.name == "watch"
+        return StreamSpec(
+            self.streams,
+            self.idle_min_s,
+            self.idle_max_s,
+            skip_s=self.eval_skip_seconds,
+            gravity=StreamSpec.gravity if named else (),
+            rest_zero=StreamSpec.rest_zero if named else (),
         )
 
     def recipe(self, out: str) -> str:
@@ -177,6 +209,11 @@ class TrainConfig:
             f"--budget {self.budget}",
             f"--gate-grad {self.gate_grad}",
         ]
+        if self.streams is not None:
+            flags.append(f"--streams {self.streams}")
+            flags.append(f"--idle-seconds {self.idle_min_s:g} {self.idle_max_s:g}")
+        if self.coord_energy:
+            flags.append("--coord-energy")
         if self.target_rate is not None:
             flags.append(f"--target-rate {self.target_rate:g}")
         if self.threshold_range is not None:
@@ -211,6 +248,8 @@ class Evaluation:
     steps: int
     scored: list[int] = field(default_factory=list)
     correct: list[int] = field(default_factory=list)
+    idle_update_rate: float | None = None
+    active_update_rate: float | None = None
 
 
 def _subjects(groups: tuple[str, ...], option: str) -> list[int]:
@@ -303,12 +342,79 @@ def evaluate(
     )
 
 
-def threshold_curve(model: SARNN, data: Dataset, skip_steps: int) -> list[dict[str, float]]:
-    """Update rate and streaming accuracy on the validation recordings at each of
-    CURVE_THRESHOLDS (deterministic mode; the update rate never rises with the threshold)."""
+STREAM_SEEDS = {"val": 101, "test": 202}
+
+
+def stream_parts(cfg: TrainConfig, data: Dataset) -> dict[str, StreamSet]:
+    """The validation and test streams of a stream recipe: built from the rest model measured
+    on the training recordings, with seeds fixed per part (every model of a study is scored on
+    the same streams)."""
+    spec = cfg.stream_spec(data)
+    rate = data.sample_rate_hz or 1.0
+    rest = RestModel.measure(data.train, data.feature_names, spec, rate)
+    return {
+        part: StreamSet(
+            build_streams(getattr(data, part), rest, spec, rate, seed),
+            spec,
+            rest.describe(data.feature_names),
+            seed,
+        )
+        for part, seed in STREAM_SEEDS.items()
+    }
+
+
+@torch.no_grad()
+def evaluate_streams(model: SARNN, streams: StreamSet, threshold: float = 0.5) -> Evaluation:
+    """Run every stream from a zero state; score the scored steps of each bout (per
+    recording, for confidence intervals over recordings), the last step of each bout, and the
+    update rate overall, on idle steps and on active steps."""
+    model.eval()
+    items = streams.streams
+    lengths = [len(s.x) for s in items]
+    x = np.zeros((len(items), max(lengths), items[0].x.shape[1]), np.float32)
+    for i, s in enumerate(items):
+        x[i, : lengths[i]] = s.x
+    out = model(torch.from_numpy(x), deterministic=True, threshold=threshold)
+    pred = out.logits.argmax(-1).numpy()
+    per_step = out.updates.numpy().mean(-1)
+    correct, scored, last_ok = [], [], []
+    idle = active = idle_n = active_n = 0.0
+    for i, s in enumerate(items):
+        n = lengths[i]
+        p, u = pred[i, :n], per_step[i, :n]
+        for bout in np.unique(s.bout[s.bout >= 0]):
+            steps = s.bout == bout
+            mask = steps & s.score_mask
+            correct.append(int((p[mask] == s.labels[mask]).sum()))
+            scored.append(int(mask.sum()))
+            last_ok.append(p[np.flatnonzero(steps)[-1]] == s.labels[steps][0])
+        idle += float(u[s.idle_mask].sum())
+        idle_n += int(s.idle_mask.sum())
+        active += float(u[~s.idle_mask].sum())
+        active_n += int((~s.idle_mask).sum())
+    return Evaluation(
+        streaming_accuracy=sum(correct) / max(1, sum(scored)),
+        last_step_accuracy=float(np.mean(last_ok)),
+        update_rate=(idle + active) / max(1, idle_n + active_n),
+        steps=int(sum(lengths)),
+        scored=scored,
+        correct=correct,
+        idle_update_rate=idle / max(1, idle_n),
+        active_update_rate=active / max(1, active_n),
+    )
+
+
+def threshold_curve(
+    model: SARNN, data: Dataset, skip_steps: int, streams: StreamSet | None = None
+) -> list[dict[str, float]]:
+    """Update rate and streaming accuracy on the validation recordings (or `streams`) at each
+    of CURVE_THRESHOLDS (deterministic mode; the update rate never rises with the threshold)."""
     curve = []
     for tau in CURVE_THRESHOLDS:
-        ev = evaluate(model, data, skip_steps, threshold=tau, part="val")
+        if streams is not None:
+            ev = evaluate_streams(model, streams, threshold=tau)
+        else:
+            ev = evaluate(model, data, skip_steps, threshold=tau, part="val")
         curve.append(
             {
                 "threshold": tau,
@@ -331,9 +437,13 @@ def _step_loss(
     out = model(x, threshold=tau, gate_grad=cfg.gate_grad)
     warmup = min(cfg.warmup_steps, x.shape[1] // 4)
     logits = out.logits[:, warmup:]
-    task = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), y.repeat_interleave(logits.shape[1])
-    )
+    steps = y[:, warmup:] if y.ndim == 2 else y[:, None].expand(-1, logits.shape[1])
+    if bool((steps == IDLE).all()):
+        task = logits.sum() * 0.0  # an all-idle batch: nothing to predict, only the budget
+    else:
+        task = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), steps.reshape(-1), ignore_index=IDLE
+        )
     target: float | torch.Tensor | None = cfg.target_rate
     if cfg.target_slope is not None:
         target = (cfg.target_rate + cfg.target_slope * (0.5 - tau[:, 0])).clamp(0.01, 0.99)
@@ -391,14 +501,35 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict:
     data = load_training_data(cfg)
     model = SARNN(cfg.model_config(data.n_features, data.n_classes))
     model.set_normalisation(*data.normalisation())
+    spec = cfg.stream_spec(data)
+    skip = int(cfg.eval_skip_seconds * (data.sample_rate_hz or 0))
+    parts = stream_parts(cfg, data) if spec is not None else {}
+    rest = (
+        RestModel.measure(data.train, data.feature_names, spec, data.sample_rate_hz or 1.0)
+        if spec is not None
+        else None
+    )
+    train_streams: list = []
+
+    def windows(epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        if rest is None:
+            return sample_windows(data.train, cfg.batch_size, cfg.window, rng)
+        if not train_streams or train_streams[0] != epoch:  # new idle periods every epoch
+            rate = data.sample_rate_hz or 1.0
+            built = build_streams(data.train, rest, spec, rate, cfg.seed * 100_003 + epoch)
+            train_streams[:] = [epoch, built]
+        return sample_stream_windows(train_streams[1], cfg.batch_size, cfg.window, rng)
+
+    def score(part: str, threshold: float = 0.5) -> Evaluation:
+        if parts:
+            return evaluate_streams(model, parts[part], threshold)
+        return evaluate(model, data, skip, threshold=threshold, part=part)
+
     if cfg.target_rate is not None:
-        calibrate_gates(
-            model, sample_windows(data.train, cfg.batch_size, cfg.window, rng)[0], cfg.target_rate
-        )
+        calibrate_gates(model, windows(0)[0], cfg.target_rate)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     total = cfg.epochs * cfg.batches_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total)
-    skip = int(cfg.eval_skip_seconds * (data.sample_rate_hz or 0))
     history, skipped, step = [], 0, 0
     started = time.perf_counter()
     label = cfg.baseline or f"lam={cfg.lam:g}"
@@ -409,7 +540,7 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict:
         for _ in range(cfg.batches_per_epoch):
             model.alpha = slope(step / max(1, total - 1))
             lam = cfg.lam if cfg.target_rate is not None else budget_weight(cfg, epoch)
-            xb, yb = sample_windows(data.train, cfg.batch_size, cfg.window, rng)
+            xb, yb = windows(epoch)
             loss, task, rate = _step_loss(
                 model, torch.from_numpy(xb), torch.from_numpy(yb), lam, cfg
             )
@@ -422,7 +553,7 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict:
             step += 1
             bar.update()
             bar.set_postfix(loss=f"{task:.3f}", rate=f"{rate:.2f}", lam=f"{lam:.3g}")
-        val = evaluate(model, data, skip, part="val")
+        val = score("val")
         history.append(
             {
                 "epoch": epoch,
@@ -433,10 +564,12 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict:
                 "val_streaming_accuracy": val.streaming_accuracy,
                 "val_last_step_accuracy": val.last_step_accuracy,
                 "val_update_rate": val.update_rate,
+                "val_idle_update_rate": val.idle_update_rate,
+                "val_active_update_rate": val.active_update_rate,
             }
         )
     bar.close()
-    test = evaluate(model, data, skip, part="test")
+    test = score("test")
     cost = CellCost(cfg.cell, data.n_features, cfg.hidden, model.config.selective)
     metrics = {
         "config": asdict(cfg),
@@ -465,7 +598,14 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict:
         },
         "gate_grad": cfg.gate_grad,
         "threshold_range": cfg.threshold_range,
-        "threshold_curve": threshold_curve(model, data, skip),
+        "threshold_curve": (
+            threshold_curve(model, data, skip, parts.get("val")) if model.config.selective else []
+        ),
+        "streams": {
+            part: {"spec": asdict(ss.spec), "seed": ss.seed, "idle_share": ss.idle_share}
+            for part, ss in parts.items()
+        }
+        | ({"rest": parts["val"].rest} if parts else {}),
         "macs_per_step": {
             "dense": cost.dense_step,
             "selective": cost.per_step(test.update_rate),
