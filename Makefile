@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --disable-pip-version-check -q
 
-.PHONY: serve test lint bench load system-deps train-default export-default
+.PHONY: serve test lint bench load system-deps train-default export-default protos
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test: $(VENV)/.dev system-deps
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+# The gRPC modules beside sarnn_serve/api/grpc_predict_v2.proto (checked in; needs grpcio-tools)
+protos: $(VENV)/.dev
+	$(PY) scripts/gen_protos.py
 
 bench: $(VENV)/.dev
 	$(PY) benchmarks/bench_onnx.py --checkpoint models/watch-gru/checkpoint.pt

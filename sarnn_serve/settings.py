@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -89,6 +89,29 @@ class Settings(BaseSettings):
         True, description="Load the package's native kernel for each model, where it was built."
     )
     switch_interval_s: float = Field(1e-4, gt=0, description="sys.setswitchinterval value.")
+
+    grpc_enabled: bool = Field(
+        True, description="Serve the Open Inference Protocol over gRPC as well, on grpc_port."
+    )
+    grpc_port: int = Field(
+        8001, ge=0, le=65535, description="gRPC port (on host); 0: any free port, logged."
+    )
+    grpc_tls_cert_file: Path | None = Field(
+        None,
+        description="PEM certificate chain of the gRPC port; with grpc_tls_key_file it serves "
+        "TLS (unset: plaintext).",
+    )
+    grpc_tls_key_file: Path | None = Field(
+        None, validate_default=True, description="PEM private key of grpc_tls_cert_file."
+    )
+
+    @field_validator("grpc_tls_key_file")
+    @classmethod
+    def _tls_pair(cls, key: Path | None, info: ValidationInfo) -> Path | None:
+        """A certificate and its key go together."""
+        if (key is None) != (info.data.get("grpc_tls_cert_file") is None):
+            raise ValueError("set SARNN_GRPC_TLS_CERT_FILE and SARNN_GRPC_TLS_KEY_FILE together")
+        return key
 
     api_keys: str = Field(
         "",

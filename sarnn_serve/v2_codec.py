@@ -145,12 +145,17 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[InferRequest,
         raise InvalidJson(f"not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidInput("body", "must be a JSON object")
+    return check_request(data), binary
+
+
+def check_request(data: dict[str, Any]) -> InferRequest:
+    """A decoded request (from JSON, or from gRPC's messages) as the checked request."""
     request = validate_request(InferRequest, data)
     for i, out in enumerate(request.outputs or ()):
         _refuse_unsupported(out.parameters.model_extra, f"outputs[{i}].parameters")
     for i, tensor in enumerate(request.inputs):
         _refuse_unsupported(tensor.parameters.model_extra, f"inputs[{i}].parameters")
-    return request, binary
+    return request
 
 
 def decode_inputs(request: InferRequest, binary: bytes) -> list[np.ndarray]:

@@ -31,6 +31,9 @@ UNLIMITED = {
     "SARNN_ENGINE_PATH": "dense",
 }
 REDIS_URL_ENV = "SARNN_TEST_REDIS_URL"
+# Every server the suites start (in this process or as a child) serves gRPC on a free port of its
+# own, never on the default 8001 another server may hold; tests that call gRPC choose the port.
+os.environ.setdefault("SARNN_GRPC_PORT", "0")
 
 
 def free_port() -> int:

@@ -9,7 +9,18 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from sarnn_serve import logs
-from sarnn_serve.api import dashboard, docs, errors, health, models, openapi, sessions, stream, v2
+from sarnn_serve.api import (
+    dashboard,
+    docs,
+    errors,
+    grpc_server,
+    health,
+    models,
+    openapi,
+    sessions,
+    stream,
+    v2,
+)
 from sarnn_serve.api.fast_chunks import FastChunks
 from sarnn_serve.api.limits import BodyLimit, RequestMetrics
 from sarnn_serve.auth import KeyRing
@@ -93,6 +104,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         plane = DataPlane(settings, registry, store, monitor, executor, keyring, routers)
         await plane.start()
         app.state.plane, app.state.monitor = plane, monitor
+        grpc = None
+        if settings.grpc_enabled:
+            grpc = await grpc_server.start(settings, plane, app.title, app.version)
         log.info(
             "ready",
             extra={
@@ -104,6 +118,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            if grpc is not None:
+                await grpc.stop()
             await plane.stop()
             executor.shutdown(wait=False)
 

@@ -1,74 +1,29 @@
 """The Open Inference Protocol (KServe v2 REST) with Triton's binary tensor data and sequence
-extensions, beside the native API and over the same data plane.
-
-A request whose `sequence_id` parameter is not 0 or "" advances that sequence's session, whose id
-is derived from (caller, model, sequence id): `sequence_start` opens it (restarting a live one),
-`sequence_end` deletes it after its chunk. A retry (the same request `id` at the same position)
-is the data plane's retry of the last seq: answered again, applied once. A request without a
-sequence is stateless, like POST /v1/models/{name}/predict. Errors are
-{"error": "<code>: <message>"} with the typed error's HTTP status.
+extensions, beside the native API and over the same data plane (the protocol's logic, shared with
+the gRPC service, is `sarnn_serve.v2_protocol`). Errors are {"error": "<code>: <message>"} with
+the typed error's HTTP status.
 """
 
 import json
 from collections.abc import Callable, Coroutine
-from contextlib import suppress
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.routing import APIRoute
 
+from sarnn_serve import v2_protocol
 from sarnn_serve.api.deps import Caller, Plane
-from sarnn_serve.auth import Principal
-from sarnn_serve.card import ModelCard
-from sarnn_serve.errors import (
-    InvalidInput,
-    ModelNotFound,
-    ModelUnavailable,
-    ServiceError,
-    SessionNotFound,
-)
+from sarnn_serve.errors import ServiceError
 from sarnn_serve.registry import LoadedModel
-from sarnn_serve.results import step_list
-from sarnn_serve.schemas import ChunkRequest, PredictRequest, SessionCreate, Usage
-from sarnn_serve.service import DataPlane
-from sarnn_serve.sessions import sequence_session_id
-from sarnn_serve.v2_codec import (
-    HEADER_LENGTH,
-    InferParameters,
-    InferRequest,
-    OutputTensor,
-    decode_inputs,
-    encode_response,
-    parse_request,
-)
-from sarnn_serve.validation import parse_inputs
-
-INPUT = "x"
-OUTPUTS = {"probabilities": "FP32", "class": "INT64", "updates": "INT32", "mask": "BOOL"}
-DEFAULT_OUTPUTS = ("probabilities", "class", "updates")
-EXTENSIONS = ["binary_tensor_data", "sequence", "sequence(string_id)"]
-SEQUENCE_GONE = {
-    "unknown": "is not open: start it with sequence_start=true",
-    "expired": "expired after being idle: start it again with sequence_start=true",
-    "evicted": "was evicted to make room for newer sessions: start it again with "
-    "sequence_start=true",
-    "deleted": "has ended (sequence_end) or was deleted: start it again with sequence_start=true",
-}
-
-
-def status_and_message(exc: ServiceError) -> tuple[int, str]:
-    """The HTTP status and the message of the protocol's error body for a typed error."""
-    return exc.status, f"{exc.code}: {exc.message}"
+from sarnn_serve.v2_codec import HEADER_LENGTH, encode_response, parse_request
 
 
 def error_response(request: Request, exc: ServiceError) -> Response:
     """{"error": "<message>"} with the error's status and headers, counted once."""
     request.app.state.plane.record_error(exc)
-    status, message = status_and_message(exc)
     return Response(
-        json.dumps({"error": message}, ensure_ascii=True),
-        status_code=status,
+        json.dumps({"error": v2_protocol.error_message(exc)}, ensure_ascii=True),
+        status_code=exc.status,
         headers=exc.http_headers(),
         media_type="application/json",
     )
@@ -89,25 +44,10 @@ class V2Route(APIRoute):
         return answer
 
 
-class SequenceNotOpen(ServiceError):
-    """A sequence without a live session; the code is the store's reason (session_expired...)."""
-
-    status = 404
-
-    def __init__(self, sequence_id: int | str, gone: SessionNotFound) -> None:
-        reason = gone.detail.get("reason", "unknown")
-        what = SEQUENCE_GONE.get(reason, SEQUENCE_GONE["unknown"])
-        super().__init__(f"sequence_id {sequence_id!r} {what}", reason=reason)
-        self.code = gone.code
-
-
 def served_model(request: Request) -> LoadedModel:
     """The model the path names, checked against the version it names, if any."""
     name, version = request.path_params["name"], request.path_params.get("version")
-    model = request.app.state.plane.registry.get(name)
-    if version is not None and version != model.card.version:
-        raise ModelNotFound(f"{name} version {version}", [f"{name} version {model.card.version}"])
-    return model
+    return v2_protocol.find_model(request.app.state.plane.registry, name, version)
 
 
 Model = Annotated[LoadedModel, Depends(served_model)]
@@ -117,7 +57,11 @@ router = APIRouter(prefix="/v2", route_class=V2Route, include_in_schema=False)
 @router.get("")
 async def server_metadata(request: Request, _: Caller) -> dict:
     """Server name, version and the protocol extensions it speaks."""
-    return {"name": request.app.title, "version": request.app.version, "extensions": EXTENSIONS}
+    return {
+        "name": request.app.title,
+        "version": request.app.version,
+        "extensions": v2_protocol.EXTENSIONS,
+    }
 
 
 @router.get("/health/live")
@@ -137,23 +81,7 @@ async def server_ready(dp: Plane) -> Response:
 @router.get("/models/{name}/versions/{version}")
 async def model_metadata(_: Caller, model: Model) -> dict:
     """The model's input and outputs: names, datatypes and shapes (-1: any size)."""
-    card = model.card
-    shapes = {
-        "probabilities": [-1, -1, card.n_classes],
-        "class": [-1, -1],
-        "updates": [-1, -1],
-        "mask": [-1, -1, card.hidden],
-    }
-    return {
-        "name": card.name,
-        "versions": [card.version],
-        "platform": "onnx_onnxv1",
-        "inputs": [{"name": INPUT, "datatype": "FP32", "shape": [-1, -1, card.n_features]}],
-        "outputs": [
-            {"name": name, "datatype": datatype, "shape": shapes[name]}
-            for name, datatype in OUTPUTS.items()
-        ],
-    }
+    return v2_protocol.model_metadata(model.card)
 
 
 @router.get("/models/{name}/ready")
@@ -171,159 +99,9 @@ async def infer(request: Request, dp: Plane, who: Caller, model: Model) -> Respo
     if request.headers.get("content-encoding", "identity") != "identity":
         raise ServiceError("a compressed request body (Content-Encoding) is not supported")
     req, binary = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
-    card = model.card
-    x = model_input(req, binary, card, dp.settings.max_chunk_steps)
-    wanted = requested_outputs(req)
-    if req.parameters.in_sequence:
-        steps, parameters = await run_sequence(dp, who, card, req, x, "mask" in wanted)
-    else:
-        steps, parameters = await run_stateless(dp, card, req.parameters, x, "mask" in wanted)
-    arrays = step_tensors(steps)
-    header = {
-        "model_name": card.name,
-        "model_version": card.version,
-        **({"id": req.id} if req.id else {}),
-        "parameters": parameters,
-    }
-    body, json_length = encode_response(
-        header, [OutputTensor(name, OUTPUTS[name], arrays[name], b) for name, b in wanted.items()]
-    )
+    body, json_length = encode_response(*await v2_protocol.infer(dp, who, model, req, binary))
     if json_length is None:
         return Response(body, media_type="application/json")
     return Response(
         body, media_type="application/octet-stream", headers={HEADER_LENGTH: str(json_length)}
     )
-
-
-def model_input(req: InferRequest, binary: bytes, card: ModelCard, max_steps: int) -> np.ndarray:
-    """The one input tensor, FP32 [N, T, F] with N, T >= 1 (checked before it is decoded) and
-    finite values within the inputs' bound, the checks of every transport."""
-    names = [tensor.name for tensor in req.inputs]
-    if names != [INPUT]:
-        raise InvalidInput("inputs", f"the model takes one input, {INPUT!r}; got {names}")
-    tensor = req.inputs[0]
-    if tensor.datatype != "FP32":
-        raise InvalidInput("inputs[0].datatype", f"must be FP32, got {tensor.datatype!r}")
-    shape = tensor.shape
-    if len(shape) != 3 or shape[2] != card.n_features or min(shape) < 1:
-        raise InvalidInput(
-            "inputs[0].shape",
-            f"must be [N, T, {card.n_features}] with N, T >= 1 (N sequences of T steps of "
-            f"{card.n_features} features); got {shape}",
-        )
-    x = decode_inputs(req, binary)[0]
-    for i, sequence in enumerate(x):
-        parse_inputs(sequence, card.n_features, max_steps, f"inputs[0].data[{i}]")
-    return x
-
-
-def requested_outputs(req: InferRequest) -> dict[str, bool]:
-    """Output name -> sent as binary data; with none named, every output but the masks."""
-    default = req.parameters.binary_data_output
-    if not req.outputs:
-        return dict.fromkeys(DEFAULT_OUTPUTS, default)
-    wanted = {}
-    for i, out in enumerate(req.outputs):
-        if out.name not in OUTPUTS:
-            raise InvalidInput(
-                f"outputs[{i}].name", f"unknown output {out.name!r}; outputs: {', '.join(OUTPUTS)}"
-            )
-        binary = out.parameters.binary_data
-        wanted[out.name] = default if binary is None else binary
-    return wanted
-
-
-async def run_stateless(
-    dp: DataPlane, card: ModelCard, params: InferParameters, x: np.ndarray, include_mask: bool
-) -> tuple[list[list[dict]], dict[str, Any]]:
-    """Each row of x as a whole sequence from a zero state (nothing is stored)."""
-    for flag in ("sequence_start", "sequence_end"):
-        if getattr(params, flag):
-            raise InvalidInput(f"parameters.{flag}", "needs a sequence_id other than 0 or ''")
-    request = PredictRequest.model_construct(
-        inputs=list(x), threshold=params.threshold, include_steps=True, include_mask=include_mask
-    )
-    result = await dp.predict(card.name, request)
-    return [sequence["steps"] for sequence in result["sequences"]], result["usage"]
-
-
-async def run_sequence(
-    dp: DataPlane,
-    who: Principal,
-    card: ModelCard,
-    req: InferRequest,
-    x: np.ndarray,
-    include_mask: bool,
-) -> tuple[list[list[dict]], dict[str, Any]]:
-    """Apply x [1, T, F] to the request's sequence (opened, continued or ended); its steps and
-    the response parameters: the sequence id, its session and the session's totals."""
-    params = req.parameters
-    if x.shape[0] != 1:
-        raise ServiceError(
-            f"inputs[0].shape: a request of a sequence carries one sequence, [1, T, "
-            f"{card.n_features}]; batches of several sequences are not supported",
-            field="inputs[0].shape",
-        )
-    for name in ("threshold", "target_update_rate", "degrade"):
-        if name in params.model_fields_set and not params.sequence_start:
-            raise InvalidInput(f"parameters.{name}", "is set when a sequence starts")
-    session_id = sequence_session_id(who.id, card.name, params.sequence_id)
-    try:
-        if params.sequence_start:
-            opening = SessionCreate(
-                model=card.name,
-                threshold=params.threshold,
-                target_update_rate=params.target_update_rate,
-                degrade=params.degrade,
-            )
-            seq = await start_sequence(dp, who, session_id, req.id, opening)
-        else:
-            seq, _ = await dp.sequence_seq(who, session_id, req.id)
-        chunk = ChunkRequest.model_construct(seq=seq, inputs=x[0], include_mask=include_mask)
-        result = await dp.advance(who, session_id, chunk, req.id)
-        summary = await dp.delete_session(who, session_id) if params.sequence_end else None
-    except SessionNotFound as exc:
-        raise SequenceNotOpen(params.sequence_id, exc) from None
-    totals = summary or result.session
-    return [step_list(card, result.outputs)], {
-        "sequence_id": params.sequence_id,
-        "session_id": session_id,
-        "replayed": result.replayed,
-        **{name: totals[name] for name in Usage.model_fields},
-    }
-
-
-async def start_sequence(
-    dp: DataPlane,
-    who: Principal,
-    session_id: str,
-    request_id: str,
-    opening: SessionCreate,
-) -> int:
-    """Open the sequence's session as `opening` asks, ending a live one, unless this request is
-    the start that was applied last (a retry, seq 0). The seq of the start's chunk: 0."""
-    if request_id:
-        with suppress(SessionNotFound, ModelUnavailable):
-            seq, retry = await dp.sequence_seq(who, session_id, request_id)
-            if retry and seq == 0:
-                return 0
-    with suppress(SessionNotFound):
-        await dp.delete_session(who, session_id)
-    await dp.create_session(who, opening, session_id=session_id)
-    return 0
-
-
-def step_tensors(sequences: list[list[dict]]) -> dict[str, np.ndarray]:
-    """Per-step answers of N sequences of T steps as output tensors [N, T, ...]."""
-
-    def stack(field: str, dtype: type) -> np.ndarray:
-        return np.array([[step[field] for step in steps] for steps in sequences], dtype)
-
-    arrays = {
-        "probabilities": stack("probabilities", np.float32),
-        "class": stack("class", np.int64),
-        "updates": stack("updates", np.int32),
-    }
-    if "mask" in sequences[0][0]:
-        arrays["mask"] = stack("mask", bool)
-    return arrays
