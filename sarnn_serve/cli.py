@@ -145,13 +145,10 @@ def check(settings: Settings) -> None:
         )
 
 
-def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    overrides = {f: getattr(args, f) for f in SERVE_OPTIONS if getattr(args, f) is not None}
-    settings = load_settings(overrides)
-    check(settings)
-    kwargs = {
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for `settings` (everything but the app and the worker count)."""
+    proxies = [e.strip() for e in settings.forwarded_allow_ips.split(",") if e.strip()]
+    return {
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,
@@ -160,7 +157,20 @@ def _serve(args: argparse.Namespace) -> int:
         "ws_max_size": 2 * settings.ws_max_message_bytes,
         "ws_per_message_deflate": False,
         "access_log": False,
+        # X-Forwarded-For names the client only when the proxy sent it; passed explicitly, so
+        # uvicorn's own FORWARDED_ALLOW_IPS variable (and its default, 127.0.0.1) never applies
+        "proxy_headers": bool(proxies),
+        "forwarded_allow_ips": proxies or None,
     }
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    overrides = {f: getattr(args, f) for f in SERVE_OPTIONS if getattr(args, f) is not None}
+    settings = load_settings(overrides)
+    check(settings)
+    kwargs = uvicorn_options(settings)
     if settings.workers > 1:
         for field, value in overrides.items():
             os.environ[env_var(field)] = str(value)

@@ -1,5 +1,6 @@
 """Every setting of the service, read once from the environment (prefix SARNN_)."""
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -23,6 +24,12 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on.")
     workers: int = Field(1, ge=1, description="uvicorn worker processes.")
+    forwarded_allow_ips: str = Field(
+        "",
+        description="Comma-separated addresses or networks of the reverse proxy in front, the "
+        "only peers whose X-Forwarded-For names the client (per-IP quotas with keys off); "
+        "empty: none, the peer's own address is the client. Name the proxy itself, never '*'.",
+    )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         "info", description="Log level: debug, info, warning, error or critical."
     )
@@ -149,3 +156,16 @@ class Settings(BaseSettings):
     max_store_bytes: int = Field(
         2 * 1024**3, ge=1024 * 1024, description="Byte budget of the memory store (LRU eviction)."
     )
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxy_addresses(cls, value: str) -> str:
+        """Each entry an IP address or network: a name or '*' would trust more than the proxy."""
+        for entry in filter(None, (e.strip() for e in value.split(","))):
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or network (name the proxy's address)"
+                ) from None
+        return value

@@ -9,6 +9,7 @@ haproxy is installed (scripts/system-deps.sh); the compose file by structure, an
 docker/build-and-smoke.sh's job (.ci/run runs it after the tests).
 """
 
+import ipaddress
 import re
 import shutil
 import subprocess
@@ -182,7 +183,7 @@ def test_compose_stack_structure() -> None:
     assert sarnn["deploy"]["replicas"] >= 2 and "container_name" not in sarnn
     assert "ports" not in sarnn, "replicas are reached through the balancer only"
     env = sarnn["environment"]
-    assert set(env) - {"FORWARDED_ALLOW_IPS"} <= SETTINGS, "an env var that is no setting"
+    assert set(env) <= SETTINGS, "an env var that is no setting"
     assert env["SARNN_STORE"] == "redis"
     assert urlsplit(env["SARNN_REDIS_URL"]).hostname == "redis"
     assert sarnn["depends_on"]["redis"]["condition"] == "service_healthy"
@@ -210,6 +211,47 @@ def test_haproxy_config_balances_the_replicas_with_readiness_checks() -> None:
     host, port = target.rsplit(":", 1)
     assert host in _compose()["services"] and port == "8000"
     assert re.search(r"^\s*bind :8000\s*$", text, re.M)  # build-and-smoke.sh rewrites this line
+
+
+def _frontend(text: str) -> list[str]:
+    """The directives of haproxy.cfg's frontend section, comments and blank lines left out."""
+    lines, inside = [], False
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if raw[:1].strip():  # a section header starts at column 0
+            inside = line.startswith("frontend ")
+        elif inside and line:
+            lines.append(" ".join(line.split()))
+    return lines
+
+
+def test_compose_replicas_trust_x_forwarded_for_from_the_balancer_only() -> None:
+    """Per-IP quotas (keys off) must not be bypassable by a client's own X-Forwarded-For."""
+    compose = _compose()
+    env = compose["services"]["sarnn"]["environment"]
+    assert "FORWARDED_ALLOW_IPS" not in env, "uvicorn's own variable: the server ignores it"
+    trusted = [e.strip() for e in str(env["SARNN_FORWARDED_ALLOW_IPS"]).split(",")]
+    Settings(forwarded_allow_ips=",".join(trusted))  # a valid setting: addresses, no '*'
+    ((network, lb_net),) = compose["services"]["lb"]["networks"].items()
+    assert trusted == [lb_net["ipv4_address"]], "the balancer's own fixed address, nothing else"
+    assert network in compose["services"]["sarnn"]["networks"]
+    (pool,) = compose["networks"][network]["ipam"]["config"]
+    subnet, dynamic = ipaddress.ip_network(pool["subnet"]), ipaddress.ip_network(pool["ip_range"])
+    address = ipaddress.ip_address(lb_net["ipv4_address"])
+    assert address in subnet and address not in dynamic, "a replica could be given it"
+
+
+def test_haproxy_sets_x_forwarded_for_instead_of_appending() -> None:
+    text = (DOCKER / "haproxy.cfg").read_text()
+    directives = [" ".join(line.split("#", 1)[0].split()) for line in text.splitlines()]
+    # `option forwardfor` appends to what the client sent; the header must be haproxy's alone
+    assert not any(d.startswith("option forwardfor") for d in directives)
+    frontend = _frontend(text)
+    assert "http-request set-header X-Forwarded-For %[src]" in frontend
+    assert {
+        "http-request del-header Forwarded",
+        "http-request del-header X-Forwarded-Proto",
+    } <= set(frontend)
 
 
 def test_haproxy_accepts_the_config() -> None:
