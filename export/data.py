@@ -2,7 +2,7 @@
 
 Datasets that ship inside installed packages (seglearn's smartwatch exercises, split by subject;
 aeon's BasicMotions) and your own recordings (a folder of CSV files or a .npz archive, read by
-sarnn_serve.recordings, split by group). Every Dataset carries `spec`, plain data from which
+sarnn_serve.client.recordings, split by group). Every Dataset carries `spec`, plain data from which
 `load_data` rebuilds the same split: it is saved in the checkpoint so that export and verify read
 exactly the data the model was trained and tested on. This module never imports torch.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sarnn_serve.recordings import LABEL_COLUMN, Recordings, read_folder, read_npz
+from sarnn_serve.client.recordings import LABEL_COLUMN, Recordings, read_folder, read_npz
 
 DATASETS = ("watch", "basicmotions")
 WATCH_VAL_SUBJECTS = (7, 8)

@@ -1,23 +1,25 @@
-"""`sarnn-serve replay`: stream a recorded sensor file into a running server over the WebSocket.
+"""`sarnn-serve replay`: stream a recorded sensor file into a running server (the client of
+`sarnn_serve.client`, over a WebSocket).
 
     sarnn-serve replay --url ws://127.0.0.1:8000 [--model NAME]
         (--csv FILE | --dataset watch --recording N) [--rate HZ | --max-speed] [--chunk 1]
         [--threshold T] [--format json|msgpack|raw] [--keep-session] [--no-progress]
+        [--api-key KEY]
 
 The model card (GET /v1/models/{name}) says which features the model reads and its sampling
-rate. A CSV file (read by sarnn_serve.recordings, as training reads one) has a header row of
-column names; the columns named by the card's feature_names are used in that order (other
+rate. A CSV file (read by sarnn_serve.client.recordings, as training reads one) has a header row
+of column names; the columns named by the card's feature_names are used in that order (other
 columns are ignored) and an optional column `label` holds the true class (a class label of the
 card, or its index). `--dataset watch --recording N` takes held-out (test) recording N of the
 watch data (needs the training extra: seglearn).
 
-The samples go to a new session (/v1/stream) in messages of --chunk samples, at --rate samples
-per second (default: the card's sample_rate_hz) on absolute deadlines, or back to back with
---max-speed. At the end a summary: steps, accuracy against the true label (per step after the
-first 2 s of data, and the last step's prediction), update rate and multiply-adds dense,
-selective and saved, from the session totals in the last answer. --format raw sends the binary
-protocol of sarnn_serve.frames (float32 rows in, class indices and update counts out) for every
-message but the last, which goes as JSON so that its answer carries the session's totals.
+The samples go to a new session in messages of --chunk samples, at --rate samples per second
+(default: the card's sample_rate_hz) on absolute deadlines, or back to back with --max-speed.
+A lost connection or a restarting server is retried (for up to 30 s a message) without losing
+or doubling a step. At the end a summary: steps, accuracy against the true label (per step
+after the first 2 s of data, and the last step's prediction), update rate and multiply-adds
+dense, selective and saved, from the session's totals. --format raw sends the binary protocol
+of sarnn_serve.frames (float32 rows in, class indices and update counts out).
 
 This module never imports torch (nor does export.data, which --dataset uses).
 """
@@ -28,17 +30,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
-import msgpack
 import numpy as np
-import orjson
 
-from sarnn_serve import frames
-from sarnn_serve.recordings import LABEL_COLUMN, read_csv
+from sarnn_serve.client import ApiError, AsyncClient, ClientError, Retry, SessionInfo
+from sarnn_serve.client.recordings import LABEL_COLUMN, read_csv
 
 WARMUP_S = 2.0
-ANSWER_TIMEOUT_S = 60.0
+RETRY_S = 30.0  # how long a request is retried (a restarting server) before replay gives up
+ENCODINGS = {"json": "json", "msgpack": "msgpack", "raw": "binary"}
 
 
 class ReplayError(Exception):
@@ -70,7 +70,7 @@ class Recording:
 class Outcome:
     """What came back: per-step predicted labels and the last answer's session totals."""
 
-    session: dict
+    session: SessionInfo
     predictions: list[str]
     messages: int
     seconds: float
@@ -152,44 +152,23 @@ def load_dataset_recording(name: str, index: int, card: dict) -> Recording:
 # server
 
 
-def http_base(ws_url: str) -> str:
-    """http(s)://host:port of a ws(s):// base URL."""
-    parts = urlsplit(ws_url)
-    if parts.scheme not in ("ws", "wss") or not parts.netloc:
-        raise ReplayError(f"--url must look like ws://HOST:PORT, got {ws_url!r}")
-    scheme = "https" if parts.scheme == "wss" else "http"
-    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
-
-
-def fetch_card(base: str, model: str | None) -> dict:
-    """The card of `model`, or of the server's only model when none is named."""
-    import httpx
-
+async def fetch_card(client: AsyncClient, model: str | None) -> dict:
+    """The card of `model`, or of the server's default model when none is named."""
     try:
-        with httpx.Client(base_url=base, timeout=30) as client:
-            if model is None:
-                r = client.get("/v1/models")
-                r.raise_for_status()
-                cards = r.json()
-                defaults = [c for c in cards if c.get("default")] if len(cards) > 1 else cards
-                if len(defaults) != 1:
-                    names = ", ".join(c["name"] for c in cards) or "none"
-                    raise ReplayError(
-                        f"the server has several models ({names}) and no default; pass --model"
-                    )
-                cards = defaults
-                return cards[0]
-            r = client.get(f"/v1/models/{quote(model, safe='')}")
-            if r.status_code == 404:
-                raise ReplayError(f"the server has no model {model!r}")
-            r.raise_for_status()
-            return r.json()
-    except httpx.HTTPError as exc:
-        raise ReplayError(f"cannot fetch the model card from {base}: {exc}", 1) from None
+        return await client.model(model)
+    except ValueError as exc:
+        raise ReplayError(f"{exc}; pass --model") from None
+    except ApiError as exc:
+        if exc.code == "model_not_found":
+            raise ReplayError(f"the server has no model {model!r}") from None
+        raise ReplayError(f"cannot fetch the model card: {exc}", 1) from None
+    except ClientError as exc:
+        where = client.http_url
+        raise ReplayError(f"cannot fetch the model card from {where}: {exc}", 1) from None
 
 
 async def stream(
-    ws_url: str,
+    client: AsyncClient,
     card: dict,
     rec: Recording,
     *,
@@ -202,78 +181,36 @@ async def stream(
 ) -> Outcome:
     """Send the recording chunk by chunk to a new session; collect every step's prediction."""
     from tqdm import tqdm
-    from websockets.asyncio.client import connect
-    from websockets.exceptions import ConnectionClosed, WebSocketException
 
-    query = {"model": card["name"], "delete_on_close": "false" if keep_session else "true"}
-    if threshold is not None:
-        query["threshold"] = repr(threshold)
-    url = f"{ws_url.rstrip('/')}/v1/stream?{urlencode(query)}"
     predictions: list[str] = []
-    last: dict | None = None
+    n_messages = 0
     try:
-        ws = await connect(url, compression=None, max_size=64 * 1024 * 1024, open_timeout=30)
-    except (OSError, TimeoutError, WebSocketException) as exc:
-        raise ReplayError(f"cannot open {url}: {exc}", 1) from None
-    async with ws:
-        try:
-            first = orjson.loads(await asyncio.wait_for(ws.recv(), ANSWER_TIMEOUT_S))
-            if first.get("type") != "session":
-                raise ReplayError(f"the server refused the session: {_error_text(first)}", 1)
-            bar = tqdm(
-                total=len(rec.x), unit="step", desc="replay", file=sys.stderr, disable=not progress
-            )
-            started = time.perf_counter()
-            n_messages = 0
-            labels = card["class_labels"]
-            with bar:
-                for seq, begin in enumerate(range(0, len(rec.x), chunk)):
-                    rows = rec.x[begin : begin + chunk]
-                    if rate:
-                        delay = started + begin / rate - time.perf_counter()
-                        if delay > 0:
-                            await asyncio.sleep(delay)
-                    final = begin + chunk >= len(rec.x)
-                    await ws.send(_message(seq, rows, "json" if final else fmt))
-                    frame = await asyncio.wait_for(ws.recv(), ANSWER_TIMEOUT_S)
-                    if isinstance(frame, bytes):
-                        classes = frames.decode_answer(frame)["classes"]
-                        predictions.extend(labels[c] for c in classes)
-                    else:
-                        answer = orjson.loads(frame)
-                        if answer.get("type") != "chunk":
-                            raise ReplayError(
-                                f"the server answered message {seq} with an error: "
-                                f"{_error_text(answer)}",
-                                1,
-                            )
-                        predictions.extend(step["label"] for step in answer["steps"])
-                        last = answer
-                    n_messages += 1
-                    bar.update(len(rows))
-            seconds = time.perf_counter() - started
-        except ConnectionClosed as exc:
-            raise ReplayError(f"the server closed the connection: {exc}", 1) from None
-        except TimeoutError:
-            raise ReplayError(f"no answer within {ANSWER_TIMEOUT_S:g} s", 1) from None
-    assert last is not None
-    return Outcome(last["session"], predictions, n_messages, seconds)
-
-
-def _message(seq: int, rows: np.ndarray, fmt: str) -> str | bytes:
-    """One chunk's WebSocket message in `fmt` (bytes go as a binary frame, str as text)."""
-    if fmt == "raw":
-        return frames.encode_chunk(seq, rows)
-    if fmt == "msgpack":
-        return msgpack.packb({"seq": seq, "inputs": rows.tolist()})
-    return orjson.dumps({"seq": seq, "inputs": rows}, option=orjson.OPT_SERIALIZE_NUMPY).decode()
-
-
-def _error_text(frame: dict) -> str:
-    err = frame.get("error") or {}
-    if isinstance(err, dict) and err:
-        return f"{err.get('code', '?')}: {err.get('message', err)}"
-    return orjson.dumps(frame).decode()[:300]
+        session = await client.open(card["name"], threshold=threshold, encoding=ENCODINGS[fmt])
+    except ClientError as exc:
+        raise ReplayError(f"the server refused the session: {exc}", 1) from None
+    try:
+        bar = tqdm(
+            total=len(rec.x), unit="step", desc="replay", file=sys.stderr, disable=not progress
+        )
+        started = time.perf_counter()
+        with bar:
+            for begin in range(0, len(rec.x), chunk):
+                rows = rec.x[begin : begin + chunk]
+                if rate:
+                    delay = started + begin / rate - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                answer = await session.send(rows)
+                predictions.extend(answer.labels)
+                n_messages += 1
+                bar.update(len(rows))
+        seconds = time.perf_counter() - started
+        totals = await session.summary()
+    except ClientError as exc:
+        raise ReplayError(f"the server failed message {n_messages}: {exc}", 1) from None
+    finally:
+        await (session.detach() if keep_session else session.close())
+    return Outcome(totals, predictions, n_messages, seconds)
 
 
 # ------------------------------------------------------------------------------------------
@@ -283,12 +220,12 @@ def _error_text(frame: dict) -> str:
 def summary(card: dict, rec: Recording, out: Outcome, rate: float | None, chunk: int) -> str:
     """The printed report: one `name  value` line per figure."""
     s = out.session
-    steps = s["steps"]
+    steps = s.steps
     lines = [
         f"replayed         {rec.source}",
         f"model            {card['name']} (version {card['version']}, {card['cell']}, "
         f"H={card['hidden']})",
-        f"session          {s['id']} (threshold {s['threshold']:g})",
+        f"session          {s.id} (threshold {s.threshold:g})",
         f"steps            {steps}",
         f"messages         {out.messages} of up to {chunk} step{'s' * (chunk > 1)}",
         f"elapsed          {out.seconds:.2f} s ({steps / max(out.seconds, 1e-9):.1f} steps/s, "
@@ -323,12 +260,12 @@ def summary(card: dict, rec: Recording, out: Outcome, rate: float | None, chunk:
         lines.append("true label       unknown (no label column)")
         lines.append(f"last step        {out.predictions[-1]}")
     slots = steps * card["hidden"]
-    saved = s["macs_saved"]
-    share = saved / s["macs_dense"] if s["macs_dense"] else 0.0
+    saved = s.macs_saved
+    share = saved / s.macs_dense if s.macs_dense else 0.0
     lines += [
-        f"update rate      {s['update_rate']:.4f} ({s['updates']} of {slots} neuron slots)",
-        f"macs dense       {s['macs_dense']}",
-        f"macs selective   {s['macs_selective']}",
+        f"update rate      {s.update_rate:.4f} ({s.updates} of {slots} neuron slots)",
+        f"macs dense       {s.macs_dense}",
+        f"macs selective   {s.macs_selective}",
         f"macs saved       {saved} ({share:.1%})",
     ]
     return "\n".join(lines)
@@ -360,23 +297,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--keep-session", action="store_true", help="keep the session on the server afterwards"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="API key of a server that requires one (sent as a Bearer token)",
+    )
 
 
-def run(args: argparse.Namespace) -> int:
-    """The `replay` command: returns the exit status (0 ok, 1 server trouble, 2 bad input)."""
-    try:
-        if args.chunk < 1:
-            raise ReplayError("--chunk must be at least 1")
-        if args.rate is not None and args.rate <= 0:
-            raise ReplayError("--rate must be positive (or use --max-speed)")
-        if args.threshold is not None and not 0 < args.threshold < 1:
-            raise ReplayError("--threshold must be between 0 and 1")
-        if args.dataset and args.recording is None:
-            raise ReplayError("--dataset needs --recording N")
-        if args.csv and args.recording is not None:
-            raise ReplayError("--recording goes with --dataset, not --csv")
-        base = http_base(args.url)
-        card = fetch_card(base, args.model)
+def _check(args: argparse.Namespace) -> None:
+    if args.chunk < 1:
+        raise ReplayError("--chunk must be at least 1")
+    if args.rate is not None and args.rate <= 0:
+        raise ReplayError("--rate must be positive (or use --max-speed)")
+    if args.threshold is not None and not 0 < args.threshold < 1:
+        raise ReplayError("--threshold must be between 0 and 1")
+    if args.dataset and args.recording is None:
+        raise ReplayError("--dataset needs --recording N")
+    if args.csv and args.recording is not None:
+        raise ReplayError("--recording goes with --dataset, not --csv")
+    if not args.url.startswith(("ws://", "wss://", "http://", "https://")):
+        raise ReplayError(f"--url must look like ws://HOST:PORT, got {args.url!r}")
+
+
+async def _replay(args: argparse.Namespace) -> str:
+    """Fetch the card, read the recording, stream it; the printed summary."""
+    retry = Retry(timeout_s=RETRY_S)
+    async with AsyncClient(args.url, api_key=args.api_key, retry=retry) as client:
+        card = await fetch_card(client, args.model)
         if args.csv:
             rec = load_csv(args.csv, card)
         else:
@@ -388,21 +335,27 @@ def run(args: argparse.Namespace) -> int:
                 raise ReplayError(
                     f"model {card['name']} has no sample_rate_hz; pass --rate or --max-speed"
                 )
-        outcome = asyncio.run(
-            stream(
-                args.url,
-                card,
-                rec,
-                rate=rate,
-                chunk=args.chunk,
-                threshold=args.threshold,
-                fmt=args.format,
-                keep_session=args.keep_session,
-                progress=not args.no_progress,
-            )
+        outcome = await stream(
+            client,
+            card,
+            rec,
+            rate=rate,
+            chunk=args.chunk,
+            threshold=args.threshold,
+            fmt=args.format,
+            keep_session=args.keep_session,
+            progress=not args.no_progress,
         )
+    return summary(card, rec, outcome, rate, args.chunk)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The `replay` command: returns the exit status (0 ok, 1 server trouble, 2 bad input)."""
+    try:
+        _check(args)
+        text = asyncio.run(_replay(args))
     except ReplayError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    print(summary(card, rec, outcome, rate, args.chunk))
+    print(text)
     return 0

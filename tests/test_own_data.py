@@ -1,4 +1,4 @@
-"""Your own recordings: the shared reader (sarnn_serve.recordings), the split by group
+"""Your own recordings: the shared reader (sarnn_serve.client.recordings), the split by group
 (export.data), and a folder of CSV files trained, exported, verified, served and replayed."""
 
 import csv
@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 
 from export.data import load_data, load_files, split_groups
-from sarnn_serve.recordings import read_csv, read_folder, read_npz
+from sarnn_serve.client.recordings import read_csv, read_folder, read_npz
 from sarnn_serve.replay import ReplayError, load_csv
 from tests.service_fixtures import start_server, stop_server
 
@@ -181,7 +181,7 @@ def test_replay_reads_csv_with_the_shared_reader(tmp_path):
 
 def test_reader_and_replay_never_import_torch():
     code = (
-        "import sys\nimport sarnn_serve.recordings, sarnn_serve.replay, export.data\n"
+        "import sys\nimport sarnn_serve.client.recordings, sarnn_serve.replay, export.data\n"
         "assert 'torch' not in sys.modules"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
