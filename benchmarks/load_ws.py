@@ -648,7 +648,8 @@ def spawned_server(model_dir: str | None, extra_env: list[str]):
                 raise SystemExit(f"server exited early:\n{Path(log.name).read_text()}")
             try:
                 r = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1, trust_env=False)
-                if r.status_code == 200:
+                # and calibrated: it runs beside the first requests, which it would slow
+                if r.status_code == 200 and not r.json()["calibrating"]:
                     break
             except httpx.TransportError:
                 pass

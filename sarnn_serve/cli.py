@@ -1,8 +1,10 @@
 """`sarnn-serve`: run the server (the default command) or replay recorded data into one."""
 
 import argparse
+import errno
 import importlib
 import os
+import socket
 import sys
 import textwrap
 from importlib import metadata
@@ -113,14 +115,37 @@ def load_settings(overrides: dict[str, str]) -> Settings:
         raise UsageError(str(exc)) from None
 
 
+def check_address(settings: Settings) -> None:
+    """Refuse an address the server cannot listen on (a port in use, an unknown host), bound
+    here once as uvicorn will bind it."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        reason = "in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+        raise UsageError(
+            f"cannot listen on {settings.host}:{settings.port}: {reason} (choose another port "
+            f"with --port or {env_var('port')}, the address with {env_var('host')})"
+        ) from None
+
+
 def check(settings: Settings) -> None:
     """Refuse, before uvicorn starts, what would otherwise fail later with a traceback.
 
-    The models are loaded once here and dropped: a model that cannot load stops the command
-    with one line instead of a failed lifespan."""
+    The address and the key file first, then the models: they are loaded once here and
+    dropped, so a model that cannot load stops the command with one line instead of a failed
+    lifespan."""
+    from sarnn_serve.auth import KeyRing
     from sarnn_serve.errors import ModelLoadError
     from sarnn_serve.registry import Registry
 
+    check_address(settings)
+    try:
+        KeyRing.from_settings(settings)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{env_var('api_keys_file')}: {exc}") from None
     if settings.store == "redis":
         try:
             importlib.import_module("redis.asyncio")

@@ -1,6 +1,5 @@
 """Load every model directory under the model dir and check each card against its graph."""
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,8 +11,6 @@ from sarnn_serve.card import CARD_FORMAT, GRAPH_INPUTS, GRAPH_OUTPUTS, ModelCard
 from sarnn_serve.engine import DENSE, Engine
 from sarnn_serve.errors import ModelLoadError, ModelNotFound
 
-log = logging.getLogger("sarnn.registry")
-
 
 @dataclass
 class LoadedModel:
@@ -21,6 +18,7 @@ class LoadedModel:
 
     card: ModelCard
     engine: Engine
+    native: str = "not loaded"  # "loaded", or why not (see `load_model`)
 
     @property
     def name(self) -> str:
@@ -109,13 +107,23 @@ def load_model(
             engine.load_sparse(sparse)
         except Exception as exc:
             raise ModelLoadError(f"{sparse}: onnxruntime cannot load it: {exc}") from exc
-    if native_kernel and native.available():
-        try:
-            engine.load_native()
-        except native.NativeKernelError as exc:
-            log.warning("no native kernel", extra={"model": card.name, "reason": str(exc)})
+    status = _load_native(engine) if native_kernel else "off (SARNN_NATIVE_KERNEL=false)"
     _check_graph(card, engine, graph)
-    return LoadedModel(card, engine)
+    return LoadedModel(card, engine, status)
+
+
+def _load_native(engine: Engine) -> str:
+    """Add the native kernel to `engine`: "loaded", or why it was not."""
+    if not native.available():
+        return (
+            "not built: the package was installed without a C compiler (install gcc, then "
+            "reinstall the package)"
+        )
+    try:
+        engine.load_native()
+    except native.NativeKernelError as exc:
+        return f"refused: {exc}"
+    return "loaded"
 
 
 class Registry:
@@ -151,10 +159,6 @@ class Registry:
             if model.name in models:
                 raise ModelLoadError(f"{directory}: model name {model.name!r} used twice")
             models[model.name] = model
-            log.info(
-                "model loaded",
-                extra={"model": model.name, "version": model.card.version, "dir": str(directory)},
-            )
         if not models:
             raise ModelLoadError(f"{model_dir}: no model directories (with model.json) found")
         return cls(models)

@@ -211,7 +211,7 @@ class Router:
     """
 
     def __init__(self, mode: str, calibration: Calibration | None) -> None:
-        if mode != DENSE and calibration is None:
+        if mode == "auto" and calibration is None:  # not calibrated (yet): dense
             mode = DENSE
         self.mode = mode
         self.calibration = calibration

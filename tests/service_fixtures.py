@@ -84,7 +84,8 @@ class LiveServer:
 
 
 def start_server(models: Path, tmp: Path, env: dict[str, str] | None = None) -> LiveServer:
-    """Start `sarnn-serve` on a free port with SARNN_* overrides in `env`; wait until ready."""
+    """Start `sarnn-serve` on a free port with SARNN_* overrides in `env`; wait until ready and
+    its models' routing calibrated."""
     port = free_port()
     log_path = tmp / f"server-{port}.log"
     full_env = {
@@ -107,7 +108,9 @@ def start_server(models: Path, tmp: Path, env: dict[str, str] | None = None) -> 
         if process.poll() is not None:
             raise RuntimeError(f"server exited early:\n{log_path.read_text()}")
         try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+            ready = httpx.get(f"{url}/readyz", timeout=1)
+            # calibrated too: routing by measurement from the first chunk, as suites expect
+            if ready.status_code == 200 and not ready.json()["calibrating"]:
                 return LiveServer(url, f"ws://127.0.0.1:{port}", process, log_path)
         except httpx.TransportError:
             pass

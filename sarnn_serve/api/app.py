@@ -24,11 +24,12 @@ from sarnn_serve.api import (
 from sarnn_serve.api.fast_chunks import FastChunks
 from sarnn_serve.api.limits import BodyLimit, RequestMetrics
 from sarnn_serve.auth import KeyRing
+from sarnn_serve.background_calibration import BackgroundCalibration, CalibrationJob
 from sarnn_serve.engine import DENSE, NATIVE, SPARSE
 from sarnn_serve.errors import ModelLoadError
 from sarnn_serve.metrics import Monitor, PromMetrics
 from sarnn_serve.registry import Registry
-from sarnn_serve.routing import Router, calibrate
+from sarnn_serve.routing import Calibration, Router
 from sarnn_serve.service import DataPlane
 from sarnn_serve.settings import Settings
 from sarnn_serve.store import SessionStore
@@ -51,10 +52,14 @@ def make_store(settings: Settings) -> SessionStore:
     return MemoryStore(settings.max_sessions, settings.max_store_bytes)
 
 
-def make_routers(settings: Settings, registry: Registry, monitor: Monitor) -> dict[str, Router]:
+def make_routers(
+    settings: Settings, registry: Registry
+) -> tuple[dict[str, Router], list[CalibrationJob]]:
     """Per model, the router between the dense graph and the path that skips work (the native
-    kernel where built, else the sparse graph): calibrated on this machine when both exist."""
-    routers = {}
+    kernel where built, else the sparse graph), uncalibrated: auto routing runs dense until the
+    model's calibration job (returned beside) has timed both paths on this machine. Logs one line
+    per model: what it can run, how batches are routed, and the native kernel (or why not)."""
+    routers, jobs = {}, []
     for name, model in registry.models.items():
         mode = settings.engine_path
         if mode in (SPARSE, NATIVE) and mode not in model.engine.paths:
@@ -62,23 +67,27 @@ def make_routers(settings: Settings, registry: Registry, monitor: Monitor) -> di
             raise ModelLoadError(f"{name}: SARNN_ENGINE_PATH={mode} but it has no {what}")
         skipping = mode if mode in (SPARSE, NATIVE) else None
         skipping = skipping or next((p for p in (NATIVE, SPARSE) if p in model.engine.paths), None)
-        calibration = None
         if mode != DENSE and skipping is not None:
             card = model.card
-            calibration = calibrate(model.engine, card.n_features, card.state_size, skipping)
-            crossover = calibration.crossover()
-            monitor.set_crossover(name, dict(zip(calibration.batches, crossover, strict=True)))
-            log.info(
-                "graphs calibrated",
-                extra={
-                    "model": name,
-                    "path": skipping,
-                    "batch_sizes": calibration.batches,
-                    "crossover": crossover,
-                },
+            jobs.append(
+                CalibrationJob(name, model.engine, card.n_features, card.state_size, skipping)
             )
-        routers[name] = Router(mode, calibration)
-    return routers
+            calibration = f"{skipping} against dense, in the background"
+        else:
+            calibration = "none (nothing to weigh against the dense graph)"
+        routers[name] = Router(mode, None)
+        log.info(
+            "model ready",
+            extra={
+                "model": name,
+                "version": model.card.version,
+                "paths": model.engine.paths,
+                "routing": mode,
+                "calibration": calibration,
+                "native_kernel": model.native,
+            },
+        )
+    return routers, jobs
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -97,13 +106,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.native_kernel,
         )
         monitor = Monitor(prom, {n: m.card.hidden for n, m in registry.models.items()})
-        routers = make_routers(settings, registry, monitor)
+        routers, jobs = make_routers(settings, registry)
         executor = ThreadPoolExecutor(settings.engine_threads, thread_name_prefix="ort")
         keyring = KeyRing.from_settings(settings)
         store = make_store(settings)
         plane = DataPlane(settings, registry, store, monitor, executor, keyring, routers)
         await plane.start()
+
+        def calibrated(name: str, calibration: Calibration) -> None:
+            plane.batchers[name].router = Router(settings.engine_path, calibration)
+            crossover = calibration.crossover()
+            monitor.set_crossover(name, dict(zip(calibration.batches, crossover, strict=True)))
+
+        calibrating = BackgroundCalibration(jobs, calibrated)
+        calibrating.start()
         app.state.plane, app.state.monitor = plane, monitor
+        app.state.calibrating = calibrating
         grpc = None
         if settings.grpc_enabled:
             grpc = await grpc_server.start(settings, plane, app.title, app.version)
@@ -120,6 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if grpc is not None:
                 await grpc.stop()
+            calibrating.stop()
             await plane.stop()
             executor.shutdown(wait=False)
 

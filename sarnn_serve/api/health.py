@@ -17,13 +17,16 @@ async def healthz() -> dict:
 
 
 @router.get("/readyz")
-async def readyz(dp: Plane) -> JSONResponse:
-    """Models are loaded and the session store answers."""
+async def readyz(dp: Plane, request: Request) -> JSONResponse:
+    """Models are loaded and the session store answers. `calibrating` lists the models whose
+    routing is still being calibrated (they serve meanwhile, on the dense graph under auto
+    routing)."""
     try:
         models = await dp.ready()
     except ServiceError as exc:
         return JSONResponse({"status": "unavailable", "store": exc.message}, status_code=503)
-    return JSONResponse({"status": "ready", "models": models})
+    calibrating = list(request.app.state.calibrating.pending)
+    return JSONResponse({"status": "ready", "models": models, "calibrating": calibrating})
 
 
 @router.get("/metrics", response_class=Response)
