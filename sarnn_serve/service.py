@@ -216,9 +216,14 @@ class DataPlane:
         """The caller of a request (Unauthorized if keys are on and it has none)."""
         return self.keyring.authenticate(authorization, client_host)
 
+    def _owner(self, caller: Principal) -> str | None:
+        """The owner whose sessions alone `caller` may reach (None: any session): with keys on,
+        a non-admin key's own; another key's session is then exactly an unknown id."""
+        return caller.id if self.keyring.enabled and not caller.admin else None
+
     def _check_owner(self, record: SessionRecord, caller: Principal) -> None:
         """With keys on, another key's session does not exist for a non-admin caller."""
-        if self.keyring.enabled and not caller.admin and record.owner != caller.id:
+        if self._owner(caller) not in (None, record.owner):
             raise SessionNotFound(record.id)
 
     @contextmanager
@@ -340,10 +345,12 @@ class DataPlane:
             return False
         return True
 
-    async def _load(self, session_id: str) -> Stored:
-        """The stored session; OtherWorker if it is unknown here and another worker's."""
+    async def _load(self, session_id: str, caller: Principal, delete: bool = False) -> Stored:
+        """The stored session as `caller` may see it (removed from the store if `delete`);
+        OtherWorker if it is unknown here and another worker's."""
+        call = self.store.delete if delete else self.store.load
         try:
-            return await self.store.load(session_id)
+            return await call(session_id, self._owner(caller))
         except SessionNotFound:
             if self.worker and tagged_worker(session_id) not in (None, self.worker):
                 raise OtherWorker(session_id) from None
@@ -352,9 +359,8 @@ class DataPlane:
     async def _record(
         self, session_id: str, caller: Principal
     ) -> tuple[SessionRecord, int, LoadedModel]:
-        stored = await self._load(session_id)
+        stored = await self._load(session_id, caller)
         record = SessionRecord.decode(stored.data)
-        self._check_owner(record, caller)
         model = self.registry.models.get(record.model)
         if model is None or model.card.version != record.model_version:
             raise ModelUnavailable(
@@ -395,8 +401,7 @@ class DataPlane:
     async def delete_session(self, caller: Principal, session_id: str) -> dict:
         async with self._locks.hold(session_id):
             self._written.pop(session_id, None)
-            await self._record_any(session_id, caller)
-            stored = await self.store.delete(session_id)
+            stored = await self._load(session_id, caller, delete=True)
         record = SessionRecord.decode(stored.data)
         self.monitor.session_ended(record.model, "deleted")
         self.recent.pop(session_id, None)
@@ -406,12 +411,6 @@ class DataPlane:
         )
         model = self.registry.models.get(record.model)
         return record.summary(model.card.cost) if model else {"id": session_id}
-
-    async def _record_any(self, session_id: str, caller: Principal) -> SessionRecord:
-        """The record, checked for ownership but not for a served model (delete needs none)."""
-        record = SessionRecord.decode((await self._load(session_id)).data)
-        self._check_owner(record, caller)
-        return record
 
     async def advance(
         self,

@@ -300,6 +300,39 @@ async def test_active_counts_live_sessions_per_tag(backend: Backend) -> None:
     assert await store.active() == {"gru": 1, "lstm": 4}
 
 
+async def test_another_owner_finds_nothing_and_keeps_nothing_alive(backend: Backend) -> None:
+    store = backend.open()
+    await store.create("a", "m", b"x", 0.5, owner="alice")
+    for _ in range(4):  # bob's probes span more than the idle timeout
+        await backend.elapse(0.15)
+        err = await _not_found(store.load("a", owner="bob"), "unknown")
+        assert err.code == "session_not_found"
+        await _not_found(store.delete("a", owner="bob"), "unknown")
+    await _not_found(store.load("a", owner="alice"), "expired")
+
+
+async def test_another_owner_does_not_move_a_session_in_lru_order(backend: Backend) -> None:
+    store = backend.open(max_sessions=2)
+    await store.create("a1", "m", b"1", LONG, owner="alice")
+    await store.create("a2", "m", b"2", LONG, owner="alice")
+    await _not_found(store.load("a1", owner="bob"), "unknown")
+    assert await store.create("a3", "m", b"3", LONG, owner="alice") == [Gone("a1", "m", "evicted")]
+
+
+async def test_tombstones_are_told_only_to_their_owner(backend: Backend) -> None:
+    store = backend.open()
+    await store.create("d", "m", b"x", LONG, owner="alice")
+    await store.create("e", "m", b"x", 0.25, owner="alice")
+    assert (await store.load("d", owner="alice")).version == 1
+    await store.delete("d", owner="alice")
+    await backend.elapse(0.4)
+    for sid, reason in (("d", "deleted"), ("e", "expired")):
+        await _not_found(store.load(sid, owner="bob"), "unknown")
+        await _not_found(store.delete(sid, owner="bob"), "unknown")
+        await _not_found(store.load(sid, owner="alice"), reason)
+        await _not_found(store.load(sid), reason)  # a caller who may see any session
+
+
 # --- Redis specifics --------------------------------------------------------------------------
 
 

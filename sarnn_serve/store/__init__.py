@@ -38,7 +38,11 @@ def session_quota_error(max_owned: int) -> TooManyRequests:
 
 class SessionStore(Protocol):
     """What the data plane needs from a store. Missing ids raise errors.SessionNotFound with
-    the reason the store knows: unknown, expired, evicted or deleted."""
+    the reason the store knows: unknown, expired, evicted or deleted.
+
+    `load` and `delete` take the caller's `owner` when sessions are private to their owner (None:
+    any session): a session or tombstone of another owner is then exactly an unknown id, and the
+    call changes nothing (no TTL or LRU refresh)."""
 
     async def create(
         self,
@@ -53,7 +57,7 @@ class SessionStore(Protocol):
         (session_quota_error) and evicts nothing if `owner` already holds `max_owned`."""
         ...
 
-    async def load(self, session_id: str) -> Stored:
+    async def load(self, session_id: str, owner: str | None = None) -> Stored:
         """Current bytes and version; counts as activity (refreshes TTL and LRU)."""
         ...
 
@@ -63,7 +67,7 @@ class SessionStore(Protocol):
         """Write `data` at version+1 only if the stored version is still `version`."""
         ...
 
-    async def delete(self, session_id: str) -> Stored:
+    async def delete(self, session_id: str, owner: str | None = None) -> Stored:
         """Remove a session and return what it held."""
         ...
 

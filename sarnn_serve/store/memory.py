@@ -44,7 +44,7 @@ class MemoryStore:
         self._by_ttl: dict[float, OrderedDict[str, None]] = {}
         self._tags: Counter[str] = Counter()
         self._owned: Counter[str] = Counter()
-        self._gone: OrderedDict[str, str] = OrderedDict()
+        self._gone: OrderedDict[str, tuple[str, str]] = OrderedDict()  # id -> (reason, owner)
         self._tombstones = tombstones
         self._dropped: list[Gone] = []
         self._clock = clock
@@ -69,15 +69,19 @@ class MemoryStore:
             if counts[key] <= 0:
                 del counts[key]
         self.bytes -= len(entry.data)
-        self._gone[session_id] = reason
+        self._gone[session_id] = (reason, entry.owner)
         while len(self._gone) > self._tombstones:
             self._gone.popitem(last=False)
         return Gone(session_id, entry.tag, reason)
 
-    def _live(self, session_id: str) -> _Entry:
+    def _live(self, session_id: str, owner: str | None = None) -> _Entry:
+        """The live entry of `session_id` (of `owner`, if given), else SessionNotFound."""
         entry = self._entries.get(session_id)
         if entry is None:
-            raise SessionNotFound(session_id, self._gone.get(session_id, "unknown"))
+            reason, was = self._gone.get(session_id, ("unknown", owner))
+            raise SessionNotFound(session_id, reason if owner in (None, was) else "unknown")
+        if owner is not None and entry.owner != owner:
+            raise SessionNotFound(session_id)
         if self._clock() >= entry.deadline:
             self._dropped.append(self._remove(session_id, "expired"))
             raise SessionNotFound(session_id, "expired")
@@ -122,8 +126,8 @@ class MemoryStore:
         self._gone.pop(session_id, None)
         return self._make_room(keep=session_id)
 
-    async def load(self, session_id: str) -> Stored:
-        entry = self._live(session_id)
+    async def load(self, session_id: str, owner: str | None = None) -> Stored:
+        entry = self._live(session_id, owner)
         self._touch(session_id, entry)
         return Stored(entry.data, entry.version)
 
@@ -144,8 +148,8 @@ class MemoryStore:
         self._dropped += self._make_room(keep=session_id)
         return True
 
-    async def delete(self, session_id: str) -> Stored:
-        entry = self._live(session_id)
+    async def delete(self, session_id: str, owner: str | None = None) -> Stored:
+        entry = self._live(session_id, owner)
         self._remove(session_id, "deleted")
         return Stored(entry.data, entry.version)
 

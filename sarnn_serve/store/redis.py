@@ -11,6 +11,10 @@ Key layout (P = `prefix`, e.g. "sarnn"):
     P:owner       hash id -> owner (the key that opened it)
     P:owned       hash owner -> open sessions (the per-key cap)
     P:gone:{id}   tombstone = "deleted" | "evicted" | "expired", kept `tombstone_ttl_s`
+    P:gowner:{id} the owner of that tombstone's session (absent for owner ""), kept as long
+
+A caller that names an owner (`load`, `delete`) finds only sessions and tombstones of that owner:
+anything else answers as an unknown id and is left untouched.
 
 An id whose session key is missing (or past its deadline) but which is still in P:deadline has
 expired; it is reported as "expired" at once and by exactly one sweep() across all replicas,
@@ -55,10 +59,20 @@ local function live(id)
   return (not d) or tonumber(d) * 1000 > NOW
 end
 
-local function why(id)
+-- whether a caller may see `id`: anyone unless `check` is '1', else only its `owner`
+local function owned(id, check, owner)
+  return check ~= '1' or redis.call('HGET', OWNER, id) == owner
+end
+
+local function why(id, check, owner)
   local r = redis.call('GET', PREFIX .. ':gone:' .. id)
-  if r then return r end
-  if redis.call('ZSCORE', DEADLINE, id) then return 'expired' end
+  if r then
+    if check == '1' and redis.call('GET', PREFIX .. ':gowner:' .. id) ~= owner then
+      return 'unknown'
+    end
+    return r
+  end
+  if redis.call('ZSCORE', DEADLINE, id) and owned(id, check, owner) then return 'expired' end
   return 'unknown'
 end
 
@@ -88,7 +102,14 @@ local function drop(id, reason)
     redis.call('HDEL', OWNER, id)
     if redis.call('HINCRBY', OWNED, owner, -1) <= 0 then redis.call('HDEL', OWNED, owner) end
   end
-  if reason then redis.call('SET', PREFIX .. ':gone:' .. id, reason, 'PX', TOMB_MS) end
+  if reason then
+    redis.call('SET', PREFIX .. ':gone:' .. id, reason, 'PX', TOMB_MS)
+    if owner and owner ~= '' then
+      redis.call('SET', PREFIX .. ':gowner:' .. id, owner, 'PX', TOMB_MS)
+    else
+      redis.call('DEL', PREFIX .. ':gowner:' .. id)
+    end
+  end
   return tag
 end
 """
@@ -119,15 +140,16 @@ redis.call('HSET', TAGS, id, tag)
 redis.call('HINCRBY', ACTIVE, tag, 1)
 redis.call('HSET', OWNER, id, owner)
 redis.call('HINCRBY', OWNED, owner, 1)
-redis.call('DEL', PREFIX .. ':gone:' .. id)
+redis.call('DEL', PREFIX .. ':gone:' .. id, PREFIX .. ':gowner:' .. id)
 touch(id, ttl)
 return out
 """
 
-# ARGV[3] = id -> {1, data, version} or {0, reason}.
+# ARGV[3..5] = id, '1' to check the owner, owner -> {1, data, version} or {0, reason}.
 _LOAD = """
-local id = ARGV[3]
-if not live(id) then return {0, why(id)} end
+local id, check, owner = ARGV[3], ARGV[4], ARGV[5]
+if not live(id) then return {0, why(id, check, owner)} end
+if not owned(id, check, owner) then return {0, 'unknown'} end
 local h = redis.call('HMGET', skey(id), 'data', 'version', 'ttl')
 touch(id, tonumber(h[3]))
 return {1, h[1], tonumber(h[2])}
@@ -143,10 +165,11 @@ touch(id, ttl)
 return {1}
 """
 
-# ARGV[3] = id -> {1, data, version} or {0, reason}.
+# ARGV[3..5] = id, '1' to check the owner, owner -> {1, data, version} or {0, reason}.
 _DELETE = """
-local id = ARGV[3]
-if not live(id) then return {0, why(id)} end
+local id, check, owner = ARGV[3], ARGV[4], ARGV[5]
+if not live(id) then return {0, why(id, check, owner)} end
+if not owned(id, check, owner) then return {0, 'unknown'} end
 local h = redis.call('HMGET', skey(id), 'data', 'version')
 drop(id, 'deleted')
 return {1, h[1], tonumber(h[2])}
@@ -218,7 +241,13 @@ class RedisStore:
             raise _store_error(exc) from exc
 
     def _session_keys(self, session_id: str) -> list[str]:
-        return [*self._keys, f"{self.prefix}:s:{session_id}", f"{self.prefix}:gone:{session_id}"]
+        p = self.prefix
+        return [
+            *self._keys,
+            f"{p}:s:{session_id}",
+            f"{p}:gone:{session_id}",
+            f"{p}:gowner:{session_id}",
+        ]
 
     async def create(
         self,
@@ -249,8 +278,9 @@ class RedisStore:
             for i in range(1, len(flat), 3)
         ]
 
-    async def load(self, session_id: str) -> Stored:
-        res = await self._run(self._load, self._session_keys(session_id), [*self._head, session_id])
+    async def load(self, session_id: str, owner: str | None = None) -> Stored:
+        args = [*self._head, session_id, *_owner_args(owner)]
+        res = await self._run(self._load, self._session_keys(session_id), args)
         if res[0] != 1:
             raise SessionNotFound(session_id, _str(res[1]))
         return Stored(bytes(res[1]), int(res[2]))
@@ -264,9 +294,9 @@ class RedisStore:
             raise SessionNotFound(session_id, _str(res[1]))
         return res[0] == 1
 
-    async def delete(self, session_id: str) -> Stored:
-        keys = self._session_keys(session_id)
-        res = await self._run(self._delete, keys, [*self._head, session_id])
+    async def delete(self, session_id: str, owner: str | None = None) -> Stored:
+        args = [*self._head, session_id, *_owner_args(owner)]
+        res = await self._run(self._delete, self._session_keys(session_id), args)
         if res[0] != 1:
             raise SessionNotFound(session_id, _str(res[1]))
         return Stored(bytes(res[1]), int(res[2]))
@@ -301,6 +331,11 @@ def _store_error(exc: RedisError) -> StoreFull | StoreUnavailable:
     ):
         return StoreFull(f"session store is out of memory: {exc}")
     return StoreUnavailable(f"session store failed: {exc}")
+
+
+def _owner_args(owner: str | None) -> list[str]:
+    """The scripts' (check, owner) arguments: '1' and the owner, or '0' for any owner."""
+    return ["0", ""] if owner is None else ["1", owner]
 
 
 def _ms(seconds: float) -> int:
