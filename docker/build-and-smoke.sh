@@ -169,9 +169,11 @@ run_replica() { # NAME PORT [ENV=VALUE...]
   shift 2
   for e in "$@"; do envs+=(--env "$e"); done
   containers+=("$name")
+  # gRPC on a free port unless ENV names one: the replicas share the host's ports
   podman run --detach --name "$name" --network host --no-healthcheck \
     --read-only --read-only-tmpfs=false \
-    --env SARNN_PORT="$port" --env SARNN_HOST=127.0.0.1 "${envs[@]}" "$IMAGE" >/dev/null
+    --env SARNN_PORT="$port" --env SARNN_HOST=127.0.0.1 --env SARNN_GRPC_PORT=0 \
+    "${envs[@]}" "$IMAGE" >/dev/null
 }
 
 port=$(free_port)
@@ -207,15 +209,20 @@ if [ "${SKIP_STACK:-0}" != 1 ]; then
     --logfile "$work/redis.log" &
   pids+=($!)
   ports=()
+  grpc_ports=()
   for i in 1 2; do
     ports+=("$(free_port)")
+    grpc_ports+=("$(free_port)")
     run_replica "sarnn-smoke-$$-$i" "${ports[-1]}" SARNN_STORE=redis \
-      SARNN_REDIS_URL="redis://127.0.0.1:$rport/0"
+      SARNN_REDIS_URL="redis://127.0.0.1:$rport/0" SARNN_GRPC_PORT="${grpc_ports[-1]}"
   done
   # docker/haproxy.cfg as shipped, but bound to loopback and with the two replicas as its servers
   # (compose finds them by DNS, which the host network has not).
   lbport=$(free_port)
+  lbgrpc=$(free_port)
   sed -e "s/^\( *\)bind :8000$/\1bind 127.0.0.1:$lbport/" \
+    -e "s/^\( *\)bind :8001$/\1bind 127.0.0.1:$lbgrpc/" \
+    -e "s/^\( *\)server-template grpc .*/\1server g1 127.0.0.1:${grpc_ports[0]}\n\1server g2 127.0.0.1:${grpc_ports[1]}/" \
     -e "s/^\( *\)server-template .*/\1server s1 127.0.0.1:${ports[0]}\n\1server s2 127.0.0.1:${ports[1]}/" \
     docker/haproxy.cfg >"$work/haproxy.cfg"
   if ! grep -q "bind 127.0.0.1:$lbport" "$work/haproxy.cfg" \

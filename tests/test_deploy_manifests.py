@@ -28,6 +28,7 @@ DOCKER = ROOT / "docker"
 K8S = ROOT / "deploy" / "k8s"
 MANIFESTS = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
 SETTINGS = {f"SARNN_{name.upper()}" for name in Settings.model_fields}
+GRPC_PORT = Settings.model_fields["grpc_port"].default
 
 
 def _tool(name: str) -> str | None:
@@ -148,6 +149,24 @@ def test_service_pdb_hpa_select_the_deployment() -> None:
     assert hpa["minReplicas"] >= 2 and hpa["maxReplicas"] > hpa["minReplicas"]
 
 
+def test_the_grpc_port_is_served_everywhere_http_is() -> None:
+    """The image, the pods, the Service, the compose replicas and the balancer (loopback unless
+    the operator says otherwise) all carry gRPC's default port beside HTTP's."""
+    final = (DOCKER / "Dockerfile").read_text().rsplit("\nFROM ", 1)[1]
+    (exposed,) = re.findall(r"^EXPOSE (.+)$", final, re.M)
+    assert exposed.split() == ["8000", str(GRPC_PORT)]
+    objects = _k8s()
+    container = objects[("Deployment", "sarnn-serve")]["spec"]["template"]["spec"]["containers"][0]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]}["grpc"] == GRPC_PORT
+    assert "SARNN_GRPC_PORT" not in _env_list(container)
+    service = {p["name"]: p for p in objects[("Service", "sarnn-serve")]["spec"]["ports"]}
+    assert service["grpc"]["targetPort"] == "grpc"
+    services = _compose()["services"]
+    assert str(GRPC_PORT) in services["sarnn"]["expose"]
+    published = [p for p in services["lb"]["ports"] if p.endswith(f":{GRPC_PORT}")]
+    assert len(published) == 1 and published[0].startswith("${SARNN_PUBLISH_GRPC:-127.0.0.1:")
+
+
 def _redis_flags(args: list[str]) -> dict[str, str]:
     flags = [a for a in args if a != "redis-server"]
     return {flags[i].lstrip("-"): flags[i + 1] for i in range(0, len(flags), 2)}
@@ -207,10 +226,13 @@ def test_haproxy_config_balances_the_replicas_with_readiness_checks() -> None:
     text = (DOCKER / "haproxy.cfg").read_text()
     assert re.search(r"^\s*option httpchk GET /readyz(\s|$)", text, re.M)
     assert re.search(r"^\s*timeout tunnel \S+", text, re.M), "WebSockets need a tunnel timeout"
-    (target,) = re.findall(r"^\s*server-template \S+ \d+ (\S+)", text, re.M)
-    host, port = target.rsplit(":", 1)
-    assert host in _compose()["services"] and port == "8000"
-    assert re.search(r"^\s*bind :8000\s*$", text, re.M)  # build-and-smoke.sh rewrites this line
+    targets = re.findall(r"^\s*server-template (\S+) \d+ (\S+)", text, re.M)
+    ports = {name: target.rsplit(":", 1) for name, target in targets}
+    assert ports == {"sarnn": ["sarnn", "8000"], "grpc": ["sarnn", str(GRPC_PORT)]}
+    assert "sarnn" in _compose()["services"]
+    # build-and-smoke.sh rewrites these lines
+    assert re.search(r"^\s*bind :8000\s*$", text, re.M)
+    assert re.search(rf"^\s*bind :{GRPC_PORT}\s*$", text, re.M)
 
 
 def _frontend(text: str) -> list[str]:
