@@ -15,6 +15,7 @@ from pydantic_settings import SettingsError
 
 from sarnn_serve import replay
 from sarnn_serve.settings import Settings
+from sarnn_serve.slow_clients import http_protocol
 
 PROG = "sarnn-serve"
 COMMANDS = ("serve", "replay")
@@ -186,6 +187,9 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         # uvicorn's own FORWARDED_ALLOW_IPS variable (and its default, 127.0.0.1) never applies
         "proxy_headers": bool(proxies),
         "forwarded_allow_ips": proxies or None,
+        # uvicorn waits for headers for ever; this protocol gives them a deadline
+        "http": http_protocol(settings.header_timeout_s, settings.max_header_bytes),
+        "h11_max_incomplete_event_size": settings.max_header_bytes,
     }
 
 

@@ -56,6 +56,25 @@ class Settings(BaseSettings):
     ws_max_message_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="WebSocket message size limit."
     )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A request's headers must have arrived this long after the connection "
+        "opened (or the previous response ended), else 408 and the connection is closed.",
+    )
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, description="Size limit of a request's headers (431 past it)."
+    )
+    body_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A request body is due this long after it is first read, plus a second "
+        "per SARNN_BODY_MIN_RATE bytes received; a slower one gets 408 and its connection "
+        "is closed.",
+    )
+    body_min_rate: float = Field(
+        4096.0, gt=0, description="Least rate of a request body, in bytes per second."
+    )
 
     ort_intra_op_threads: int = Field(1, ge=1, description="onnxruntime intra-op threads.")
     ort_inter_op_threads: int = Field(1, ge=1, description="onnxruntime inter-op threads.")

@@ -21,6 +21,7 @@ from sarnn_serve.api import (
     stream,
     v2,
 )
+from sarnn_serve.api.body_rate import BodyRate
 from sarnn_serve.api.fast_chunks import FastChunks
 from sarnn_serve.api.limits import BodyLimit, RequestMetrics
 from sarnn_serve.auth import KeyRing
@@ -160,4 +161,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestMetrics, metrics=prom)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(FastChunks, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyRate, timeout_s=settings.body_timeout_s, min_rate=settings.body_min_rate)
     return app
