@@ -13,11 +13,14 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import orjson
 import pytest
 
+from sarnn_serve.api.grpc_predict_v2_pb2 import ServerLiveRequest
+from sarnn_serve.api.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 from tests.service_fixtures import free_port, stop_process
 
 pytestmark = pytest.mark.slow
@@ -83,13 +86,14 @@ def test_runtime_install_serves_and_replays_without_torch(tmp_path: Path) -> Non
     no_torch = _run(python, "-c", "import torch")
     assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
 
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "server.log"
     with log.open("w") as out:
         server = subprocess.Popen(
             [cli, "serve", "--port", str(port), "--model-dir", str(MODELS)],
-            env={**_env(), "SARNN_DEFAULT_MODEL": "watch-gru"},  # as `make serve` does
+            # as `make serve` does; gRPC on a free port (8001 may be another server's)
+            env={**_env(), "SARNN_DEFAULT_MODEL": "watch-gru", "SARNN_GRPC_PORT": str(grpc_port)},
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -109,5 +113,8 @@ def test_runtime_install_serves_and_replays_without_torch(tmp_path: Path) -> Non
         )
         assert replay.returncode == 0, replay.stdout + replay.stderr
         assert re.search(rf"^steps\s+{ROWS}$", replay.stdout, re.MULTILINE), replay.stdout
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:  # grpcio is a runtime dep
+            live = GRPCInferenceServiceStub(channel).ServerLive(ServerLiveRequest(), timeout=10)
+        assert live.live
     finally:
         stop_process(server)
