@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from sarnn_serve.native import NativeKernel
+from sarnn_serve.native import NativeKernel, verify
 
 DENSE, SPARSE, NATIVE = "dense", "sparse", "native"
 
@@ -63,9 +63,17 @@ class Engine:
         self.sessions[SPARSE] = _session(path, *self._threads)
 
     def load_native(self) -> None:
-        """Add the native kernel, with the dense graph's weights (NativeKernelError if it was
-        not built or the graph is not a chunk graph it computes)."""
-        self.native = NativeKernel.from_graph(self.path)
+        """Add the native kernel, with the dense graph's weights, once it has answered a probe
+        as the dense graph does (NativeKernelError if it was not built, the graph is not a chunk
+        graph it computes, or it answers otherwise: `native.verify`)."""
+        kernel = NativeKernel.from_graph(self.path)
+
+        def dense(*feed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            out = self.run(*feed)
+            return out.logits, out.updates, out.state
+
+        verify(kernel, dense)
+        self.native = kernel
 
     @property
     def paths(self) -> list[str]:

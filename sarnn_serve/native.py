@@ -10,6 +10,7 @@ Where the library was not built (no C compiler at install) the engine runs witho
 
 import ctypes
 import importlib.util
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -20,6 +21,12 @@ from sarnn_serve.onnx_initializers import OnnxFormatError, read_initializers
 LIBRARY = "sarnn_serve._step_kernel"
 CELL_BLOCKS = {"gru": ("r", "z", "n"), "lstm": ("i", "f", "g", "o"), "rnn": ("c",)}
 CELL_CODES = {"gru": 0, "lstm": 1, "rnn": 2}
+# `verify`'s probe: one row per threshold, with these lengths, and its tolerance (the kernel
+# matches the graph to about 1e-6; a head or cell with other weights differs by far more)
+PROBE_THRESHOLDS = (0.5, 0.3, 0.7, 0.5, 0.1)
+PROBE_LENGTHS = (8, 3, 8, 0, 5)
+PROBE_STEPS = 8
+PROBE_TOLERANCE = 1e-4
 _FLOATS = ctypes.POINTER(ctypes.c_float)
 
 
@@ -169,6 +176,11 @@ class NativeKernel:
             **{name: a.ctypes.data_as(_FLOATS) for name, a in self._arrays.items()},
         )
 
+    @property
+    def normalisation(self) -> tuple[np.ndarray, np.ndarray]:
+        """The mean and std [F] that inputs are normalised by (raw units)."""
+        return self._arrays["mean"], self._arrays["std"]
+
     @classmethod
     def from_graph(cls, graph: Path) -> "NativeKernel":
         """The kernel with the weights of the dense chunk graph at `graph`."""
@@ -208,3 +220,42 @@ class NativeKernel:
         if status != 0:
             raise MemoryError("the native kernel could not allocate its scratch memory")
         return logits, updates, state_out
+
+
+Outputs = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def verify(kernel: NativeKernel, graph: Callable[..., Outputs]) -> None:
+    """Check that `kernel` answers a probe as the dense chunk graph `graph` (called as
+    `graph(x, state, lengths, threshold)`) does: the same masks, logits and state within
+    PROBE_TOLERANCE, for a few rows of random inputs at several thresholds and lengths. The
+    kernel reads its weights by name, so a graph whose head or cell reads other tensors (a
+    duplicate or shadowed initializer) is caught here. NativeKernelError names what differs."""
+    rng = np.random.default_rng(0)
+    mean, std = kernel.normalisation
+    z = rng.standard_normal((len(PROBE_THRESHOLDS), PROBE_STEPS, kernel.features))
+    x = (mean + std * z).astype(np.float32)
+    state = (0.5 * rng.standard_normal((len(x), kernel.state_size))).astype(np.float32)
+    lengths = np.asarray(PROBE_LENGTHS, np.int64)
+    taus = np.asarray(PROBE_THRESHOLDS, np.float32)
+    try:
+        want = graph(x, state, lengths, taus)
+    except Exception as exc:
+        raise NativeKernelError(
+            f"the graph refuses inputs of the kernel's sizes (F={kernel.features}, "
+            f"S={kernel.state_size}): {' '.join(str(exc).split())}"
+        ) from None
+    got = kernel.run(x, state, lengths, taus)
+    for name, a, b in zip(("logits", "updates", "state"), got, want, strict=True):
+        if a.shape != b.shape:
+            raise NativeKernelError(f"{name}: shape {a.shape}, the graph's {b.shape}")
+        if name == "updates":
+            same = np.array_equal(a, b.astype(np.bool_))
+        else:
+            same = np.allclose(a, b, rtol=PROBE_TOLERANCE, atol=PROBE_TOLERANCE)
+        if not same:
+            worst = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+            raise NativeKernelError(
+                f"it answers a probe otherwise than the graph ({name} differ by up to "
+                f"{worst:.3g}): the graph computes with other weights than the ones it names"
+            )

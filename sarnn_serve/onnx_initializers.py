@@ -102,10 +102,13 @@ def read_initializers(path: Path) -> dict[str, np.ndarray]:
     ]
     if len(graphs) != 1:
         raise OnnxFormatError(f"{path}: no graph")
-    tensors = {}
+    tensors, names = {}, set()
     for number, wire, value in _fields(graphs[0]):
         if (number, wire) == (GRAPH_INITIALIZER, LENGTH):
             name, array = _tensor(value)
+            if name in names:  # which one a runtime reads is up to it
+                raise OnnxFormatError(f"initializer {name!r} defined twice")
+            names.add(name)
             if array is not None:
                 tensors[name] = array
     return tensors
