@@ -333,6 +333,23 @@ async def test_tombstones_are_told_only_to_their_owner(backend: Backend) -> None
         await _not_found(store.load(sid), reason)  # a caller who may see any session
 
 
+async def test_the_cap_evicts_from_the_owner_over_its_share(backend: Backend) -> None:
+    store = backend.open(max_sessions=4)
+    await store.create("a1", "m", b"", LONG, owner="alice")
+    await store.create("a2", "m", b"", LONG, owner="alice")
+    await store.create("b1", "m", b"", LONG, owner="bob")
+    await store.create("b2", "m", b"", LONG, owner="bob")
+    await store.load("b1")  # alice's sessions are the least recently used of all
+    for new, evicted in (("b3", "b2"), ("b4", "b1"), ("b5", "b3")):
+        assert await store.create(new, "m", b"", LONG, owner="bob") == [
+            Gone(evicted, "m", "evicted")
+        ]
+    # with as many as bob, alice's next session takes her own least recently used
+    assert await store.create("a3", "m", b"", LONG, owner="alice") == [Gone("a1", "m", "evicted")]
+    for sid in ("a2", "a3", "b4", "b5"):
+        assert (await store.load(sid)).version == 1
+
+
 # --- Redis specifics --------------------------------------------------------------------------
 
 
@@ -358,7 +375,7 @@ async def redis_pair(redis_url: str) -> AsyncIterator[tuple]:
 async def test_redis_key_layout(redis_pair: tuple) -> None:
     store, r = redis_pair
     p = store.prefix
-    await store.create("a", "gru", b"\x00\xff", 30.0)
+    await store.create("a", "gru", b"\x00\xff", 30.0, owner="alice")
     assert await r.hgetall(f"{p}:s:a") == {
         b"data": b"\x00\xff",
         b"version": b"1",
@@ -370,10 +387,17 @@ async def test_redis_key_layout(redis_pair: tuple) -> None:
     assert await r.zrange(f"{p}:deadline", 0, -1) == [b"a"]
     assert await r.hgetall(f"{p}:tags") == {b"a": b"gru"}
     assert await r.hgetall(f"{p}:active") == {b"gru": b"1"}
+    assert await r.hgetall(f"{p}:owner") == {b"a": b"alice"}
+    assert await r.hgetall(f"{p}:owned") == {b"alice": b"1"}
+    assert await r.zrange(f"{p}:owners", 0, -1, withscores=True) == [(b"alice", 1.0)]
+    assert await r.zrange(f"{p}:olru:alice", 0, -1) == [b"a"]
     await store.delete("a")
     assert await r.get(f"{p}:gone:a") == b"deleted"
+    assert await r.get(f"{p}:gowner:a") == b"alice"
     assert await r.pttl(f"{p}:gone:a") > 6 * 24 * 3600 * 1000
-    assert not await r.exists(f"{p}:s:a", f"{p}:lru", f"{p}:deadline", f"{p}:tags", f"{p}:active")
+    assert await r.pttl(f"{p}:gowner:a") > 6 * 24 * 3600 * 1000
+    left = ("s:a", "lru", "deadline", "tags", "active", "owner", "owned", "owners", "olru:alice")
+    assert not await r.exists(*(f"{p}:{name}" for name in left))
 
 
 @pytest.mark.slow

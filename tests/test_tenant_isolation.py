@@ -31,21 +31,41 @@ pytestmark = pytest.mark.slow
 FEATURES = 6
 
 
+def serve(
+    request: pytest.FixtureRequest, store: str, models: Path, tmp: Path, **env: str
+) -> LiveServer:
+    """A server with keys on and the SARNN_ settings `env`, over `store`: "memory", or "redis"
+    (a real one)."""
+    env = {"SARNN_API_KEYS": f"{ALICE},{BOB}", **{f"SARNN_{k.upper()}": v for k, v in env.items()}}
+    if store == "redis":
+        env |= {
+            "SARNN_STORE": "redis",
+            "SARNN_REDIS_URL": request.getfixturevalue("redis_url"),
+            "SARNN_REDIS_PREFIX": f"tenants-{uuid.uuid4().hex}",
+        }
+    return start_server(models, tmp, env)
+
+
 @pytest.fixture(scope="module", params=["memory", "redis"])
 def keyed(
     request: pytest.FixtureRequest,
     served_models: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[LiveServer]:
-    """A server with keys on, over the memory store or a real Redis."""
-    env = {"SARNN_API_KEYS": f"{ALICE},{BOB}"}
-    if request.param == "redis":
-        env |= {
-            "SARNN_STORE": "redis",
-            "SARNN_REDIS_URL": request.getfixturevalue("redis_url"),
-            "SARNN_REDIS_PREFIX": f"tenants-{uuid.uuid4().hex}",
-        }
-    server = start_server(served_models, tmp_path_factory.mktemp("tenants"), env)
+    server = serve(request, request.param, served_models, tmp_path_factory.mktemp("tenants"))
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture(params=["memory", "redis", "memory-bytes"])
+def crowded(
+    request: pytest.FixtureRequest, served_models: Path, tmp_path: Path
+) -> Iterator[LiveServer]:
+    """Room for 8 sessions, or (memory-bytes) for 1 MiB of records, the smallest budget: about
+    8 records after the longest chunk with masks."""
+    store, _, measure = request.param.partition("-")
+    budget = {"max_store_bytes": str(1024 * 1024)} if measure == "bytes" else {"max_sessions": "8"}
+    server = serve(request, store, served_models, tmp_path, **budget)
     yield server
     stop_server(server)
 
@@ -94,3 +114,27 @@ async def test_a_gone_session_is_an_unknown_id_to_another_key(keyed: LiveServer)
         assert alice.delete(f"/v1/sessions/{sid}").status_code == 200
         await assert_like_an_unknown_id(keyed, bob, sid)
         error(alice.get(f"/v1/sessions/{sid}"), 404, "session_deleted")
+
+
+def test_one_keys_sessions_never_evict_anothers_within_its_share(crowded: LiveServer) -> None:
+    with as_key(crowded, ALICE) as alice, as_key(crowded, BOB) as bob:
+        mine = [created(alice.post("/v1/sessions", json={})) for _ in range(2)]
+        for sid in mine:
+            r = alice.post(f"/v1/sessions/{sid}/chunks", json={"seq": 0, "inputs": rows(2)})
+            assert r.status_code == 200, r.text
+        # bob, within every quota of his key, opens 20 sessions and fills each with the longest
+        # chunk, with masks: past the session cap or the byte budget
+        long, bobs = rows(4096), []
+        for _ in range(20):
+            bobs.append(created(bob.post("/v1/sessions", json={})))
+            r = bob.post(
+                f"/v1/sessions/{bobs[-1]}/chunks",
+                json={"seq": 0, "inputs": long, "include_mask": True, "answer": "columns"},
+            )
+            assert r.status_code == 200, r.text
+        evicted = [bob.get(f"/v1/sessions/{sid}").status_code == 404 for sid in bobs]
+        assert sum(evicted) >= 10 and not any(evicted[-5:]), evicted
+        for sid in mine:
+            r = alice.get(f"/v1/sessions/{sid}")
+            assert r.status_code == 200, r.text
+            assert r.json()["next_seq"] == 1

@@ -184,3 +184,37 @@ async def test_tombstones_are_bounded(clock: Clock) -> None:
         await store.create(sid, "m", b"", LONG)
         await store.delete(sid)
     assert [await reason(store, sid) for sid in "abc"] == ["unknown", "deleted", "deleted"]
+
+
+async def test_byte_budget_evicts_from_the_owner_over_its_share(clock: Clock) -> None:
+    store = MemoryStore(100, max_bytes=1000, clock=clock)
+    await store.create("a", "m", bytes(100), LONG, owner="alice")  # the least recently used
+    for i in range(5):
+        assert await store.create(f"b{i}", "m", bytes(150), LONG, owner="bob") == []
+    await store.load("b0")
+    assert await store.compare_and_set("b4", 1, bytes(400), LONG) is True  # 1100 bytes
+    assert await store.sweep() == [Gone("b1", "m", "evicted")]
+    assert await store.create("b5", "m", bytes(300), LONG, owner="bob") == [
+        Gone("b2", "m", "evicted"),
+        Gone("b3", "m", "evicted"),
+    ]
+    assert store.bytes == 950
+    assert await store.load("a") == Stored(bytes(100), 1)
+
+
+async def test_an_owner_whose_one_session_exceeds_its_share_keeps_it_until_others_write(
+    clock: Clock,
+) -> None:
+    store = MemoryStore(100, max_bytes=1000, clock=clock)
+    await store.create("a", "m", bytes(100), LONG, owner="alice")
+    for sid in ("b0", "b1", "b2"):
+        await store.create(sid, "m", bytes(100), LONG, owner="bob")
+    # alice's one session grows past the budget: bob, within his share, loses nothing
+    assert await store.compare_and_set("a", 1, bytes(900), LONG) is True
+    assert await store.sweep() == []
+    assert store.bytes == 1200
+    # the next write of another owner evicts alice's session, the one over its share
+    assert await store.create("b3", "m", bytes(100), LONG, owner="bob") == [
+        Gone("a", "m", "evicted")
+    ]
+    assert store.bytes == 400

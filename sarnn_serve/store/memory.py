@@ -1,5 +1,6 @@
-"""In-process session store: idle TTL, count and byte budgets with LRU eviction, tombstones,
-a cap of open sessions per owner, and an expiry sweep whose cost follows what expired."""
+"""In-process session store: idle TTL, count and byte budgets with eviction from the owner over
+its share (`shares`), tombstones, a cap of open sessions per owner, and an expiry sweep whose
+cost follows what expired."""
 
 import asyncio
 import time
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 
 from sarnn_serve.errors import SessionNotFound
 from sarnn_serve.store import Gone, Stored, session_quota_error
+from sarnn_serve.store.shares import Shares
 
 SWEEP_BATCH = 200
 
@@ -23,7 +25,9 @@ class _Entry:
 
 
 class MemoryStore:
-    """Sessions in a dict ordered by last use; remembers why recent ids disappeared.
+    """Sessions in a dict, each owner's in order of last use; remembers why recent ids
+    disappeared. Past `max_sessions` or `max_bytes`, the least recently used session of the
+    owner holding the most of that budget is evicted (never the session being written).
 
     Sessions are also kept in one queue per idle timeout, in the order of their last use, so
     that the front of each queue is the next to expire: a sweep looks only at expired sessions
@@ -40,10 +44,10 @@ class MemoryStore:
         self.max_sessions = max_sessions
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._entries: dict[str, _Entry] = {}
         self._by_ttl: dict[float, OrderedDict[str, None]] = {}
         self._tags: Counter[str] = Counter()
-        self._owned: Counter[str] = Counter()
+        self._shares = Shares()
         self._gone: OrderedDict[str, tuple[str, str]] = OrderedDict()  # id -> (reason, owner)
         self._tombstones = tombstones
         self._dropped: list[Gone] = []
@@ -55,7 +59,7 @@ class MemoryStore:
         self._entries[session_id] = entry
         self._by_ttl.setdefault(entry.ttl_s, OrderedDict())[session_id] = None
         self._tags[entry.tag] += 1
-        self._owned[entry.owner] += 1
+        self._shares.add(entry.owner, session_id, len(entry.data))
         self.bytes += len(entry.data)
 
     def _remove(self, session_id: str, reason: str) -> Gone:
@@ -64,10 +68,10 @@ class MemoryStore:
         del queue[session_id]
         if not queue:
             del self._by_ttl[entry.ttl_s]
-        for counts, key in ((self._tags, entry.tag), (self._owned, entry.owner)):
-            counts[key] -= 1
-            if counts[key] <= 0:
-                del counts[key]
+        self._tags[entry.tag] -= 1
+        if self._tags[entry.tag] <= 0:
+            del self._tags[entry.tag]
+        self._shares.remove(entry.owner, session_id, len(entry.data))
         self.bytes -= len(entry.data)
         self._gone[session_id] = (reason, entry.owner)
         while len(self._gone) > self._tombstones:
@@ -89,22 +93,23 @@ class MemoryStore:
 
     def _touch(self, session_id: str, entry: _Entry) -> None:
         entry.deadline = self._clock() + entry.ttl_s
-        self._entries.move_to_end(session_id)
+        self._shares.touch(entry.owner, session_id)
         self._by_ttl[entry.ttl_s].move_to_end(session_id)
 
-    def _make_room(self, keep: str | None) -> list[Gone]:
-        """Drop least recently used sessions (never `keep`) until both budgets hold."""
+    def _make_room(self, keep: str) -> list[Gone]:
+        """Evict until both budgets hold: each time the least recently used session of the
+        owner holding the most of the budget exceeded (never `keep`, the session written)."""
         dropped = []
-        while self._entries and (
-            len(self._entries) > self.max_sessions
-            or (self.max_bytes is not None and self.bytes > self.max_bytes)
-        ):
-            victim = next(iter(self._entries))
-            if victim == keep:
-                if len(self._entries) == 1:
-                    break
-                self._entries.move_to_end(keep)
-                continue
+        keeper = self._entries[keep].owner
+        while True:
+            if len(self._entries) > self.max_sessions:
+                victim = self._shares.victim("sessions", self.max_sessions, keep, keeper)
+            elif self.max_bytes is not None and self.bytes > self.max_bytes:
+                victim = self._shares.victim("bytes", self.max_bytes, keep, keeper)
+            else:
+                break
+            if victim is None:  # `keep` alone holds more than every other owner's share
+                break
             expired = self._clock() >= self._entries[victim].deadline
             dropped.append(self._remove(victim, "expired" if expired else "evicted"))
         return dropped
@@ -120,7 +125,7 @@ class MemoryStore:
         owner: str = "",
         max_owned: int | None = None,
     ) -> list[Gone]:
-        if max_owned is not None and self._owned[owner] >= max_owned:
+        if max_owned is not None and self._shares.held("sessions", owner) >= max_owned:
             raise session_quota_error(max_owned)
         self._add(session_id, _Entry(tag, owner, data, 1, ttl_s, self._clock() + ttl_s))
         self._gone.pop(session_id, None)
@@ -143,6 +148,7 @@ class MemoryStore:
             self._add(session_id, entry)
             self._gone.pop(session_id, None)
         self.bytes += len(data) - len(entry.data)
+        self._shares.resize(entry.owner, len(data) - len(entry.data))
         entry.data, entry.version = data, version + 1
         self._touch(session_id, entry)
         self._dropped += self._make_room(keep=session_id)
@@ -175,3 +181,4 @@ class MemoryStore:
     async def close(self) -> None:
         self._entries.clear()
         self._by_ttl.clear()
+        self._shares = Shares()

@@ -10,11 +10,19 @@ Key layout (P = `prefix`, e.g. "sarnn"):
     P:active      hash tag -> live sessions (counts those expired but not yet swept, as MemoryStore)
     P:owner       hash id -> owner (the key that opened it)
     P:owned       hash owner -> open sessions (the per-key cap)
+    P:owners      sorted set owner -> open sessions (an index of P:owned: the largest holder)
+    P:olru:{o}    sorted set id -> last use, of owner o's sessions (whom to evict of o's)
     P:gone:{id}   tombstone = "deleted" | "evicted" | "expired", kept `tombstone_ttl_s`
     P:gowner:{id} the owner of that tombstone's session (absent for owner ""), kept as long
 
 A caller that names an owner (`load`, `delete`) finds only sessions and tombstones of that owner:
 anything else answers as an unknown id and is left untouched.
+
+At the session cap, a create evicts the least recently used session of the owner holding the
+most sessions (counting the one being opened): that owner is over its share of the cap, so an
+owner within its share is never evicted for another's sake. Replicas of the previous release
+keep neither P:owners nor P:olru: the index is checked against P:owned before it is trusted, and
+while an owner's order misses its sessions, the global LRU order decides.
 
 An id whose session key is missing (or past its deadline) but which is still in P:deadline has
 expired; it is reported as "expired" at once and by exactly one sweep() across all replicas,
@@ -41,17 +49,29 @@ from sarnn_serve.store import Gone, Stored, session_quota_error
 # compare-and-set and a chunk applied before a lost reply is answered again by replay.
 _RETRY = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=3)
 
-# KEYS[1..6] = lru, deadline, tags, active, owner, owned; ARGV[1] = prefix, ARGV[2] = tombstone
-# TTL (ms).
+# KEYS[1..7] = lru, deadline, tags, active, owner, owned, owners; ARGV[1] = prefix, ARGV[2] =
+# tombstone TTL (ms).
 _PRELUDE = """
 local LRU, DEADLINE, TAGS, ACTIVE = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local OWNER, OWNED = KEYS[5], KEYS[6]
+local OWNER, OWNED, OWNERS = KEYS[5], KEYS[6], KEYS[7]
 local PREFIX, TOMB_MS = ARGV[1], ARGV[2]
 local t = redis.call('TIME')
 local NOW = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
 local function num(x) return string.format('%.0f', x) end
 local function skey(id) return PREFIX .. ':s:' .. id end
+local function olru(owner) return PREFIX .. ':olru:' .. owner end
+
+-- P:owned[owner] += delta, mirrored in the P:owners index
+local function count(owner, delta)
+  local held = redis.call('HINCRBY', OWNED, owner, delta)
+  if held <= 0 then
+    redis.call('HDEL', OWNED, owner)
+    redis.call('ZREM', OWNERS, owner)
+  else
+    redis.call('ZADD', OWNERS, held, owner)
+  end
+end
 
 local function live(id)
   if redis.call('EXISTS', skey(id)) == 0 then return false end
@@ -81,6 +101,8 @@ local function touch(id, ttl_ms)
   local top = redis.call('ZRANGE', LRU, -1, -1, 'WITHSCORES')
   if top[2] and tonumber(top[2]) >= score then score = tonumber(top[2]) + 1 end
   redis.call('ZADD', LRU, num(score), id)
+  local owner = redis.call('HGET', OWNER, id)
+  if owner then redis.call('ZADD', olru(owner), num(score), id) end
   local deadline = math.floor(NOW / 1000) + ttl_ms
   redis.call('ZADD', DEADLINE, num(deadline), id)
   redis.call('PEXPIREAT', skey(id), num(deadline))
@@ -100,7 +122,8 @@ local function drop(id, reason)
   local owner = redis.call('HGET', OWNER, id)
   if owner then
     redis.call('HDEL', OWNER, id)
-    if redis.call('HINCRBY', OWNED, owner, -1) <= 0 then redis.call('HDEL', OWNED, owner) end
+    redis.call('ZREM', olru(owner), id)
+    count(owner, -1)
   end
   if reason then
     redis.call('SET', PREFIX .. ':gone:' .. id, reason, 'PX', TOMB_MS)
@@ -117,6 +140,38 @@ end
 # ARGV[3..9] = id, tag, data, ttl (ms), max sessions, owner, max per owner (-1: none)
 # -> {0} owner at its cap, or {1, then flat (id, tag, reason) of evicted sessions}.
 _CREATE = """
+-- the owner holding the most sessions, `opener` (about to open one more) among equals
+local function heaviest(opener)
+  local mine = tonumber(redis.call('HGET', OWNED, opener) or '0') + 1
+  for _ = 1, 32 do
+    local top = redis.call('ZREVRANGE', OWNERS, 0, 0, 'WITHSCORES')
+    if not top[1] then break end
+    local held = tonumber(redis.call('HGET', OWNED, top[1]) or '0')
+    if held == tonumber(top[2]) then
+      if held > mine then return top[1] end
+      break
+    end
+    -- an older replica changed this count without the index: set it right, look again
+    if held > 0 then
+      redis.call('ZADD', OWNERS, held, top[1])
+    else
+      redis.call('ZREM', OWNERS, top[1])
+    end
+  end
+  return opener
+end
+
+-- the least recently used session of `owner`, or false if its order holds none
+local function oldest(owner)
+  for _ = 1, 32 do
+    local first = redis.call('ZRANGE', olru(owner), 0, 0)[1]
+    if not first then return false end
+    if redis.call('HGET', OWNER, first) == owner then return first end
+    redis.call('ZREM', olru(owner), first)  -- dropped by an older replica
+  end
+  return false
+end
+
 local id, tag, data = ARGV[3], ARGV[4], ARGV[5]
 local ttl, max = tonumber(ARGV[6]), tonumber(ARGV[7])
 local owner, max_owned = ARGV[8], tonumber(ARGV[9])
@@ -128,7 +183,7 @@ if max_owned >= 0 and tonumber(redis.call('HGET', OWNED, owner) or '0') >= max_o
 end
 local out = {1}
 while redis.call('ZCARD', LRU) >= max and redis.call('ZCARD', LRU) > 0 do
-  local victim = redis.call('ZRANGE', LRU, 0, 0)[1]
+  local victim = oldest(heaviest(owner)) or redis.call('ZRANGE', LRU, 0, 0)[1]
   local reason = live(victim) and 'evicted' or 'expired'
   local vtag = drop(victim, reason)
   out[#out + 1] = victim
@@ -139,7 +194,7 @@ redis.call('HSET', skey(id), 'data', data, 'version', 1, 'tag', tag, 'ttl', ttl)
 redis.call('HSET', TAGS, id, tag)
 redis.call('HINCRBY', ACTIVE, tag, 1)
 redis.call('HSET', OWNER, id, owner)
-redis.call('HINCRBY', OWNED, owner, 1)
+count(owner, 1)
 redis.call('DEL', PREFIX .. ':gone:' .. id, PREFIX .. ':gowner:' .. id)
 touch(id, ttl)
 return out
@@ -222,7 +277,8 @@ class RedisStore:
         )
         self._redis = aioredis.Redis.from_pool(pool)
         self._keys = [
-            f"{prefix}:{name}" for name in ("lru", "deadline", "tags", "active", "owner", "owned")
+            f"{prefix}:{name}"
+            for name in ("lru", "deadline", "tags", "active", "owner", "owned", "owners")
         ]
         self._head = [prefix, _ms(tombstone_ttl_s)]
         self._sweep_batch = sweep_batch
