@@ -230,7 +230,8 @@ def start_ours(
         settings["SARNN_REDIS_URL"] = redis.url
     log = workdir / f"sarnn-serve-{port}.log"
     cmd = [sys.executable, "-m", "sarnn_serve.cli", "serve"]
-    proc = spawn(stack, cmd, {**os.environ, **settings}, log)
+    # gRPC on a free port: not on 8001, which a running server may hold
+    proc = spawn(stack, cmd, {**os.environ, **settings, "SARNN_GRPC_PORT": "0"}, log)
     wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/readyz"), proc, log, "sarnn-serve")
     label = f"sarnn-serve, {workers} worker{'s' * (workers > 1)}, {store} store, dense graph"
     config = {"label": label, "server": "sarnn-serve", "workers": workers, "store": store}

@@ -630,6 +630,7 @@ def spawned_server(model_dir: str | None, extra_env: list[str]):
         cmd += ["--model-dir", model_dir]
     # every simulated client shares one IP: lift the per-client creation quotas
     env = {**os.environ, "SARNN_SESSION_CREATE_BURST": "100000", "SARNN_SESSION_CREATE_RATE": "1e5"}
+    env.setdefault("SARNN_GRPC_PORT", "0")  # not on 8001, which a running server may hold
     if not model_dir:  # the shipped models: requests that name none get watch-gru, as `make serve`
         env.setdefault("SARNN_DEFAULT_MODEL", "watch-gru")
     for item in extra_env:

@@ -121,6 +121,7 @@ class Cluster:
             "SARNN_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
             "SARNN_MODEL_DIR": str(self.models),
             "SARNN_PORT": str(self.ports[i]),
+            "SARNN_GRPC_PORT": "0",  # replicas on one host: gRPC on a free port each
             "SARNN_LOG_LEVEL": "warning",
         }
         with (self.workdir / f"replica{i}.log").open("a") as log:
@@ -409,7 +410,8 @@ def _start_single(models: Path, workdir: Path) -> tuple[subprocess.Popen, str]:
     """One sarnn-serve with the memory store, for the clean run; its process and URL."""
     port = free_port()
     env = {**os.environ, **UNLIMITED, "SARNN_MODEL_DIR": str(models), "SARNN_PORT": str(port),
-           "SARNN_STORE": "memory", "SARNN_LOG_LEVEL": "warning"}  # fmt: skip
+           "SARNN_GRPC_PORT": "0", "SARNN_STORE": "memory",
+           "SARNN_LOG_LEVEL": "warning"}  # fmt: skip
     with (workdir / "clean.log").open("w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "sarnn_serve.cli", "serve"],
