@@ -387,10 +387,12 @@ def test_errors_are_statuses_with_the_v2_message(
     five.set_data_from_numpy(np.zeros((1, 3, 5), np.float32))
     too_long = chunk_input(np.zeros((4097, 6), np.float32))
     not_finite = chunk_input(np.full((2, 6), np.nan, np.float32))
+    oversized = chunk_input(np.zeros((200_000, 6), np.float32))  # 4.8 MB > SARNN_MAX_BODY_BYTES
     cases = [
         (lambda: client.infer(MODEL, [five], headers=auth), "INVALID_ARGUMENT", "inputs[0].shape"),
         (lambda: client.infer(MODEL, [not_finite], headers=auth), "INVALID_ARGUMENT", "finite"),
         (lambda: client.infer(MODEL, [too_long], headers=auth), "RESOURCE_EXHAUSTED", "4096"),
+        (lambda: client.infer(MODEL, [oversized], headers=auth), "RESOURCE_EXHAUSTED", "larger"),
         (
             lambda: client.infer(MODEL, x, parameters={"threshold": 2.0}, headers=auth),
             "INVALID_ARGUMENT",
