@@ -117,19 +117,28 @@ def load_settings(overrides: dict[str, str]) -> Settings:
 
 
 def check_address(settings: Settings) -> None:
-    """Refuse an address the server cannot listen on (a port in use, an unknown host), bound
-    here once as uvicorn will bind it."""
+    """Refuse an address the server cannot listen on (a port in use, an unknown host): the HTTP
+    port, and the gRPC port when gRPC is on, each bound here once as the servers will bind it."""
+    ports = {settings.port: f"--port or {env_var('port')}"}
+    if settings.grpc_enabled and settings.grpc_port:
+        if settings.grpc_port == settings.port:
+            raise UsageError(
+                f"{env_var('grpc_port')}={settings.grpc_port} is the HTTP port too: choose "
+                f"another (or turn gRPC off with {env_var('grpc_enabled')}=false)"
+            )
+        ports[settings.grpc_port] = f"{env_var('grpc_port')} (or {env_var('grpc_enabled')}=false)"
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((settings.host, settings.port))
-    except OSError as exc:
-        reason = "in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
-        raise UsageError(
-            f"cannot listen on {settings.host}:{settings.port}: {reason} (choose another port "
-            f"with --port or {env_var('port')}, the address with {env_var('host')})"
-        ) from None
+    for port, setting in ports.items():
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((settings.host, port))
+        except OSError as exc:
+            reason = "in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+            raise UsageError(
+                f"cannot listen on {settings.host}:{port}: {reason} (choose another port with "
+                f"{setting}, the address with {env_var('host')})"
+            ) from None
 
 
 def check(settings: Settings) -> None:

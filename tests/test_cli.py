@@ -31,7 +31,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SARNN_")}
     return subprocess.run(
         [sys.executable, "-m", "sarnn_serve.cli", *args],
-        env={**clean, **(env or {})},
+        env={**clean, "SARNN_GRPC_PORT": "0", **(env or {})},  # any free gRPC port
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -46,6 +46,20 @@ def test_port_in_use_is_refused_before_any_model_loads(tmp_path: Path) -> None:
     assert_one_line_error(result, f"127.0.0.1:{port}", "in use", "--port")
 
 
+def test_grpc_port_in_use_is_refused_before_any_model_loads(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {"SARNN_MODEL_DIR": str(tmp_path / "nowhere"), "SARNN_GRPC_PORT": str(port)}
+        result = run_cli("--port", str(free_port()), env=env)
+    assert_one_line_error(result, f"127.0.0.1:{port}", "in use", "SARNN_GRPC_PORT")
+    # the same port for both servers
+    env = {"SARNN_MODEL_DIR": str(tmp_path / "nowhere"), "SARNN_GRPC_PORT": str(port)}
+    result = run_cli("--port", str(port), env=env)
+    assert_one_line_error(result, f"SARNN_GRPC_PORT={port}", "HTTP port too")
+
+
 def test_unknown_host_is_refused_before_any_model_loads(tmp_path: Path) -> None:
     env = {"SARNN_MODEL_DIR": str(tmp_path / "nowhere"), "SARNN_HOST": "no-such-host.invalid"}
     result = run_cli("--port", str(free_port()), env=env)
