@@ -158,7 +158,9 @@ class Stream:
         self.client = client
         self.answers: queue.Queue = queue.Queue()
         headers = keyed(key) if key else None
-        client.start_stream(lambda result, error: self.answers.put((result, error)), None, headers)
+        client.start_stream(
+            lambda result, error: self.answers.put((result, error)), headers=headers
+        )
 
     def next(self) -> tuple[triton.InferResult | None, InferenceServerException | None]:
         return self.answers.get(timeout=TIMEOUT)
