@@ -5,6 +5,7 @@ native kernel needs them. An ONNX file is a protobuf `ModelProto`; this walks it
 down to `graph.initializer` and decodes float32 and int64 tensors (raw or typed data).
 """
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -89,7 +90,7 @@ def _tensor(buf: memoryview) -> tuple[str, np.ndarray | None]:
         array = np.concatenate([np.asarray(t) for t in typed]).astype(DTYPES[dtype])
     else:
         array = np.empty(0, DTYPES[dtype])
-    if array.size != np.prod(dims, dtype=np.int64):
+    if array.size != math.prod(dims):  # exact: int64 arithmetic would wrap for huge dims
         raise OnnxFormatError(f"tensor {name!r}: {array.size} values for shape {dims}")
     return name, array.reshape(dims).astype(DTYPES[dtype].newbyteorder("="))
 

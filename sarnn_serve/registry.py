@@ -25,6 +25,11 @@ class LoadedModel:
         return self.card.name
 
 
+# binary WebSocket answers (frames.py) carry C and H, each step's class and its update count as
+# 16-bit fields
+MAX_WIRE_SIZE = 2**16 - 1
+
+
 def _read_card(path: Path) -> ModelCard:
     try:
         card = ModelCard.model_validate_json(path.read_text())
@@ -41,6 +46,12 @@ def _read_card(path: Path) -> ModelCard:
         raise ModelLoadError(
             f"{path}: feature_names/class_labels do not match n_features/n_classes"
         )
+    for field, value in (("n_classes", card.n_classes), ("hidden", card.hidden)):
+        if value > MAX_WIRE_SIZE:
+            raise ModelLoadError(
+                f"{path}: {field} {value} is over {MAX_WIRE_SIZE}, the most that binary answers "
+                "carry (16-bit classes and update counts)"
+            )
     return card
 
 
@@ -67,7 +78,12 @@ def _check_graph(card: ModelCard, engine: Engine, path: Path) -> None:
             )
     x = np.zeros((2, 3, card.n_features), np.float32)
     state = np.full((2, card.state_size), 0.1, np.float32)
-    probes = {p: engine.run(x, state, path=p) for p in engine.paths}
+    try:
+        probes = {p: engine.run(x, state, path=p) for p in engine.paths}
+    except Exception as exc:  # a graph that loads but cannot run its own inputs
+        raise ModelLoadError(
+            f"{path}: a probe run of its graphs failed: {' '.join(str(exc).split())}"
+        ) from None
     for name, probe in probes.items():
         if probe.logits.shape != (2, 3, card.n_classes) or probe.updates.shape != (
             2,

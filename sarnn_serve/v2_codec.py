@@ -125,7 +125,9 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[InferRequest,
     if any) as the checked JSON request and the binary data after it."""
     binary = b""
     if header_length is not None:
-        n = int(header_length) if header_length.strip().isdigit() else -1
+        # ASCII digits only: str.isdigit also takes superscripts, which int() refuses
+        digits = header_length.strip()
+        n = int(digits) if digits.isascii() and digits.isdigit() else -1
         if n == 0:
             raise ServiceError(
                 f"{HEADER_LENGTH}: 0 (a raw binary request) is not supported; send the JSON "

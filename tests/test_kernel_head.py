@@ -10,74 +10,16 @@ that differs is left out (no kernel, the model serves on its graphs), never serv
 
 import json
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import numpy_helper
 
 from sarnn_serve.engine import DENSE, NATIVE
 from sarnn_serve.native import NativeKernel, NativeKernelError, verify
 from sarnn_serve.onnx_initializers import OnnxFormatError, read_initializers
 from sarnn_serve.registry import load_model
-from sarnn_serve.settings import DEFAULT_MODEL_DIR
-
-SOURCE = DEFAULT_MODEL_DIR / "watch-gru"
-
-
-def _rename_input(graph: onnx.GraphProto, old: str, new: str) -> None:
-    """Point every node (subgraphs included) that reads `old` at `new`."""
-    for node in graph.node:
-        node.input[:] = [new if name == old else name for name in node.input]
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.GRAPH:
-                _rename_input(attribute.g, old, new)
-
-
-def _initializer(model: onnx.ModelProto, name: str) -> onnx.TensorProto:
-    return next(t for t in model.graph.initializer if t.name == name)
-
-
-def _other(like: np.ndarray, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal(like.shape).astype(np.float32)
-
-
-def shadowed(name: str) -> Callable[[onnx.ModelProto], None]:
-    """The graph reads its own `name` under another name; an unused `name` with other values."""
-
-    def mutate(model: onnx.ModelProto) -> None:
-        tensor = _initializer(model, name)
-        _rename_input(model.graph, name, f"{name}_graph")
-        tensor.name = f"{name}_graph"
-        fake = _other(numpy_helper.to_array(tensor), seed=1)
-        model.graph.initializer.append(numpy_helper.from_array(fake, name))
-
-    return mutate
-
-
-def duplicated(name: str) -> Callable[[onnx.ModelProto], None]:
-    """A second initializer `name`, with other values, after the graph's."""
-
-    def mutate(model: onnx.ModelProto) -> None:
-        array = numpy_helper.to_array(_initializer(model, name))
-        model.graph.initializer.append(numpy_helper.from_array(_other(array, seed=2), name))
-
-    return mutate
-
-
-def crafted_model(root: Path, mutate: Callable[[onnx.ModelProto], None]) -> Path:
-    """A copy of the shipped watch-gru (dense graph only) with its graph changed by `mutate`."""
-    directory = root / "crafted"
-    directory.mkdir()
-    card = json.loads((SOURCE / "model.json").read_text())
-    card["sparse_graph"] = None
-    (directory / "model.json").write_text(json.dumps(card))
-    model = onnx.load(str(SOURCE / "model.onnx"))
-    mutate(model)
-    (directory / "model.onnx").write_bytes(model.SerializeToString())
-    return directory
+from tests.crafted_models import SOURCE, Mutation, crafted_model, duplicated, shadowed
 
 
 def _probe(model_dir: Path) -> dict[str, np.ndarray]:
@@ -93,7 +35,7 @@ def _probe(model_dir: Path) -> dict[str, np.ndarray]:
     "mutate", [shadowed("W_out"), duplicated("W_out")], ids=["shadowed", "dup"]
 )
 def test_a_graph_whose_head_is_not_its_w_out_gets_no_kernel(
-    mutate: Callable[[onnx.ModelProto], None], tmp_path: Path
+    mutate: Mutation, tmp_path: Path
 ) -> None:
     directory = crafted_model(tmp_path, mutate)
     model = load_model(directory)  # the model itself is fine: it serves on its graph
