@@ -1,4 +1,4 @@
-"""Command line of the offline side: `python -m export {train,onnx,verify} ...`."""
+"""Command line of the offline side: `python -m export {train,onnx,verify,pareto,tiny-fixture}`."""
 
 from export.cli import main
 

@@ -43,7 +43,62 @@ def _onnx(args: argparse.Namespace) -> int:
         force=args.force,
         notes=args.note,
         seed_records=[Path(p) for p in args.seed_records],
+        recipe_chosen_on=args.recipe_chosen_on,
     )
+    return 0
+
+
+def _streams(args: argparse.Namespace) -> int:
+    from export.streams import (
+        RestModel,
+        StreamSet,
+        StreamSpec,
+        build_streams,
+        save_streams,
+        write_csvs,
+    )
+    from export.train import STREAM_SEEDS, TrainConfig, load_training_data
+
+    cfg = TrainConfig(
+        dataset=args.dataset,
+        data=args.data,
+        label_column=args.label_column,
+        group_column=args.group_column,
+        val_groups=args.val_groups,
+        test_groups=args.test_groups,
+        split_seed=args.split_seed,
+        sample_rate=args.sample_rate,
+    )
+    data = load_training_data(cfg)
+    rate = data.sample_rate_hz or args.sample_rate
+    if not rate:
+        raise ValueError("--sample-rate is needed: the recordings do not say how fast they are")
+    spec = StreamSpec(
+        args.variant,
+        *args.idle_seconds,
+        bouts_per_stream=args.bouts_per_stream,
+        gravity=args.gravity if args.gravity is not None else StreamSpec.gravity,
+        rest_zero=args.rest_zero if args.rest_zero is not None else StreamSpec.rest_zero,
+    )
+    rest = RestModel.measure(data.train, data.feature_names, spec, rate)
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"rest model (measured on the training part): {rest.describe(data.feature_names)}")
+    for part in ("train", "val", "test"):
+        seed = STREAM_SEEDS.get(part, 0) if args.seed is None else args.seed
+        built = StreamSet(
+            build_streams(getattr(data, part), rest, spec, rate, seed),
+            spec,
+            rest.describe(data.feature_names),
+            seed,
+        )
+        save_streams(args.out / f"{part}.npz", built, data.feature_names)
+        if args.csv:
+            write_csvs(args.out / part, built, data.feature_names, data.class_labels)
+        steps = sum(len(s.x) for s in built.streams)
+        print(
+            f"{part}: {len(built.streams)} streams, {steps} steps, "
+            f"{built.idle_share:.1%} idle -> {args.out / part}.npz"
+        )
     return 0
 
 
@@ -53,6 +108,13 @@ def _verify(args: argparse.Namespace) -> int:
     report = verify(Path(args.checkpoint), Path(args.model), random_steps=args.random_steps)
     print(report.summary())
     return 0 if report.ok else 1
+
+
+def _fixture(args: argparse.Namespace) -> int:
+    from export.fixture import make_fixture
+
+    make_fixture(Path(args.out))
+    return 0
 
 
 def _pareto(args: argparse.Namespace) -> int:
@@ -82,8 +144,8 @@ def _pareto(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from export.data import DATASETS
-    from export.streams import VARIANTS
     from export.model import BUDGETS, GATE_GRADS
+    from export.streams import VARIANTS
     from export.train import TrainConfig
 
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
@@ -240,14 +302,69 @@ def build_parser() -> argparse.ArgumentParser:
         help="result records (export pareto) or metrics.json files of this recipe at several "
         "seeds, this checkpoint's among them: the card gives their mean and spread",
     )
+    o.add_argument(
+        "--recipe-chosen-on",
+        help="which data chose the recipe, for the card (e.g. 'validation subjects 7-8')",
+    )
     o.set_defaults(func=_onnx)
     _add_pareto(sub)
+    _add_streams(sub)
     v = sub.add_parser("verify", help="check an exported model against its checkpoint")
     v.add_argument("--checkpoint", required=True)
     v.add_argument("--model", required=True, help="model directory holding model.onnx")
     v.add_argument("--random-steps", type=int, default=10_000)
     v.set_defaults(func=_verify)
+    f = sub.add_parser(
+        "tiny-fixture",
+        help="train and export the tests' tiny model and write their recording (tests/data)",
+    )
+    f.add_argument("--out", default="tests/data", help="where models/ and the CSV go")
+    f.set_defaults(func=_fixture)
     return parser
+
+
+def _add_streams(sub: argparse._SubParsersAction) -> None:
+    from export.data import DATASETS
+    from export.streams import VARIANTS, StreamSpec
+
+    s = sub.add_parser(
+        "streams",
+        help="build information-sparse streams (bouts between idle periods of a sensor at rest) "
+        "from the train, validation and test recordings",
+    )
+    source = s.add_mutually_exclusive_group()
+    source.add_argument("--dataset", default="watch", choices=DATASETS)
+    source.add_argument("--data", help="your own recordings: a folder of CSV files or a .npz")
+    s.add_argument("--label-column", default="label")
+    s.add_argument("--group-column")
+    s.add_argument("--val-groups", type=_names, default=())
+    s.add_argument("--test-groups", type=_names, default=())
+    s.add_argument("--split-seed", type=int, default=0)
+    s.add_argument("--sample-rate", type=float, help="samples per second of your recordings")
+    s.add_argument("--variant", choices=VARIANTS, default="rest")
+    s.add_argument(
+        "--idle-seconds",
+        type=float,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        default=(StreamSpec.idle_min_s, StreamSpec.idle_max_s),
+        help="idle periods last log-uniform in [MIN, MAX] seconds",
+    )
+    s.add_argument("--bouts-per-stream", type=int, default=StreamSpec.bouts_per_stream)
+    s.add_argument(
+        "--gravity",
+        type=_names,
+        help="three features that read gravity at rest (default ax,ay,az; '' for none)",
+    )
+    s.add_argument(
+        "--rest-zero",
+        type=_names,
+        help="features that read zero at rest, e.g. a gyroscope (default wx,wy,wz; '' for none)",
+    )
+    s.add_argument("--seed", type=int, help="one seed for every part (default: fixed per part)")
+    s.add_argument("--csv", action="store_true", help="also one CSV per stream, for replay")
+    s.add_argument("--out", type=Path, required=True, help="folder for train/val/test.npz")
+    s.set_defaults(func=_streams)
 
 
 def _add_pareto(sub: argparse._SubParsersAction) -> None:

@@ -31,7 +31,7 @@ from export.data import load_data
 from export.model import SARNN, load_checkpoint
 from export.onnx_graph import OPSET, CellWeights, build_chunk_graph
 from export.onnx_sparse import build_sparse_chunk_graph
-from export.train import TrainConfig, threshold_curve
+from export.train import TrainConfig, stream_parts, threshold_curve
 from export.verify import SPARSE_GRAPH, checkpoint_data_spec
 from sarnn_serve.card import Evaluation as CardEvaluation
 from sarnn_serve.card import (
@@ -69,6 +69,7 @@ def cell_weights(model: SARNN) -> CellWeights:
         mean=sd["mean"],
         std=sd["std"],
         alpha=float(model.alpha),
+        coord_e=sd.get("coord_e.weight"),
     )
 
 
@@ -101,6 +102,8 @@ def _evaluation(figures: dict) -> CardEvaluation:
         streaming_accuracy=float(figures.get("streaming_accuracy", float("nan"))),
         last_step_accuracy=float(figures.get("last_step_accuracy", float("nan"))),
         update_rate=float(figures.get("update_rate", float("nan"))),
+        idle_update_rate=figures.get("idle_update_rate"),
+        active_update_rate=figures.get("active_update_rate"),
     )
 
 
@@ -134,6 +137,11 @@ def measure_threshold_curve(model: SARNN, blob: dict) -> list[ThresholdPoint]:
     """The threshold curve on the validation part of the checkpoint's data, scored after the
     same warm-up as its validation figures."""
     data = load_data(checkpoint_data_spec(blob))
+    train_cfg = blob.get("train_config", {})
+    if train_cfg.get("streams"):
+        cfg = TrainConfig(**{k: v for k, v in train_cfg.items() if k != "data"})
+        streams = stream_parts(cfg, data)["val"]
+        return [ThresholdPoint(**p) for p in threshold_curve(model, data, 0, streams)]
     skip = blob.get("metrics", {}).get("dataset", {}).get("scored_after_steps")
     if skip is None:
         default = TrainConfig.eval_skip_seconds
@@ -142,7 +150,9 @@ def measure_threshold_curve(model: SARNN, blob: dict) -> list[ThresholdPoint]:
     return [ThresholdPoint(**point) for point in threshold_curve(model, data, int(skip))]
 
 
-def make_card(model: SARNN, blob: dict, name: str, graph_bytes: bytes) -> ModelCard:
+def make_card(
+    model: SARNN, blob: dict, name: str, graph_bytes: bytes, recipe_chosen_on: str | None = None
+) -> ModelCard:
     """Model card from the checkpoint's metadata, with the threshold curve measured on its
     validation data; version is a hash of the graph."""
     metrics = blob.get("metrics", {})
@@ -163,6 +173,7 @@ def make_card(model: SARNN, blob: dict, name: str, graph_bytes: bytes) -> ModelC
         sample_rate_hz=blob.get("sample_rate_hz"),
         alpha=float(model.alpha),
         selective=cfg.selective,
+        coordinator_energy=cfg.coord_energy,
         training=TrainingInfo(
             dataset=blob.get("dataset", "unknown"),
             recipe=metrics.get("recipe", ""),
@@ -176,6 +187,8 @@ def make_card(model: SARNN, blob: dict, name: str, graph_bytes: bytes) -> ModelC
             budget=budget.get("form"),
             target_rate=budget.get("target_rate"),
             gate_grad=train_cfg.get("gate_grad"),
+            recipe_chosen_on=recipe_chosen_on,
+            streams=train_cfg.get("streams"),
         ),
         evaluation=_evaluation(metrics.get("test", {})),
         validation=_evaluation(metrics["validation"]) if "validation" in metrics else None,
@@ -199,6 +212,7 @@ def export_model(
     force: bool = False,
     notes: list[str] | None = None,
     seed_records: list[Path] | None = None,
+    recipe_chosen_on: str | None = None,
 ) -> Path:
     """Write the model directory `out` from `checkpoint`; verify it before it appears."""
     from export.verify import verify
@@ -212,7 +226,7 @@ def export_model(
     graph_bytes = proto.SerializeToString()
     selective = model.config.selective
     sparse_bytes = build_model(model, sparse=True).SerializeToString() if selective else None
-    card = make_card(model, blob, name or out.name, graph_bytes)
+    card = make_card(model, blob, name or out.name, graph_bytes, recipe_chosen_on)
     card.notes = list(notes or [])
     if seed_records:
         card.seed_spread = seed_spread(seed_records)

@@ -5,7 +5,8 @@ T (docs/architecture.md, "The chunk graph"), so the graph is written by hand: on
 with a small body.
 
     x [B,T,F], state [B,S], lengths [L] and threshold [L] (L = B, or 1 to broadcast)
-    before the loop: normalise, one MatMul + Add per gate block (and the coordinator) for the
+    before the loop: normalise, one MatMul + Add per gate block (and the coordinator, with
+                     its energy term W_e (x * x) when the model has one) for the
                      input projections of every step, each its own tensor (no Split: a Split
                      of [T,B,*] is a full copy); the per-step, per-row gate cut
                      thr [T,L,1] = (2 tau - 1) / alpha while t < length, +inf after (so nothing
@@ -47,6 +48,7 @@ class CellWeights:
     mean: np.ndarray  # [F]
     std: np.ndarray  # [F]
     alpha: float
+    coord_e: np.ndarray | None = None  # [H, F]: energy features W_e (x * x), if the model has them
 
     @property
     def hidden(self) -> int:
@@ -164,6 +166,9 @@ def build_chunk_graph(w: CellWeights, metadata: dict[str, str] | None = None) ->
     xn = g.op("Div", g.op("Sub", xt, "mean"), "std")
     gx = {name: g.op("Add", g.op("MatMul", xn, f"W_{name}"), f"b_{name}") for name, *_ in blocks}
     ax = g.op("Add", g.op("MatMul", xn, "W_a"), "b_a")  # [T,B,H] each
+    if w.coord_e is not None:
+        init.append(_const("W_e", w.coord_e.T))
+        ax = g.op("Add", ax, g.op("MatMul", g.op("Mul", xn, xn), "W_e"))
     tau = g.op("Unsqueeze", "threshold", "axis1")  # [L,1]: per row, broadcast over H
     cut = g.op("Div", g.op("Sub", g.op("Mul", tau, "two"), "one"), "alpha")
     steps = g.op("Gather", g.op("Shape", "x"), "i1")

@@ -122,6 +122,9 @@ def build_sparse_chunk_graph(
     xt = g.op("Transpose", xn, perm=[1, 2, 0])  # [T,F,B]
     gx = {name: g.op("Add", g.op("MatMul", f"Wt_{name}", xt), f"b_{name}") for name, *_ in blocks}
     ax = g.op("Add", g.op("MatMul", "Wt_a", xt), "b_a")  # [T,H,B] each
+    if w.coord_e is not None:
+        init.append(_const("Wt_e", w.coord_e))
+        ax = g.op("Add", ax, g.op("MatMul", "Wt_e", g.op("Mul", xt, xt)))
     tau = g.op("Unsqueeze", "threshold", "axis0")  # [1,L]
     cut = g.op("Div", g.op("Sub", g.op("Mul", tau, "two"), "one"), "alpha")
     steps = g.op("Gather", g.op("Shape", "x"), "i1")

@@ -92,9 +92,7 @@ class RestModel:
         mean, std = stacked.mean(0), stacked.std(0) + 1e-9
         width = max(2, round(QUIET_WINDOW_S * rate))
         windows = [
-            r.x[s : s + width]
-            for r in recordings
-            for s in range(0, len(r.x) - width + 1, width)
+            r.x[s : s + width] for r in recordings for s in range(0, len(r.x) - width + 1, width)
         ]
         if not windows:
             raise ValueError(f"recordings are shorter than {QUIET_WINDOW_S} s")
@@ -259,9 +257,20 @@ def load_streams(path: Path) -> tuple[StreamSet, list[str]]:
         ]
     spec = meta["spec"]
     spec["gravity"], spec["rest_zero"] = tuple(spec["gravity"]), tuple(spec["rest_zero"])
-    return StreamSet(streams, StreamSpec(**spec), meta["rest"], meta["seed"]), meta[
-        "feature_names"
-    ]
+    return StreamSet(streams, StreamSpec(**spec), meta["rest"], meta["seed"]), meta["feature_names"]
+
+
+def write_csvs(
+    folder: Path, streams: StreamSet, feature_names: list[str], class_labels: list[str]
+) -> None:
+    """One CSV per stream (features, then the label: a class or "idle"), for replay."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = np.array([*class_labels, "idle"])
+    for k, stream in enumerate(streams.streams):
+        with (folder / f"stream-{k:03d}.csv").open("w") as out:
+            out.write(",".join([*feature_names, "label"]) + "\n")
+            for row, label in zip(stream.x, names[stream.labels], strict=True):
+                out.write(",".join(f"{v:.6g}" for v in row) + f",{label}\n")
 
 
 def sample_stream_windows(

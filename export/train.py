@@ -35,14 +35,6 @@ from export.data import (
     pad_recordings,
     sample_windows,
 )
-from export.streams import (
-    IDLE,
-    RestModel,
-    StreamSet,
-    StreamSpec,
-    build_streams,
-    sample_stream_windows,
-)
 from export.model import (
     BUDGETS,
     GATE_GRADS,
@@ -51,6 +43,14 @@ from export.model import (
     budget_loss,
     save_checkpoint,
     slope,
+)
+from export.streams import (
+    IDLE,
+    RestModel,
+    StreamSet,
+    StreamSpec,
+    build_streams,
+    sample_stream_windows,
 )
 from sarnn_serve.accounting import CellCost
 from sarnn_serve.client.recordings import LABEL_COLUMN

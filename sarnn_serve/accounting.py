@@ -21,6 +21,7 @@ class CellCost:
     n_features: int
     hidden: int
     with_coordinator: bool = True
+    coordinator_energy: bool = False
 
     @property
     def per_neuron(self) -> int:
@@ -29,8 +30,12 @@ class CellCost:
 
     @property
     def coordinator(self) -> int:
-        """Multiply-adds of the coordinator: W_x x plus the diagonal w_d * h (0 without one)."""
-        return self.hidden * (self.n_features + 1) if self.with_coordinator else 0
+        """Multiply-adds of the coordinator: W_x x plus the diagonal w_d * h, plus W_e (x * x)
+        with energy features (F squares and H x F products); 0 without a coordinator."""
+        if not self.with_coordinator:
+            return 0
+        energy = self.n_features * (self.hidden + 1) if self.coordinator_energy else 0
+        return self.hidden * (self.n_features + 1) + energy
 
     @property
     def dense_step(self) -> int:

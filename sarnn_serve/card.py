@@ -29,6 +29,12 @@ class TrainingInfo(BaseModel):
     budget: str | None = Field(None, description="Budget loss form: mean or sum.")
     target_rate: float | None = Field(None, description="Update rate lambda was adapted to.")
     gate_grad: str | None = Field(None, description="Gate gradient surrogate: smooth or band.")
+    recipe_chosen_on: str | None = Field(
+        None, description="Which data chose the recipe (e.g. validation subjects 7-8)."
+    )
+    streams: str | None = Field(
+        None, description="Trained and evaluated on information-sparse streams of this variant."
+    )
 
 
 class Evaluation(BaseModel):
@@ -37,6 +43,12 @@ class Evaluation(BaseModel):
     streaming_accuracy: float
     last_step_accuracy: float
     update_rate: float
+    idle_update_rate: float | None = Field(
+        None, description="Update rate on the idle steps of information-sparse streams."
+    )
+    active_update_rate: float | None = Field(
+        None, description="Update rate on the activity steps of information-sparse streams."
+    )
 
 
 class ThresholdPoint(BaseModel):
@@ -108,6 +120,10 @@ class ModelCard(BaseModel):
         default=True,
         description="False for a dense baseline: no coordinator, every neuron updates every step.",
     )
+    coordinator_energy: bool = Field(
+        default=False,
+        description="The coordinator also weighs the squared normalised inputs, W_e (x * x).",
+    )
     training: TrainingInfo
     evaluation: Evaluation
     validation: Evaluation | None = Field(
@@ -140,7 +156,9 @@ class ModelCard(BaseModel):
     @cached_property
     def cost(self) -> CellCost:
         """Per-step multiply-add model of this cell (no coordinator unless selective)."""
-        return CellCost(self.cell, self.n_features, self.hidden, self.selective)
+        return CellCost(
+            self.cell, self.n_features, self.hidden, self.selective, self.coordinator_energy
+        )
 
     def cost_summary(self) -> CostPerStep:
         """Dense and selective multiply-adds per step at the evaluated update rate."""

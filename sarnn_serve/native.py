@@ -21,6 +21,7 @@ from sarnn_serve.onnx_initializers import OnnxFormatError, read_initializers
 LIBRARY = "sarnn_serve._step_kernel"
 CELL_BLOCKS = {"gru": ("r", "z", "n"), "lstm": ("i", "f", "g", "o"), "rnn": ("c",)}
 CELL_CODES = {"gru": 0, "lstm": 1, "rnn": 2}
+ABI_VERSION = 1  # SARNN_ABI_VERSION of csrc/step_kernel.c
 # `verify`'s probe: one row per threshold, with these lengths, and its tolerance (the kernel
 # matches the graph to about 1e-6; a head or cell with other weights differs by far more)
 PROBE_THRESHOLDS = (0.5, 0.3, 0.7, 0.5, 0.1)
@@ -52,6 +53,7 @@ class _Weights(ctypes.Structure):
                 "w_diag",
                 "w_out",
                 "b_out",
+                "w_energy",
             )
         ],
     ]
@@ -63,25 +65,51 @@ def library_path() -> Path | None:
     return Path(spec.origin) if spec is not None and spec.origin else None
 
 
-@cache
-def _library() -> ctypes.CDLL | None:
-    path = library_path()
-    if path is None:
-        return None
-    lib = ctypes.CDLL(str(path))
-    lib.sarnn_chunk.restype = ctypes.c_int
-    lib.sarnn_chunk.argtypes = [
-        ctypes.POINTER(_Weights),
-        ctypes.c_int,
-        ctypes.c_int,
-        *[ctypes.c_void_p] * 7,
-    ]
+def load_library(path: Path) -> ctypes.CDLL:
+    """The kernel library at `path`, checked against this module's idea of it: the ABI version
+    and the size of the weight struct (`_Weights` mirrors the C struct by hand; a library
+    built from other source would read its fields at other offsets). NativeKernelError says
+    why a library cannot be used."""
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as exc:
+        raise NativeKernelError(f"{path}: cannot be loaded: {exc}") from None
+    try:
+        lib.sarnn_abi_version.restype = lib.sarnn_weights_size.restype = ctypes.c_size_t
+        version, size = lib.sarnn_abi_version(), lib.sarnn_weights_size()
+        chunk = lib.sarnn_chunk
+    except AttributeError as exc:
+        raise NativeKernelError(f"{path}: not this version's kernel ({exc}); reinstall") from None
+    if (version, size) != (ABI_VERSION, ctypes.sizeof(_Weights)):
+        raise NativeKernelError(
+            f"{path}: built for ABI {version} with a {size}-byte weight struct, this module "
+            f"expects ABI {ABI_VERSION} and {ctypes.sizeof(_Weights)} bytes; reinstall"
+        )
+    chunk.restype = ctypes.c_int
+    chunk.argtypes = [ctypes.POINTER(_Weights), ctypes.c_int, ctypes.c_int, *[ctypes.c_void_p] * 7]
     return lib
 
 
+@cache
+def _library() -> tuple[ctypes.CDLL | None, str]:
+    """The package's kernel library, or None and why not."""
+    path = library_path()
+    if path is None:
+        return None, "not built (the package was installed without a C compiler)"
+    try:
+        return load_library(path), ""
+    except NativeKernelError as exc:
+        return None, str(exc)
+
+
 def available() -> bool:
-    """Whether the kernel library was built and loads."""
-    return _library() is not None
+    """Whether the kernel library was built and loads (`unavailable_reason` says why not)."""
+    return _library()[0] is not None
+
+
+def unavailable_reason() -> str:
+    """Why the kernel library cannot be used ("" if it can)."""
+    return _library()[1]
 
 
 def _cell(tensors: dict[str, np.ndarray]) -> str:
@@ -103,6 +131,8 @@ def _check_shapes(t: dict[str, np.ndarray], blocks: tuple[str, ...], cell: str) 
         want |= {f"W_{b}": (f, h), f"b_{b}": (h,), f"R_{b}": (h, h)}
     if cell == "gru":
         want["bh_n"] = (h,)
+    if "W_e" in t:
+        want["W_e"] = (f, h)
     for name, shape in want.items():
         got = t[name].shape if name in t else None
         if got != shape:
@@ -137,12 +167,13 @@ def _per_row(values: np.ndarray | None, batch: int, dtype: type, default: float)
 
 class NativeKernel:
     """The kernel bound to one model's weights: the initializers of its dense chunk graph, by
-    name (`from_graph` reads them from the file)."""
+    name (`from_graph` reads them from the file); `library`: another build of the kernel
+    (`load_library`) instead of the package's."""
 
-    def __init__(self, t: dict[str, np.ndarray]) -> None:
-        lib = _library()
+    def __init__(self, t: dict[str, np.ndarray], library: ctypes.CDLL | None = None) -> None:
+        lib, why = (library, "") if library is not None else _library()
         if lib is None:
-            raise NativeKernelError("the kernel library was not built")
+            raise NativeKernelError(f"the kernel library: {why}")
         self._lib = lib
         self.cell = _cell(t)
         blocks = CELL_BLOCKS[self.cell]
@@ -162,6 +193,8 @@ class NativeKernel:
             "w_out": _rows(t["W_out"].T),
             "b_out": _rows(t["b_out"]),
         }
+        if "W_e" in t:
+            self._arrays["w_energy"] = _rows(t["W_e"])
         self.hidden = int(t["wd"].shape[0])
         self.features = int(t["mean"].shape[0])
         self.classes = int(t["b_out"].shape[0])

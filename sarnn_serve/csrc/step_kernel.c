@@ -30,9 +30,23 @@ typedef struct {
     const float *w_diag;       /* [H] */
     const float *w_out;        /* [C, H] */
     const float *b_out;        /* [C] */
+    const float *w_energy;     /* [F, H] or NULL: the coordinator's energy term (x_n * x_n) W_e */
 } sarnn_weights;
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+/* The layout of sarnn_weights and the calling convention of sarnn_chunk: native.py checks both
+ * (sarnn_abi_version, sarnn_weights_size) before it calls anything. Change the version with
+ * either. */
+#define SARNN_ABI_VERSION 1
+
+int sarnn_abi_version(void) { return SARNN_ABI_VERSION; }
+
+size_t sarnn_weights_size(void) { return sizeof(sarnn_weights); }
+
+/* Vector functions in three clones (AVX-512, AVX2, baseline SSE), one picked at load for the CPU.
+ * Built with -ffp-contract=off (setup.py), none fuses a multiply and an add into an FMA, so all
+ * three compute the same bits: an answer does not depend on the machine's CPU. SARNN_ONE_TARGET
+ * builds only the target of -march (the tests compare the clones this way). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(SARNN_ONE_TARGET)
 #define VECTOR_CLONES \
     __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
@@ -237,17 +251,29 @@ static void prefetch_rows(const sarnn_weights *w, int j) {
     }
 }
 
-/* The coordinator of one row: u_j = (x_n W_a + b_a)_j + w_d,j h_j > cut, for every j (the
- * input part summed over the features in order, as a row of x_n [1,F] times W_a [F,H]). */
+/* The coordinator of one row: u_j = (x_n W_a + b_a)_j [+ ((x_n * x_n) W_e)_j] + w_d,j h_j
+ * > cut, for every j (each input part summed over the features in order, as a row of x_n [1,F]
+ * times W [F,H], and added in the graph's order). `a` holds 2H floats. */
 VECTOR_CLONES static void coordinate(const sarnn_weights *w, const float *xn, const float *h,
                                      float cut, float *a, uint8_t *u) {
     const int H = w->hidden, F = w->features;
+    float *e = a + H;
     for (int j = 0; j < H; j++) a[j] = 0.0f;
     for (int f = 0; f < F; f++) {
         const float *row = w->w_coord + (size_t)f * H;
         for (int j = 0; j < H; j++) a[j] += xn[f] * row[j];
     }
-    for (int j = 0; j < H; j++) u[j] = (a[j] + w->b_coord[j]) + w->w_diag[j] * h[j] > cut;
+    for (int j = 0; j < H; j++) a[j] += w->b_coord[j];
+    if (w->w_energy) {
+        for (int j = 0; j < H; j++) e[j] = 0.0f;
+        for (int f = 0; f < F; f++) {
+            const float *row = w->w_energy + (size_t)f * H;
+            const float sq = xn[f] * xn[f];
+            for (int j = 0; j < H; j++) e[j] += sq * row[j];
+        }
+        for (int j = 0; j < H; j++) a[j] += e[j];
+    }
+    for (int j = 0; j < H; j++) u[j] = a[j] + w->w_diag[j] * h[j] > cut;
 }
 
 /* Advance `batch` rows by `steps` steps. x [B,T,F]; state_in and state_out [B,S] (S = H, or
@@ -264,7 +290,7 @@ int sarnn_chunk(const sarnn_weights *w, int batch, int steps, const float *x,
     float *xn = malloc(sizeof(float) * (size_t)batch * (F > 0 ? F : 1));
     uint8_t *gate = malloc((size_t)batch * H);
     float *cut = malloc(sizeof(float) * (size_t)batch);
-    float *coord = malloc(sizeof(float) * (size_t)H);
+    float *coord = malloc(sizeof(float) * 2 * (size_t)H);
     int *active = malloc(sizeof(int) * (size_t)H);
     pending_updates *pending = calloc(1, sizeof *pending);
     if (!state || !next || !xn || !gate || !cut || !coord || !active || !pending) {

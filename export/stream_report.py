@@ -1,0 +1,230 @@
+"""The stream study's report: paired differences with bootstrap CIs over recordings and seeds.
+
+Reads every `<arm>-s<seed>/metrics.json` under the study's root (export/stream_study.py). Every
+arm is scored on the same validation and test streams, each recording one bout, so the per-
+recording figures pair up. A comparison of arms A and B is the difference of their pooled
+streaming accuracies (scored steps of every bout: active steps from 2 s after the bout starts;
+idle steps never), with a 95% CI from a bootstrap that resamples recordings (paired) and, for
+each arm, seeds. A target reads "met" only when the CI's lower bound is above its bar; otherwise
+"not met" or "not distinguishable".
+
+Choices are made on validation: the SA-RNN variant (energy features or not) and the best dense
+GRU among those costing at least as much as the SA-RNN; test figures are read once, here.
+Multiply-adds per step include the coordinator and the output head.
+"""
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sarnn_serve.accounting import CellCost
+
+BOOTSTRAP = 4000
+N_CLASSES = 7
+N_FEATURES = 6
+DENSE_REFERENCE = 128
+
+
+@dataclass
+class Arm:
+    """One arm's runs: per seed and recording, scored steps and correct ones, per part."""
+
+    name: str
+    configs: list[dict]
+    scored: dict[str, np.ndarray]  # part -> [seeds, recordings]
+    correct: dict[str, np.ndarray]
+    figures: dict[str, list[dict]]  # part -> per seed evaluation
+
+    @property
+    def seeds(self) -> list[int]:
+        return [c["seed"] for c in self.configs]
+
+    def macs(self, part: str = "val") -> float:
+        """Mean multiply-adds per step, coordinator and output head included, at the arm's
+        mean update rate on `part`."""
+        cfg = self.configs[0]
+        rate = float(np.mean([f["update_rate"] for f in self.figures[part]]))
+        hidden = cfg["hidden"]
+        cost = CellCost(
+            cfg["cell"], N_FEATURES, hidden, not cfg["dense"] and cfg["random_mask"] is None,
+            cfg.get("coord_energy", False),
+        )  # fmt: skip
+        step = cost.dense_step if cfg["dense"] else cost.per_step(rate)
+        return step + hidden * N_CLASSES
+
+    def accuracy(self, part: str) -> float:
+        return float(self.correct[part].sum() / self.scored[part].sum())
+
+    def rate(self, part: str, key: str) -> float:
+        return float(np.mean([f[key] for f in self.figures[part]]))
+
+
+def load_arms(root: Path) -> dict[str, Arm]:
+    """Every arm with at least one finished run under `root`."""
+    runs: dict[str, list[dict]] = {}
+    for path in sorted(root.glob("*-s*/metrics.json")):
+        arm = path.parent.name.rsplit("-s", 1)[0]
+        runs.setdefault(arm, []).append(json.loads(path.read_text()))
+    arms = {}
+    for name, metrics in runs.items():
+        metrics.sort(key=lambda m: m["config"]["seed"])
+        parts = {"val": "validation", "test": "test"}
+        arms[name] = Arm(
+            name,
+            [m["config"] for m in metrics],
+            {p: np.array([m[key]["scored"] for m in metrics]) for p, key in parts.items()},
+            {p: np.array([m[key]["correct"] for m in metrics]) for p, key in parts.items()},
+            {p: [m[key] for m in metrics] for p, key in parts.items()},
+        )
+    return arms
+
+
+def paired_difference(a: Arm, b: Arm, part: str, seed: int = 0) -> tuple[float, float, float]:
+    """Pooled accuracy of A minus B on `part` (percentage points) and its 95% bootstrap CI:
+    recordings resampled together for both arms, seeds resampled per arm."""
+    rng = np.random.default_rng(seed)
+    n_rec = a.scored[part].shape[1]
+    diffs = np.empty(BOOTSTRAP)
+    for i in range(BOOTSTRAP):
+        rec = rng.integers(0, n_rec, n_rec)
+        sa = rng.integers(0, len(a.seeds), len(a.seeds))
+        sb = rng.integers(0, len(b.seeds), len(b.seeds))
+        acc_a = a.correct[part][np.ix_(sa, rec)].sum() / a.scored[part][np.ix_(sa, rec)].sum()
+        acc_b = b.correct[part][np.ix_(sb, rec)].sum() / b.scored[part][np.ix_(sb, rec)].sum()
+        diffs[i] = acc_a - acc_b
+    point = a.accuracy(part) - b.accuracy(part)
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return 100 * point, 100 * lo, 100 * hi
+
+
+def verdict(lo: float, bar: float, point: float) -> str:
+    """ "met" only when the CI's lower bound clears the bar."""
+    if lo > bar:
+        return "met"
+    return "not distinguishable" if lo <= 0 <= point or lo <= 0 else "not met"
+
+
+def report(root: Path) -> dict:
+    """Choose on validation, compare on test; the figures as plain data."""
+    arms = load_arms(root)
+    sa_names = [n for n in ("sa-energy", "sa-plain") if n in arms]
+    sa = max((arms[n] for n in sa_names), key=lambda arm: arm.accuracy("val"))
+    dense = [a for n, a in arms.items() if n.startswith("dense") and a.macs() >= sa.macs()]
+    best_dense = max(dense, key=lambda arm: arm.accuracy("val")) if dense else None
+    reference = CellCost("gru", N_FEATURES, DENSE_REFERENCE, False).dense_step
+    out: dict = {
+        "root": str(root),
+        "chosen_on_validation": {
+            "sa_rnn": sa.name,
+            "sa_candidates": {n: 100 * arms[n].accuracy("val") for n in sa_names},
+            "best_dense": best_dense.name if best_dense else None,
+            "dense_candidates": {a.name: 100 * a.accuracy("val") for a in dense},
+        },
+        "arms": {
+            name: {
+                "seeds": arm.seeds,
+                "macs_per_step": arm.macs(),
+                "val_accuracy": 100 * arm.accuracy("val"),
+                "test_accuracy": 100 * arm.accuracy("test"),
+                "test_update_rate": arm.rate("test", "update_rate"),
+                "test_idle_update_rate": arm.rate("test", "idle_update_rate"),
+                "test_active_update_rate": arm.rate("test", "active_update_rate"),
+            }
+            for name, arm in arms.items()
+        },
+        "targets": {},
+    }
+    rivals = [("dense", best_dense, 3.0), ("random", arms.get("random"), 0.0)]
+    for label, rival, bar in rivals:
+        if rival is None:
+            continue
+        point, lo, hi = paired_difference(sa, rival, "test")
+        out["targets"][f"{sa.name} - {rival.name}"] = {
+            "difference_points": point,
+            "ci95": [lo, hi],
+            "bar_points": bar,
+            "verdict": verdict(lo, bar, point),
+            "against": label,
+        }
+    idle, active = sa.rate("test", "idle_update_rate"), sa.rate("test", "active_update_rate")
+    out["targets"]["idle rate <= active / 3"] = {
+        "idle": idle,
+        "active": active,
+        "verdict": "met" if idle <= active / 3 else "not met",
+    }
+    share = sa.macs("test") / (reference + DENSE_REFERENCE * N_CLASSES)
+    out["targets"]["macs <= 25% of dense GRU-128"] = {
+        "share": share,
+        "verdict": "met" if share <= 0.25 else "not met",
+    }
+    return out
+
+
+def markdown(result: dict) -> str:
+    """The report as a Markdown page."""
+    lines = [
+        "# Stream study: does the coordinator learn what to skip?",
+        "",
+        "Generated by `python -m export.stream_report` from the runs of "
+        "`python -m export.stream_study` (watch streams: bouts of held-out recordings between "
+        "idle periods of a still wrist; scored on active steps from 2 s after each bout starts; "
+        "multiply-adds per step include the coordinator and the output head).",
+        "",
+        "| arm | seeds | multiply-adds / step | val % | test % | test update rate "
+        "| idle | active |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, arm in sorted(result["arms"].items()):
+        lines.append(
+            f"| {name} | {len(arm['seeds'])} | {arm['macs_per_step'] / 1000:.1f}k "
+            f"| {arm['val_accuracy']:.1f} | {arm['test_accuracy']:.1f} "
+            f"| {arm['test_update_rate']:.1%} | {arm['test_idle_update_rate']:.1%} "
+            f"| {arm['test_active_update_rate']:.1%} |"
+        )
+    chosen = result["chosen_on_validation"]
+    lines += [
+        "",
+        f"Chosen on validation: SA-RNN variant **{chosen['sa_rnn']}** "
+        f"({', '.join(f'{k} {v:.1f}%' for k, v in chosen['sa_candidates'].items())}); "
+        f"best dense GRU costing at least as much: **{chosen['best_dense']}** "
+        f"({', '.join(f'{k} {v:.1f}%' for k, v in chosen['dense_candidates'].items())}).",
+        "",
+        "## Targets (test, paired over recordings and seeds, 95% bootstrap CI)",
+        "",
+    ]
+    for name, t in result["targets"].items():
+        if "ci95" in t:
+            lo, hi = t["ci95"]
+            lines.append(
+                f"- {name}: {t['difference_points']:+.1f} points [{lo:+.1f}, {hi:+.1f}], "
+                f"bar {t['bar_points']:+.0f}: **{t['verdict']}**"
+            )
+        elif "idle" in t:
+            lines.append(
+                f"- {name}: idle {t['idle']:.1%}, active {t['active']:.1%}: **{t['verdict']}**"
+            )
+        else:
+            lines.append(f"- {name}: {t['share']:.1%}: **{t['verdict']}**")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
+    parser.add_argument("--root", type=Path, default=Path("runs/stream-study"))
+    parser.add_argument("--out", type=Path, help="write report.md and report.json here")
+    args = parser.parse_args(argv)
+    result = report(args.root)
+    text = markdown(result)
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "report.json").write_text(json.dumps(result, indent=2))
+        (args.out / "report.md").write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
