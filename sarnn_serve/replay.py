@@ -10,15 +10,17 @@ The model card (GET /v1/models/{name}) says which features the model reads and i
 rate. A CSV file (read by sarnn_serve.client.recordings, as training reads one) has a header row
 of column names; the columns named by the card's feature_names are used in that order (other
 columns are ignored) and an optional column `label` holds the true class (a class label of the
-card, or its index). `--dataset watch --recording N` takes held-out (test) recording N of the
-watch data (needs the training extra: seglearn).
+card, or its index, or `idle` for a sensor at rest: a stream file of `python -m export streams
+--csv`). `--dataset watch --recording N` takes held-out (test) recording N of the watch data
+(needs the training extra: seglearn).
 
 The samples go to a new session in messages of --chunk samples, at --rate samples per second
 (default: the card's sample_rate_hz) on absolute deadlines, or back to back with --max-speed.
 A lost connection or a restarting server is retried (for up to 30 s a message) without losing
 or doubling a step. At the end a summary: steps, accuracy against the true label (per step
-after the first 2 s of data, and the last step's prediction), update rate and multiply-adds
-dense, selective and saved, from the session's totals. --format raw sends the binary protocol
+from 2 s after each labelled bout starts, idle rows never, and the last step's prediction),
+update rate (and, with idle rows, on idle and on active rows apart) and multiply-adds dense,
+selective and saved, from the session's totals. --format raw sends the binary protocol
 of sarnn_serve.frames (float32 rows in, class indices and update counts out).
 
 This module never imports torch (nor does export.data, which --dataset uses).
@@ -37,6 +39,7 @@ from sarnn_serve.client import ApiError, AsyncClient, ClientError, Retry, Sessio
 from sarnn_serve.client.recordings import LABEL_COLUMN, read_csv
 
 WARMUP_S = 2.0
+IDLE_LABEL = "idle"  # a row of a sensor at rest: not scored, its update rate reported apart
 RETRY_S = 30.0  # how long a request is retried (a restarting server) before replay gives up
 ENCODINGS = {"json": "json", "msgpack": "msgpack", "raw": "binary"}
 
@@ -72,6 +75,7 @@ class Outcome:
 
     session: SessionInfo
     predictions: list[str]
+    updates: list[int]
     messages: int
     seconds: float
 
@@ -84,7 +88,7 @@ def _true_label(value: str, class_labels: list[str], where: str) -> str | None:
     value = value.strip()
     if value == "":
         return None
-    if value in class_labels:
+    if value in class_labels or value == IDLE_LABEL:
         return value
     try:
         index = int(value)
@@ -183,6 +187,7 @@ async def stream(
     from tqdm import tqdm
 
     predictions: list[str] = []
+    updates: list[int] = []
     n_messages = 0
     try:
         session = await client.open(card["name"], threshold=threshold, encoding=ENCODINGS[fmt])
@@ -202,6 +207,7 @@ async def stream(
                         await asyncio.sleep(delay)
                 answer = await session.send(rows)
                 predictions.extend(answer.labels)
+                updates.extend(int(u) for u in answer.updates)
                 n_messages += 1
                 bar.update(len(rows))
         seconds = time.perf_counter() - started
@@ -210,7 +216,7 @@ async def stream(
         raise ReplayError(f"the server failed message {n_messages}: {exc}", 1) from None
     finally:
         await (session.detach() if keep_session else session.close())
-    return Outcome(totals, predictions, n_messages, seconds)
+    return Outcome(totals, predictions, updates, n_messages, seconds)
 
 
 # ------------------------------------------------------------------------------------------
@@ -236,18 +242,14 @@ def summary(card: dict, rec: Recording, out: Outcome, rate: float | None, chunk:
     if rec.labels:
         true = rec.known_label
         lines.append(f"true label       {true if true is not None else 'per row (varies)'}")
-        scored = [
-            (p, t)
-            for i, (p, t) in enumerate(zip(out.predictions, rec.labels, strict=True))
-            if i >= skip and t is not None
-        ]
+        scored = [(out.predictions[i], rec.labels[i]) for i in scored_rows(rec.labels, skip)]
         after = f"after the first {WARMUP_S:g} s" if data_rate else "all steps (rate unknown)"
         if scored:
             acc = sum(p == t for p, t in scored) / len(scored)
             lines.append(f"step accuracy    {acc:.4f} ({after}: {len(scored)} steps)")
         else:
             lines.append(f"step accuracy    - (no labelled steps {after})")
-        last_true = rec.labels[-1]
+        last_true = None if rec.labels[-1] == IDLE_LABEL else rec.labels[-1]
         verdict = (
             "unknown"
             if last_true is None
@@ -260,6 +262,13 @@ def summary(card: dict, rec: Recording, out: Outcome, rate: float | None, chunk:
         lines.append("true label       unknown (no label column)")
         lines.append(f"last step        {out.predictions[-1]}")
     slots = steps * card["hidden"]
+    idle = [label == IDLE_LABEL for label in rec.labels]
+    if any(idle) and not all(idle):
+        for name, rows in (("idle", True), ("active", False)):
+            counts = [u for u, i in zip(out.updates, idle, strict=True) if i is rows]
+            rate_rows = sum(counts) / (len(counts) * card["hidden"])
+            label = f"update rate {name}"
+            lines.append(f"{label:<17}  {rate_rows:.4f} ({len(counts)} rows)")
     saved = s.macs_saved
     share = saved / s.macs_dense if s.macs_dense else 0.0
     lines += [
@@ -269,6 +278,17 @@ def summary(card: dict, rec: Recording, out: Outcome, rate: float | None, chunk:
         f"macs saved       {saved} ({share:.1%})",
     ]
     return "\n".join(lines)
+
+
+def scored_rows(labels: list[str | None], skip: int) -> list[int]:
+    """Rows scored against their label: labelled, not idle, and at least `skip` rows after
+    the start of their bout (a run of one label)."""
+    rows, since = [], 0
+    for i, label in enumerate(labels):
+        since = since + 1 if i and label == labels[i - 1] else 0
+        if label is not None and label != IDLE_LABEL and since >= skip:
+            rows.append(i)
+    return rows
 
 
 # ------------------------------------------------------------------------------------------

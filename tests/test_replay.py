@@ -1,6 +1,7 @@
 """`sarnn-serve replay` against a real server: CSV files written from a held-out watch recording
-are streamed over the WebSocket at maximum speed (in-process, through `sarnn_serve.cli.main`) and
-the printed summary is checked against the server's own session totals."""
+(tests/data) are streamed over the WebSocket at maximum speed (in-process, through
+`sarnn_serve.cli.main`) and the printed summary is checked against the server's own session
+totals."""
 
 import csv
 import re
@@ -13,9 +14,10 @@ import numpy as np
 import pytest
 
 from sarnn_serve.cli import main
-from tests.service_fixtures import TINY_MODEL, LiveServer
+from sarnn_serve.client.recordings import read_csv
+from tests.service_fixtures import RECORDING, TINY_MODEL, LiveServer
 
-pytestmark = pytest.mark.slow  # trains a model and starts sarnn-serve processes
+pytestmark = pytest.mark.slow  # starts sarnn-serve processes
 
 ROWS = 300
 FEATURES = ["ax", "ay", "az", "wx", "wy", "wz"]
@@ -23,13 +25,11 @@ FEATURES = ["ax", "ay", "az", "wx", "wy", "wz"]
 
 @pytest.fixture(scope="module")
 def watch_recording() -> tuple[np.ndarray, str]:
-    """The first ROWS samples of held-out watch recording 0 and its class label."""
-    from export.data import load_watch
-
-    data = load_watch()
-    assert data.feature_names == FEATURES
-    rec = data.test[0]
-    return rec.x[:ROWS], data.class_labels[rec.label]
+    """The first ROWS samples of held-out watch recording 0 and its class label (the
+    checked-in CSV file)."""
+    table = read_csv(RECORDING, features=FEATURES)
+    assert len(table.x) == ROWS and table.labels is not None and len(set(table.labels)) == 1
+    return table.x, table.labels[0]
 
 
 def write_csv(path: Path, x: np.ndarray, columns: list[str], labels: list[str] | None) -> Path:
@@ -173,9 +173,11 @@ def test_paced_replay_takes_real_time(
     assert "25/25" in captured.err  # the progress bar
 
 
+@pytest.mark.train
 def test_dataset_recording_without_torch(live_server: LiveServer) -> None:
     """`--dataset watch --recording N` in a fresh interpreter: steps equal the recording's length,
     its true label is reported, and neither sarnn_serve nor export.data imported torch."""
+    pytest.importorskip("seglearn")
     code = (
         "import sys\n"
         "from sarnn_serve.cli import main\n"
@@ -212,3 +214,28 @@ def test_every_message_format_replays_to_the_same_summary(
     keys = ("steps", "messages", "step accuracy", "last step", "update rate", "macs saved")
     for fmt in ("msgpack", "raw"):
         assert {k: printed[fmt][k] for k in keys} == {k: printed["json"][k] for k in keys}
+
+
+def test_stream_file_with_idle_rows_scores_bouts_and_splits_the_update_rate(
+    live_server: LiveServer,
+    watch_recording: tuple[np.ndarray, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Rows labelled `idle` (a stream of `python -m export streams --csv`) are never scored,
+    each bout is scored from 2 s after it starts, and the update rate is given on idle and on
+    active rows apart, adding up to the session's."""
+    x, label = watch_recording
+    rest = np.tile(np.array([0.0, 0.0, 1.0, 0.0, 0.0, 0.0], np.float32), (150, 1))
+    rows = np.vstack([rest, x[:150], rest, x[150:]])
+    labels = ["idle"] * 150 + [label] * 150 + ["idle"] * 150 + [label] * 150
+    path = write_csv(tmp_path / "stream.csv", rows, FEATURES, labels)
+    assert replay(live_server, "--csv", str(path), "--chunk", "30") == 0
+    printed = parse_summary(capsys.readouterr().out)
+    assert printed["true label"] == "per row (varies)"
+    assert re.search(r"\(after the first 2 s: 100 steps\)", printed["step accuracy"])  # 2 x 50
+    idle = float(printed["update rate idle"].split()[0])
+    active = float(printed["update rate active"].split()[0])
+    assert "(300 rows)" in printed["update rate idle"]
+    overall = float(printed["update rate"].split()[0])
+    assert overall == pytest.approx((idle + active) / 2, abs=1e-4)
