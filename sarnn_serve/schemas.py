@@ -11,6 +11,8 @@ Number = Annotated[
 Step = Annotated[list[Number], Field(min_length=1)]
 AnswerMode = Literal["steps", "columns"]
 MAX_IDLE_TIMEOUT_S = 7 * 24 * 3600
+MIN_IDLE_TIMEOUT_S = 1.0  # below it a session would expire between two chunks
+MAX_SEQ = 2**63 - 1
 
 
 class ErrorDetail(BaseModel):
@@ -52,10 +54,10 @@ class SessionCreate(BaseModel):
     )
     idle_timeout_s: float | None = Field(
         None,
-        gt=0,
+        ge=MIN_IDLE_TIMEOUT_S,
         le=MAX_IDLE_TIMEOUT_S,
         allow_inf_nan=False,
-        description="Idle time before expiry, at most 7 days (default: the server's).",
+        description="Idle time before expiry, from 1 second to 7 days (default: the server's).",
     )
 
 
@@ -115,7 +117,7 @@ class ChunkRequest(BaseModel):
 
     seq: int = Field(
         ge=0,
-        lt=2**63,
+        le=MAX_SEQ,
         description="0 for the first chunk; repeat the last seq (same inputs and include_mask) "
         "to retry.",
     )

@@ -551,16 +551,17 @@ class DataPlane:
         card = model.card
         if not request.inputs:
             raise InvalidInput("inputs", "must hold at least one sequence")
-        if len(request.inputs) > self.settings.max_predict_sequences:
-            raise PayloadTooLarge(
-                f"inputs: {len(request.inputs)} sequences exceed the limit of "
-                f"{self.settings.max_predict_sequences}",
-                field="inputs",
-            )
+        # every sequence checked before the count: a malformed request is 422 at any size
         xs = [
             parse_inputs(seq, card.n_features, self.settings.max_chunk_steps, f"inputs[{i}]")
             for i, seq in enumerate(request.inputs)
         ]
+        if len(xs) > self.settings.max_predict_sequences:
+            raise PayloadTooLarge(
+                f"inputs: {len(xs)} sequences exceed the limit of "
+                f"{self.settings.max_predict_sequences}",
+                field="inputs",
+            )
         tau = request.threshold if request.threshold is not None else card.threshold
         zero = np.zeros(card.state_size, np.float32)
         batcher = self.batchers[card.name]

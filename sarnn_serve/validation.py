@@ -42,15 +42,11 @@ def validate_request(model: type[RequestModel], data: Any, strict: bool = True) 
 
 
 def parse_inputs(raw: Any, n_features: int, max_steps: int, field: str = "inputs") -> np.ndarray:
-    """Validate steps [[f1..fF], ...] into float32 [T, F]; InvalidInput names the bad part."""
+    """Validate steps [[f1..fF], ...] into float32 [T, F]; InvalidInput names the bad part,
+    PayloadTooLarge more than `max_steps` well-formed steps (a malformed request is 422 at any
+    size: the body's size limit bounds the work)."""
     if not isinstance(raw, list | np.ndarray) or len(raw) == 0:
         raise InvalidInput(field, "must be a non-empty list of steps, each a list of numbers")
-    if len(raw) > max_steps:
-        raise PayloadTooLarge(
-            f"{field}: {len(raw)} steps exceed the limit of {max_steps} per chunk",
-            field=field,
-            limit=max_steps,
-        )
     if isinstance(raw, np.ndarray):
         arr = raw
     else:
@@ -88,6 +84,12 @@ def parse_inputs(raw: Any, n_features: int, max_steps: int, field: str = "inputs
         i, j = np.argwhere(bad)[0]
         raise InvalidInput(
             f"{field}[{i}][{j}]", f"must be a finite number within ±{MAX_ABS_INPUT:g}"
+        )
+    if len(arr) > max_steps:
+        raise PayloadTooLarge(
+            f"{field}: {len(arr)} steps exceed the limit of {max_steps} per chunk",
+            field=field,
+            limit=max_steps,
         )
     return arr.astype(np.float32, copy=False)
 

@@ -163,9 +163,8 @@ CHUNKS: dict[str, Case] = {
     "bad value deep in a long chunk": bad("inputs[49][5]", chunk(inputs=[*LONG[:49], row(5, "x")])),
     "short row deep in a long chunk": bad("inputs[37]", chunk(inputs=[*LONG[:37], ROW[:5]])),
     "51 steps": Case(chunk(inputs=[ROW] * 51), 413, "payload_too_large", "inputs"),
-    "51 steps with a short row": Case(
-        chunk(inputs=[*LONG, ROW[:5]]), 413, "payload_too_large", "inputs"
-    ),
+    # malformed at any size: 422 before 413
+    "51 steps with a short row": bad("inputs[50]", chunk(inputs=[*LONG, ROW[:5]])),
     "51 steps with a string value": bad("inputs[50][0]", chunk(inputs=[*LONG, row(0, "x")])),
     "include_mask a word": bad("include_mask", chunk(include_mask="maybe")),
     "include_mask the string true": bad("include_mask", chunk(include_mask="true")),
@@ -310,6 +309,8 @@ CREATE: dict[str, Http] = {
     "threshold a list": create({"threshold": [0.5]}, "threshold"),
     "threshold an object": create({"threshold": {"value": 0.5}}, "threshold"),
     "idle_timeout_s 0": create({"idle_timeout_s": 0}, "idle_timeout_s"),
+    "idle_timeout_s 1e-38": create({"idle_timeout_s": 1e-38}, "idle_timeout_s"),
+    "idle_timeout_s just under a second": create({"idle_timeout_s": 0.999}, "idle_timeout_s"),
     "idle_timeout_s negative": create({"idle_timeout_s": -1}, "idle_timeout_s"),
     "idle_timeout_s just over 7 days": create({"idle_timeout_s": 604800.001}, "idle_timeout_s"),
     "idle_timeout_s 1e9": create({"idle_timeout_s": 1e9}, "idle_timeout_s"),
@@ -384,6 +385,11 @@ PREDICT: dict[str, Http] = {
     "Infinity value": predict(b'{"inputs": [[[Infinity, 2, 3, 4, 5, 6]]]}', "inputs[0][0][0]"),
     "1e400 value": predict(b'{"inputs": [[[1, 1e400, 3, 4, 5, 6]]]}', "inputs[0][0][1]"),
     "float32 overflow": predict({"inputs": [[row(3, 1e39)]]}, "inputs[0][0][3]"),
+    # malformed at any size: 422 before 413
+    "257 sequences, the last with a short row": predict(
+        {"inputs": [[ROW]] * 256 + [[ROW[:5]]]}, "inputs[256][0]"
+    ),
+    "51 steps with a short row": predict({"inputs": [[ROW] * 50 + [ROW[:5]]]}, "inputs[0][50]"),
     "257 sequences": predict(
         {"inputs": [[ROW]] * 257}, "inputs", status=413, code="payload_too_large"
     ),
@@ -612,6 +618,7 @@ WS_QUERY: dict[str, WsOpen] = {
     "idle_timeout_s=inf": query("idle_timeout_s=inf", "idle_timeout_s"),
     "idle_timeout_s=-inf": query("idle_timeout_s=-inf", "idle_timeout_s"),
     "idle_timeout_s=1e9": query("idle_timeout_s=1e9", "idle_timeout_s"),
+    "idle_timeout_s=1e-38": query("idle_timeout_s=1e-38", "idle_timeout_s"),
     "idle_timeout_s=604801": query("idle_timeout_s=604801", "idle_timeout_s"),
     "idle_timeout_s=1e400": query("idle_timeout_s=1e400", "idle_timeout_s"),
     "idle_timeout_s=-1": query("idle_timeout_s=-1", "idle_timeout_s"),

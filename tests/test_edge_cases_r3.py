@@ -7,14 +7,20 @@
 - Crafted model directories (a huge unused initializer, weights the kernel sees at another
   feature count than the graph, a graph that loads but cannot run) give one line or no kernel,
   never a traceback.
+- The schema says what the server does: a 405 names every method of the path, `model` is
+  required when no model is the default, seq's bound is an exact integer (2**63 - 1).
+  (422 before 413 and idle_timeout_s >= 1 s: tests/bad_input_cases.py.)
 """
 
+import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import jsonschema
 import numpy as np
 import pytest
 
@@ -121,3 +127,61 @@ def test_a_graph_that_loads_but_cannot_run_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="a probe run of its graphs failed"):
         load_model(directory)
     _assert_one_line_error(_serve_once(tmp_path), "a probe run of its graphs failed")
+
+
+# --- the schema and the methods -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "allowed"),
+    [("/v1/sessions", "GET, POST"), ("/v1/sessions/abc", "DELETE, GET")],
+)
+@pytest.mark.parametrize("method", ["OPTIONS", "PUT"])
+def test_a_405_names_every_method_of_the_path(
+    server: LiveServer, method: str, path: str, allowed: str
+) -> None:
+    r = httpx.request(method, f"{server.url}{path}", timeout=10)
+    assert r.status_code == 405
+    assert r.headers["allow"] == allowed
+    assert r.json()["error"]["code"] == "method_not_allowed"
+
+
+def _openapi(url: str) -> dict:
+    # json, not httpx's .json(): the same parser, ints stay ints
+    return json.loads(httpx.get(f"{url}/openapi.json", timeout=10).content)
+
+
+def test_seq_is_bounded_by_an_exact_integer(server: LiveServer) -> None:
+    doc = _openapi(server.url)
+    seq = doc["components"]["schemas"]["ChunkRequest"]["properties"]["seq"]
+    assert seq["maximum"] == 2**63 - 1 and type(seq["maximum"]) is int
+    assert "exclusiveMaximum" not in seq
+    validator = jsonschema.Draft202012Validator(seq)
+    assert validator.is_valid(2**63 - 1) and validator.is_valid(0)
+    assert not validator.is_valid(2**63) and not validator.is_valid(2**63 + 1)
+    assert not validator.is_valid(-1)
+
+
+def test_model_is_optional_with_one_model(server: LiveServer) -> None:
+    create = _openapi(server.url)["components"]["schemas"]["SessionCreate"]
+    assert "model" not in create.get("required", [])
+    assert httpx.post(f"{server.url}/v1/sessions", json={}, timeout=10).status_code == 201
+
+
+def test_model_is_required_with_several_and_no_default(served_models: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(served_models, models)
+    twin = models / "twin"
+    shutil.copytree(models / TINY_MODEL, twin)
+    card = json.loads((twin / "model.json").read_text())
+    (twin / "model.json").write_text(json.dumps({**card, "name": "twin"}))
+    live = start_server(models, tmp_path)
+    try:
+        create = _openapi(live.url)["components"]["schemas"]["SessionCreate"]
+        assert "model" in create["required"]
+        r = httpx.post(f"{live.url}/v1/sessions", json={}, timeout=10)
+        assert r.status_code == 422 and r.json()["error"]["field"] == "model"
+        body = {"model": "twin"}
+        assert httpx.post(f"{live.url}/v1/sessions", json=body, timeout=10).status_code == 201
+    finally:
+        stop_server(live)

@@ -4,6 +4,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from sarnn_serve.errors import InvalidJson, ServiceError
 from sarnn_serve.schemas import ErrorBody
@@ -30,6 +31,7 @@ ERROR_RESPONSES = {
     507: {"model": ErrorBody, "description": "The session store is out of memory."},
 }
 PARSE_FAILURE = "There was an error parsing the body"
+METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 V2_PREFIX = "/v2/"
 
 
@@ -49,6 +51,17 @@ def raw_headers(exc: ServiceError) -> list[tuple[bytes, bytes]]:
     return [(k.lower().encode(), v.encode()) for k, v in (exc.http_headers() or {}).items()]
 
 
+def allowed_methods(request: Request) -> str:
+    """Every method some route takes at the request's path (the router's 405 names only those
+    of the first route there: GET /v1/sessions and POST /v1/sessions are two routes)."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in METHODS
+        if any(r.matches({**request.scope, "method": method})[0] == Match.FULL for r in routes)
+    )
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn errors into {"error": {...}} bodies."""
 
@@ -66,7 +79,10 @@ def install(app: FastAPI) -> None:
             body = {"error": f"{code}: {exc.detail}"}
         else:
             body = {"error": {"code": code, "message": str(exc.detail)}}
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": allowed_methods(request)}
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:

@@ -7,6 +7,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from sarnn_serve.schemas import MAX_SEQ
+
 
 def _limit_rows(steps: dict[str, Any], n_features: int | None, max_steps: int) -> None:
     steps["maxItems"] = max_steps
@@ -34,6 +36,11 @@ def install(app: FastAPI) -> None:
             batch = schemas["PredictRequest"]["properties"]["inputs"]
             batch["maxItems"] = settings.max_predict_sequences
             _limit_rows(batch["items"], n_features, settings.max_chunk_steps)
+            # FastAPI writes numeric bounds as floats: 2**63 - 1 would read as 2**63
+            schemas["ChunkRequest"]["properties"]["seq"] |= {"minimum": 0, "maximum": MAX_SEQ}
+            if plane.default_model() is None:  # several models and none the default
+                create = schemas["SessionCreate"]
+                create["required"] = sorted({*create.get("required", ()), "model"})
             app.openapi_schema = doc
         return app.openapi_schema
 
