@@ -133,9 +133,17 @@ class DataPlane:
             monitor.watch_degrade_level(name, lambda d=degrader: d.level)
 
     async def start(self) -> None:
+        """Start the batchers and the expiry sweep. A session store that does not answer yet
+        (unreachable, wrong password) is logged once; readiness waits for it."""
         for batcher in self.batchers.values():
             batcher.start()
-        await self.refresh_active()
+        try:
+            await self.refresh_active()
+        except ServiceError as exc:
+            log.warning(
+                "session store not answering; not ready until it does",
+                extra={"error": exc.message},
+            )
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
 
     async def stop(self) -> None:
@@ -246,7 +254,7 @@ class DataPlane:
 
     async def ready(self) -> list[str]:
         """The served models, once the store answers (StoreUnavailable otherwise)."""
-        await self.store.active()
+        await self.refresh_active()
         return self.registry.names()
 
     # sessions -------------------------------------------------------------------------
@@ -650,6 +658,8 @@ class DataPlane:
             await asyncio.sleep(self.settings.sweep_interval_s)
             try:
                 await self.sweep()
+            except ServiceError as exc:  # the store failed: the next sweep tries again
+                log.warning("session sweep failed", extra={"error": exc.message})
             except Exception:
                 log.exception("session sweep failed")
 

@@ -24,16 +24,24 @@ owner within its share is never evicted for another's sake. Replicas of the prev
 keep neither P:owners nor P:olru: the index is checked against P:owned before it is trusted, and
 while an owner's order misses its sessions, the global LRU order decides.
 
+Failures: a pooled connection that fails or times out is retried (the Redis client resends the
+call), so every script is safe to run twice: a compare-and-set carries a random token, and its
+resend, finding its own write, answers "written" rather than "stale". At `maxmemory` the scripts
+that read or delete (load, delete, sweep) still run (`allow-oom`), so sessions can be read and
+memory freed; create and compare-and-set are refused whole (507), before they write anything.
+
 An id whose session key is missing (or past its deadline) but which is still in P:deadline has
 expired; it is reported as "expired" at once and by exactly one sweep() across all replicas,
 which then leaves a tombstone. Every operation is one Lua script, so it is atomic across replicas
 and uses the Redis server's clock (TIME), never the replicas' clocks.
 
-Needs Redis >= 5 (scripts replicated by effects). Configure `maxmemory-policy noeviction`: a
+Needs Redis >= 7 (script flags). Configure `maxmemory-policy noeviction`: a
 session key evicted by Redis under memory pressure would be reported as "expired". Scripts build
 the keys of evicted and swept sessions from the prefix, so on Redis Cluster the prefix must carry
 a hash tag (e.g. "{sarnn}") to keep every key in one slot.
 """
+
+import secrets
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -45,9 +53,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sarnn_serve.errors import SessionNotFound, StoreFull, StoreUnavailable
 from sarnn_serve.store import Gone, Stored, session_quota_error
 
-# A stale pooled connection (Redis restarted) is retried: safe, since every write is a
-# compare-and-set and a chunk applied before a lost reply is answered again by replay.
+# A stale pooled connection (Redis restarted) or a timed-out call (Redis stalled) is retried:
+# safe, since every script may run twice (a compare-and-set's resend finds its own token).
 _RETRY = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=3)
+
+# Script flags (Redis 7): scripts that may grow memory are refused whole at maxmemory; those that
+# read, refresh or free sessions may run there.
+_WRITES = "#!lua\n"
+_AT_OOM = "#!lua flags=allow-oom\n"
 
 # KEYS[1..7] = lru, deadline, tags, active, owner, owned, owners; ARGV[1] = prefix, ARGV[2] =
 # tombstone TTL (ms).
@@ -210,12 +223,16 @@ touch(id, tonumber(h[3]))
 return {1, h[1], tonumber(h[2])}
 """
 
-# ARGV[3..6] = id, expected version, data, ttl (ms) -> {1} wrote, {0} stale, {-1, reason}.
+# ARGV[3..7] = id, expected version, data, ttl (ms), write token -> {1} wrote (or had written:
+# a resend of this very call), {0} stale, {-1, reason}.
 _CAS = """
-local id, version, ttl = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[6])
+local id, version, ttl, token = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[6]), ARGV[7]
 if not live(id) then return {-1, why(id)} end
-if tonumber(redis.call('HGET', skey(id), 'version')) ~= version then return {0} end
-redis.call('HSET', skey(id), 'data', ARGV[5], 'version', version + 1, 'ttl', ttl)
+local h = redis.call('HMGET', skey(id), 'version', 'token')
+local now = tonumber(h[1])
+if now == version + 1 and h[2] == token then return {1} end
+if now ~= version then return {0} end
+redis.call('HSET', skey(id), 'data', ARGV[5], 'version', version + 1, 'ttl', ttl, 'token', token)
 touch(id, ttl)
 return {1}
 """
@@ -260,6 +277,7 @@ class RedisStore:
         tombstone_ttl_s: float = 7 * 24 * 3600.0,
         sweep_batch: int = 1000,
         max_connections: int = 64,
+        socket_timeout: float = 5.0,
     ) -> None:
         if max_sessions < 1:
             raise ValueError("max_sessions must be >= 1")
@@ -271,8 +289,8 @@ class RedisStore:
             max_connections=max_connections,
             timeout=5,
             decode_responses=False,
-            socket_connect_timeout=2,
-            socket_timeout=5,
+            socket_connect_timeout=min(2.0, socket_timeout),
+            socket_timeout=socket_timeout,
             retry=_RETRY,
         )
         self._redis = aioredis.Redis.from_pool(pool)
@@ -283,11 +301,11 @@ class RedisStore:
         self._head = [prefix, _ms(tombstone_ttl_s)]
         self._sweep_batch = sweep_batch
         script = self._redis.register_script
-        self._create = script(_PRELUDE + _CREATE)
-        self._load = script(_PRELUDE + _LOAD)
-        self._cas = script(_PRELUDE + _CAS)
-        self._delete = script(_PRELUDE + _DELETE)
-        self._sweep = script(_PRELUDE + _SWEEP)
+        self._create = script(_WRITES + _PRELUDE + _CREATE)
+        self._load = script(_AT_OOM + _PRELUDE + _LOAD)
+        self._cas = script(_WRITES + _PRELUDE + _CAS)
+        self._delete = script(_AT_OOM + _PRELUDE + _DELETE)
+        self._sweep = script(_AT_OOM + _PRELUDE + _SWEEP)
 
     async def _run(self, script, keys: list[str], args: list) -> list:
         """Run one Lua script; a Redis failure becomes StoreFull (507) or StoreUnavailable."""
@@ -344,7 +362,8 @@ class RedisStore:
     async def compare_and_set(
         self, session_id: str, version: int, data: bytes, ttl_s: float
     ) -> bool:
-        args = [*self._head, session_id, version, data, _ms(ttl_s)]
+        token = secrets.token_bytes(12)
+        args = [*self._head, session_id, version, data, _ms(ttl_s), token]
         res = await self._run(self._cas, self._session_keys(session_id), args)
         if res[0] == -1:
             raise SessionNotFound(session_id, _str(res[1]))
