@@ -29,6 +29,7 @@ under-predicted it is abandoned until the next start.
 import bisect
 import math
 import statistics
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -221,6 +222,10 @@ class Router:
         self._everyone: dict[int, list[int]] = {}  # see _rows
         self._dense_calls: dict[tuple[int, int], float] = {}  # calibrated, by (batch, steps)
         self._thresholds_at = dict(self.correction)
+        # engine threads (SARNN_ENGINE_THREADS >= 2) plan and observe concurrently: the caches
+        # are filled with single dict operations and read into locals, a stale threshold memo
+        # is replaced whole (never cleared under a reader), and corrections change one at a time
+        self._observing = threading.Lock()
 
     def _sparse_plan(self, rates: list[float], steps: int) -> tuple[Plan, float]:
         """The cheapest predicted sparse plan and its corrected cost (this runs for every
@@ -256,7 +261,9 @@ class Router:
         correction moves by more than THRESHOLD_TOLERANCE (`observe`), since planning runs for
         every batch."""
         key = (batch, steps)
-        if key not in self._thresholds:
+        thresholds = self._thresholds  # observe replaces the dict, never empties it in place
+        high = thresholds.get(key)
+        if high is None:
             dense_cost = self._dense_call(batch, steps) * self.correction[DENSE]
             low, high = 0.0, 1.0
             if self._beaten_at(batch, steps, 0.0, dense_cost):
@@ -269,8 +276,8 @@ class Router:
                     high = mid
                 else:
                     low = mid
-            self._thresholds[key] = high
-        return self._thresholds[key]
+            thresholds[key] = high
+        return high
 
     def _beaten_at(self, n: int, steps: int, rate: float, dense_cost: float) -> bool:
         """Whether no sparse plan could win if every row updated `rate` of its neurons: then
@@ -332,11 +339,12 @@ class Router:
             return
         low, high = CORRECTION_BOUNDS
         ratio = min(high, max(low, seconds / predicted))
-        self.correction[path] += CORRECTION_WEIGHT * (ratio - self.correction[path])
-        at = self._thresholds_at[path]
-        if abs(self.correction[path] - at) > THRESHOLD_TOLERANCE * at:
-            self._thresholds.clear()
-            self._thresholds_at = dict(self.correction)
+        with self._observing:
+            self.correction[path] += CORRECTION_WEIGHT * (ratio - self.correction[path])
+            at = self._thresholds_at[path]
+            if abs(self.correction[path] - at) > THRESHOLD_TOLERANCE * at:
+                self._thresholds = {}
+                self._thresholds_at = dict(self.correction)
 
     def dense_seconds(self, batch: int, steps: int) -> float | None:
         """What the dense graph would have spent on a call: calibrated, corrected by what

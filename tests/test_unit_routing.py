@@ -1,6 +1,8 @@
 """Routing between the dense and the sparse graph: the calibration's arithmetic and choices."""
 
 import random
+import sys
+import threading
 
 import pytest
 
@@ -118,3 +120,58 @@ def test_the_cached_rate_bound_never_changes_a_plan(
             assert bounded.plan(rates, steps) == full.plan(rates, steps)
     # where sparse often loses, some batches are settled by the bound without planning
     assert (len(planned) < 2 * len(batches)) == prunes
+
+
+class _ObservedOnWrite(dict):
+    """A threshold memo whose first write lets `hook` (another engine thread) run right after
+    it, before the planning thread reads its entry back."""
+
+    def __init__(self, hook) -> None:
+        super().__init__()
+        self.hook = hook
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        hook, self.hook = self.hook, None
+        if hook is not None:
+            hook()
+
+
+def test_a_correction_between_a_memo_write_and_its_read_is_harmless() -> None:
+    # SARNN_ENGINE_THREADS >= 2: a thread's observe resets the memo while another plans
+    router = Router("auto", CAL)
+
+    def other_thread() -> None:  # a call at 5x its prediction: the correction moves past 10%
+        router.observe(DENSE, [0.3] * 8, 1, 5 * CAL.dense_call(8, 1))
+
+    router._thresholds = _ObservedOnWrite(other_thread)
+    assert router.plan([0.3] * 8) == [(DENSE, list(range(8)))]
+    assert router.correction[DENSE] > 1.1
+
+
+def test_planning_and_observing_from_several_threads() -> None:
+    router, errors = Router("auto", CAL), []
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for _ in range(3000):
+                rates = [rng.random() * 0.5 for _ in range(rng.choice([1, 2, 8, 9]))]
+                plan = router.plan(rates, rng.choice([1, 4]))
+                assert sorted(i for _, rows in plan for i in rows) == list(range(len(rates)))
+                path = plan[0][0]
+                router.observe(path, rates, 1, rng.choice([1e-6, 1e-3]))  # swings: resets
+        except Exception as exc:  # reported below, with the seed
+            errors.append((seed, exc))
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(4)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
