@@ -29,9 +29,9 @@ COMMON = [
 ]  # fmt: skip
 ARMS: dict[str, list[str]] = {
     "sa-energy": ["--hidden", "128", "--coord-energy", "--target-rate", "0.2"],
-    "sa-plain": ["--hidden", "128", "--target-rate", "0.2"],
     "random": ["--hidden", "128", "--random-mask", "0.2"],
     "dense-62": ["--hidden", "62", "--dense"],
+    "sa-plain": ["--hidden", "128", "--target-rate", "0.2"],
     "dense-90": ["--hidden", "90", "--dense"],
 }
 SEEDS = (0, 1, 2, 3, 4)

@@ -273,18 +273,37 @@ def write_csvs(
                 out.write(",".join(f"{v:.6g}" for v in row) + f",{label}\n")
 
 
-def sample_stream_windows(
-    streams: list[Stream], batch: int, length: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Random training windows from streams: x [batch, L, F] and per-step labels [batch, L]
-    (IDLE where nothing is to be predicted)."""
-    picks = rng.integers(0, len(streams), size=batch)
-    xs, ys = [], []
-    for i in picks:
-        s = streams[i]
-        length_i = min(length, len(s.x))
-        start = rng.integers(0, len(s.x) - length_i + 1)
-        xs.append(s.x[start : start + length_i])
-        ys.append(s.labels[start : start + length_i])
-    length = min(len(x) for x in xs)
-    return np.stack([x[:length] for x in xs]), np.stack([y[:length] for y in ys])
+class StreamCursor:
+    """Consecutive training windows for truncated backpropagation through time: each of `batch`
+    rows reads one stream window after window, so a model trained on them carries its state
+    across windows as it will across chunks when served (idle periods longer than a window
+    included). A row whose stream has less than a window left moves on to another stream,
+    picked at random, and is marked for a zero state; rows start at random offsets."""
+
+    def __init__(
+        self, streams: list[Stream], batch: int, length: int, rng: np.random.Generator
+    ) -> None:
+        usable = [s for s in streams if len(s.x) >= length]
+        if not usable:
+            raise ValueError(f"no stream is as long as a window of {length} steps")
+        self.streams, self.length, self.rng = usable, length, rng
+        self.rows = [(*self._fresh(random_offset=True), True) for _ in range(batch)]
+
+    def _fresh(self, random_offset: bool = False) -> tuple[int, int]:
+        k = int(self.rng.integers(0, len(self.streams)))
+        room = len(self.streams[k].x) - self.length
+        return k, int(self.rng.integers(0, room + 1)) if random_offset else 0
+
+    def next(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """x [batch, L, F], per-step labels [batch, L] (IDLE where nothing is to be predicted)
+        and which rows start afresh [batch] (their state must be zeroed)."""
+        xs, ys, fresh = [], [], []
+        for r, (k, pos, restart) in enumerate(self.rows):
+            if pos + self.length > len(self.streams[k].x):
+                (k, pos), restart = self._fresh(), True
+            stream = self.streams[k]
+            xs.append(stream.x[pos : pos + self.length])
+            ys.append(stream.labels[pos : pos + self.length])
+            fresh.append(restart)
+            self.rows[r] = (k, pos + self.length, False)
+        return np.stack(xs), np.stack(ys), np.asarray(fresh)

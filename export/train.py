@@ -47,10 +47,10 @@ from export.model import (
 from export.streams import (
     IDLE,
     RestModel,
+    StreamCursor,
     StreamSet,
     StreamSpec,
     build_streams,
-    sample_stream_windows,
 )
 from sarnn_serve.accounting import CellCost
 from sarnn_serve.client.recordings import LABEL_COLUMN
@@ -426,16 +426,22 @@ def threshold_curve(
 
 
 def _step_loss(
-    model: SARNN, x: torch.Tensor, y: torch.Tensor, lam: float, cfg: TrainConfig
-) -> tuple[torch.Tensor, float, float]:
-    """Cross-entropy at every step past the warm-up, plus the budget loss; (loss, task, rate).
-    With `cfg.threshold_range` each row gets a threshold drawn from torch's generator."""
+    model: SARNN,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lam: float,
+    cfg: TrainConfig,
+    state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, float, float, torch.Tensor]:
+    """Cross-entropy at every step past the warm-up (per-step labels [B, T]: IDLE steps not
+    scored), plus the budget loss; (loss, task, rate, final state). With `cfg.threshold_range`
+    each row gets a threshold drawn from torch's generator."""
     tau: float | torch.Tensor = 0.5
     if cfg.threshold_range is not None:
         lo, hi = cfg.threshold_range
         tau = torch.empty(x.shape[0], 1).uniform_(lo, hi)
-    out = model(x, threshold=tau, gate_grad=cfg.gate_grad)
-    warmup = min(cfg.warmup_steps, x.shape[1] // 4)
+    out = model(x, state, threshold=tau, gate_grad=cfg.gate_grad)
+    warmup = min(cfg.warmup_steps, x.shape[1] // 4) if state is None else 0
     logits = out.logits[:, warmup:]
     steps = y[:, warmup:] if y.ndim == 2 else y[:, None].expand(-1, logits.shape[1])
     if bool((steps == IDLE).all()):
@@ -449,7 +455,7 @@ def _step_loss(
         target = (cfg.target_rate + cfg.target_slope * (0.5 - tau[:, 0])).clamp(0.01, 0.99)
     budget = budget_loss(out.updates, lam, cfg.budget, target)
     loss = task + (budget if model.config.selective else 0.0)
-    return loss, float(task.detach()), float(out.updates.detach().mean())
+    return loss, float(task.detach()), float(out.updates.detach().mean()), out.state.detach()
 
 
 def optimiser_step(model: SARNN, opt: torch.optim.Optimizer, loss: torch.Tensor) -> bool:
@@ -509,16 +515,18 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict:
         if spec is not None
         else None
     )
-    train_streams: list = []
+    cursor: list = []  # [epoch, StreamCursor] of stream training
+    carried = model.initial_state(cfg.batch_size)
 
-    def windows(epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    def windows(epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """x, labels and, for streams, the rows whose carried state starts afresh."""
         if rest is None:
-            return sample_windows(data.train, cfg.batch_size, cfg.window, rng)
-        if not train_streams or train_streams[0] != epoch:  # new idle periods every epoch
+            return (*sample_windows(data.train, cfg.batch_size, cfg.window, rng), None)
+        if not cursor or cursor[0] != epoch:  # new idle periods every epoch
             rate = data.sample_rate_hz or 1.0
             built = build_streams(data.train, rest, spec, rate, cfg.seed * 100_003 + epoch)
-            train_streams[:] = [epoch, built]
-        return sample_stream_windows(train_streams[1], cfg.batch_size, cfg.window, rng)
+            cursor[:] = [epoch, StreamCursor(built, cfg.batch_size, cfg.window, rng)]
+        return cursor[1].next()
 
     def score(part: str, threshold: float = 0.5) -> Evaluation:
         if parts:
@@ -540,9 +548,13 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict:
         for _ in range(cfg.batches_per_epoch):
             model.alpha = slope(step / max(1, total - 1))
             lam = cfg.lam if cfg.target_rate is not None else budget_weight(cfg, epoch)
-            xb, yb = windows(epoch)
-            loss, task, rate = _step_loss(
-                model, torch.from_numpy(xb), torch.from_numpy(yb), lam, cfg
+            xb, yb, fresh = windows(epoch)
+            state = None
+            if fresh is not None:  # streams: the state carries over from the last window
+                carried[torch.from_numpy(fresh)] = 0.0
+                state = carried
+            loss, task, rate, carried = _step_loss(
+                model, torch.from_numpy(xb), torch.from_numpy(yb), lam, cfg, state
             )
             if optimiser_step(model, opt, loss):
                 losses.append(task)
@@ -568,9 +580,11 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict:
                 "val_active_update_rate": val.active_update_rate,
             }
         )
+        if not progress:
+            print(json.dumps(history[-1]), flush=True)
     bar.close()
     test = score("test")
-    cost = CellCost(cfg.cell, data.n_features, cfg.hidden, model.config.selective)
+    cost = CellCost(cfg.cell, data.n_features, cfg.hidden, model.config.selective, cfg.coord_energy)
     metrics = {
         "config": asdict(cfg),
         "recipe": cfg.recipe(str(out_dir)),

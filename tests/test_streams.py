@@ -17,11 +17,11 @@ from export.onnx_export import build_model  # noqa: E402
 from export.streams import (  # noqa: E402
     IDLE,
     RestModel,
+    StreamCursor,
     StreamSet,
     StreamSpec,
     build_streams,
     load_streams,
-    sample_stream_windows,
     save_streams,
 )
 from export.train import TrainConfig, evaluate_streams  # noqa: E402
@@ -147,11 +147,24 @@ def test_unknown_sensor_names_are_refused() -> None:
         RestModel.measure(_recordings(), [f"f{i}" for i in range(6)], StreamSpec(), RATE)
 
 
-def test_windows_carry_per_step_labels(rest: RestModel) -> None:
-    streams = build_streams(_recordings(), rest, StreamSpec(), RATE, seed=0)
-    x, y = sample_stream_windows(streams, 8, 256, np.random.default_rng(0))
-    assert x.shape == (8, 256, 6) and y.shape == (8, 256)
-    assert set(np.unique(y)) <= {IDLE, 0, 1, 2}
+def test_cursor_reads_streams_window_after_window(rest: RestModel) -> None:
+    spec = StreamSpec(idle_min_s=1, idle_max_s=2)
+    streams = build_streams(_recordings(), rest, spec, RATE, 0)
+    cursor = StreamCursor(streams, 4, 64, np.random.default_rng(0))
+    x1, y1, fresh1 = cursor.next()
+    x2, y2, fresh2 = cursor.next()
+    assert x1.shape == (4, 64, 6) and y1.shape == (4, 64) and fresh1.all()
+    assert set(np.unique(np.concatenate([y1, y2]))) <= {IDLE, 0, 1, 2}
+    for r in range(4):
+        if not fresh2[r]:  # the next window of the same stream, right after the last
+            whole = np.concatenate([x1[r], x2[r]])
+            assert any(
+                np.array_equal(s.x[p : p + 128], whole)
+                for s in streams
+                for p in range(len(s.x) - 127)
+            )
+    seen = [cursor.next()[2] for _ in range(200)]
+    assert any(f.any() for f in seen) and not all(f.all() for f in seen)
 
 
 def _energy_model(seed: int = 0, hidden: int = 24) -> SARNN:
