@@ -187,3 +187,18 @@ class Registry:
 
     def names(self) -> list[str]:
         return sorted(self.models)
+
+    def default(self, named: str | None = None) -> tuple[str, str]:
+        """The model of requests that name none, and why it is: `named` (SARNN_DEFAULT_MODEL)
+        if set, else the only model, else the first by name that skips work (a dense baseline
+        only when every model is one)."""
+        if named:
+            return named, "SARNN_DEFAULT_MODEL"
+        names = self.names()
+        if len(names) == 1:
+            return names[0], "the only model"
+        selective = [name for name in names if self.models[name].card.selective]
+        return (selective or names)[0], (
+            f"the first {'selective ' if selective else ''}model by name of {len(names)}; "
+            "SARNN_DEFAULT_MODEL chooses another"
+        )

@@ -170,9 +170,8 @@ class DataPlane:
         return [self.describe(name) for name in self.registry.names()]
 
     def default_model(self) -> str | None:
-        """The model of requests that name none: SARNN_DEFAULT_MODEL, or the only one served."""
-        names = self.registry.names()
-        return self.settings.default_model or (names[0] if len(names) == 1 else None)
+        """The model of requests that name none (`Registry.default`)."""
+        return self.registry.default(self.settings.default_model)[0]
 
     def describe(self, name: str) -> dict:
         """A model's card with its state size, cost per step and whether it is the default."""

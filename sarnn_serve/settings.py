@@ -18,8 +18,8 @@ class Settings(BaseSettings):
     model_dir: Path = Field(DEFAULT_MODEL_DIR, description="Directory of model directories.")
     default_model: str | None = Field(
         None,
-        description="Model used when a request names none and several are served "
-        "(with one model served, that one).",
+        description="Model used when a request names none and several are served (unset: "
+        "the only model, else the first by name that skips work, as the start-up log says).",
     )
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on.")

@@ -12,6 +12,7 @@ graph (SARNN_ENGINE_PATH=sparse).
 
 import json
 import re
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -583,3 +584,37 @@ def test_closed_watch_socket_is_released(served_models: Path, tmp_path: Path) ->
     finally:
         if server.process.poll() is None:
             server.process.kill()
+
+
+def test_dashboard_shows_no_negative_saving(
+    served_models: Path, tmp_path: Path, page, recording: np.ndarray
+) -> None:
+    """A model whose gates are all open updates every neuron and pays its coordinator on top of
+    the dense cell: the counted saving is below zero, and the page shows "none" and says why.
+    The tiny model's graphs with the coordinator's bias raised until every gate opens."""
+    import onnx
+    from onnx import numpy_helper
+
+    models = tmp_path / "models"
+    shutil.copytree(served_models / TINY_MODEL, models / TINY_MODEL)
+    for graph in (models / TINY_MODEL).glob("*.onnx"):
+        proto = onnx.load(graph)
+        (bias,) = [t for t in proto.graph.initializer if t.name == "b_a"]
+        bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + 50.0, "b_a"))
+        onnx.save(proto, graph)
+    server = start_server(models, tmp_path)
+    try:
+        session_id = create_session(server)
+        post_chunks(server, session_id, recording, 0, 3)
+        stats = httpx.get(f"{server.url}/v1/models/{TINY_MODEL}/stats").json()
+        assert stats["update_rate"] == 1.0 and stats["saving"] < 0, stats
+        page.goto(f"{server.url}/dashboard?session={session_id}")
+        wait_value(page, card("macs-saved-pct"), "<", 0)
+        wait_value(page, tid("session-macs-saved"), "<", 0)
+        for selector in (card("macs-saved"), card("macs-saved-pct"), tid("session-macs-saved")):
+            assert page.locator(selector).inner_text() == "none", selector
+            assert "coordinator" in page.locator(selector).get_attribute("title"), selector
+        assert page.locator(tid("session-macs-saved-pct")).inner_text() == ""
+        assert page_errors(page, 403) == []
+    finally:
+        stop_server(server)

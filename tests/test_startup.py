@@ -164,8 +164,11 @@ def test_shipped_models_ready_in_seconds_then_calibrated(tmp_path: Path) -> None
             # ready before calibration is over (it takes seconds a model)
             assert first["calibrating"], first
 
-            # served meanwhile, on the dense graph
-            sid = client.post("/v1/sessions", json={"model": "watch-gru"}).json()["id"]
+            # served meanwhile, on the dense graph; a request naming no model gets the default
+            created = client.post("/v1/sessions", json={})
+            assert created.status_code == 201, created.text
+            assert created.json()["model"] == "watch-gru"
+            sid = created.json()["id"]
             chunk = client.post(
                 f"/v1/sessions/{sid}/chunks", json={"seq": 0, "inputs": [[0.1] * 6]}
             )
@@ -189,6 +192,9 @@ def test_shipped_models_ready_in_seconds_then_calibrated(tmp_path: Path) -> None
         assert entry["paths"][0] == "dense" and entry["routing"] == "auto", entry
         assert entry["native_kernel"] == "loaded" or NATIVE not in entry["paths"], entry
         assert "in the background" in entry["calibration"], entry
+    (started,) = [e for e in lines if e["event"] == "ready"]
+    assert started["default_model"] == "watch-gru", started
+    assert "SARNN_DEFAULT_MODEL" in started["default_because"]
     calibrated = [e["model"] for e in lines if e["event"] == "routing calibrated"]
     assert sorted(calibrated) == SHIPPED
 
@@ -199,3 +205,14 @@ def test_forced_path_runs_before_calibration() -> None:
     assert Router(NATIVE, None).plan([0.5, 0.9]) == [(NATIVE, [0, 1])]
     assert Router(SPARSE, None).plan([0.5]) == [(SPARSE, [0])]
     assert Router("auto", None).plan([0.0]) == [(DENSE, [0])]
+
+
+def test_default_model_is_the_first_selective_by_name() -> None:
+    registry = Registry.load(DEFAULT_MODEL_DIR)
+    assert not registry.get("watch-dense-gru73").card.selective  # first by name, a baseline
+    name, because = registry.default()
+    assert name == "watch-gru" and "first selective model by name of 3" in because
+    assert registry.default("watch-gru-1024") == ("watch-gru-1024", "SARNN_DEFAULT_MODEL")
+    dense = registry.get("watch-dense-gru73")
+    assert Registry({"b": dense, "a": dense}).default()[0] == "a"  # all dense: first by name
+    assert Registry({"b": dense}).default() == ("b", "the only model")

@@ -126,10 +126,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         grpc = None
         if settings.grpc_enabled:
             grpc = await grpc_server.start(settings, plane, app.title, app.version)
+        default, because = registry.default(settings.default_model)
         log.info(
             "ready",
             extra={
                 "models": registry.names(),
+                "default_model": default,
+                "default_because": because,
                 "store": settings.store,
                 "api_keys": keyring.enabled,
             },

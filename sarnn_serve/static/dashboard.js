@@ -86,6 +86,28 @@ function setValue(el, value, text, signed = false) {
   }
 }
 
+// A model that updates (nearly) every neuron spends its coordinator on top of the dense cell's
+// work: its multiply-adds "saved" fall below zero. Shown as "none", the overhead in the tooltip.
+const NO_SAVING = "none";
+
+function noSavingNote(overhead) {
+  return (
+    "No saving: (nearly) every neuron updated, and the coordinator that decides which update " +
+    `costs ${overhead} on top of the dense cell's multiply-adds.`
+  );
+}
+
+function setSaving(el, value, text, overhead) {
+  if (!el) return;
+  if (value < 0) {
+    setValue(el, value, NO_SAVING);
+    el.title = noSavingNote(overhead);
+  } else {
+    setValue(el, value, text);
+    el.removeAttribute("title");
+  }
+}
+
 function clearValue(el) {
   if (!el) return;
   delete el.dataset.value;
@@ -276,9 +298,11 @@ function showStats(m, s) {
   setValue(q(el, "steps-per-s"), lm.steps_per_s, fmtRate(lm.steps_per_s));
   setValue(q(el, "update-rate"), s.update_rate, s.steps ? fmtPct(s.update_rate) : "\u2014");
   setValue(q(el, "update-rate-minute"), lm.update_rate, lm.steps ? fmtPct(lm.update_rate) : "\u2014");
-  setValue(q(el, "macs-saved"), s.macs_saved, fmtSI(s.macs_saved), true);
-  setValue(q(el, "macs-saved-pct"), s.saving, s.steps ? fmtPct(s.saving) : "\u2014", true);
-  setValue(q(el, "saving-minute"), lm.saving, lm.steps ? fmtPct(lm.saving) : "\u2014", true);
+  const overhead = `${fmtSI(-s.macs_saved)} (${fmtPct(-s.saving)})`;
+  setSaving(q(el, "macs-saved"), s.macs_saved, fmtSI(s.macs_saved), overhead);
+  setSaving(q(el, "macs-saved-pct"), s.saving, s.steps ? fmtPct(s.saving) : "\u2014", overhead);
+  const minute = lm.steps ? fmtPct(lm.saving) : "\u2014";
+  setSaving(q(el, "saving-minute"), lm.saving, minute, fmtPct(-lm.saving));
   setValue(q(el, "active-sessions"), s.active_sessions, fmtInt(s.active_sessions));
   setValue(q(el, "steps-total"), s.steps, fmtInt(s.steps));
   setValue(q(el, "updates-total"), s.updates, fmtSI(s.updates));
@@ -527,9 +551,11 @@ async function pollSession() {
   renderChip();
   setValue($("session-steps"), s.steps, fmtInt(s.steps));
   setValue($("session-update-rate"), s.update_rate, s.steps ? fmtPct(s.update_rate) : "\u2014");
-  setValue($("session-macs-saved"), s.macs_saved, fmtSI(s.macs_saved), true);
   const pct = s.macs_dense ? s.macs_saved / s.macs_dense : 0;
-  setValue($("session-macs-saved-pct"), pct, s.macs_dense ? `${fmtPct(pct)} of dense` : "", true);
+  const overhead = `${fmtSI(-s.macs_saved)} (${fmtPct(-pct)})`;
+  setSaving($("session-macs-saved"), s.macs_saved, fmtSI(s.macs_saved), overhead);
+  const pctText = s.macs_dense && pct >= 0 ? `${fmtPct(pct)} of dense` : "";
+  setValue($("session-macs-saved-pct"), pct, pctText);
 }
 
 function endSession(text) {
