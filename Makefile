@@ -5,8 +5,31 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --disable-pip-version-check -q
 
 .PHONY: serve test lint bench load system-deps train-default export-default protos
+.PHONY: clean distclean
+
+# The Python pyproject.toml requires (requires-python = ">=X.Y"), and the venv's own, if any.
+REQUIRES_PYTHON := $(shell sed -n 's/^requires-python *= *">= *\([0-9][0-9.]*\)".*/\1/p' pyproject.toml)
+VENV_PYTHON := $(shell $(VENV)/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+# "yes" when version $(1) is older than REQUIRES_PYTHON
+too_old = $(if $(filter $(REQUIRES_PYTHON),$(firstword $(shell printf '%s\n' $(REQUIRES_PYTHON) $(1) | sort -V))),,yes)
+
+# A venv made with an older Python (or whose Python is gone) is made again, with what it holds.
+ifneq ($(wildcard $(VENV)/pyvenv.cfg),)
+ifneq ($(if $(VENV_PYTHON),$(call too_old,$(VENV_PYTHON)),yes),)
+.PHONY: $(VENV)/bin/python $(VENV)/.serve $(VENV)/.dev
+endif
+endif
 
 $(VENV)/bin/python:
+	@found=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null); \
+	if [ -z "$$found" ] || [ "$$(printf '%s\n' $(REQUIRES_PYTHON) "$$found" | sort -V | head -1)" != $(REQUIRES_PYTHON) ]; then \
+	  echo "sarnn-serve needs Python >= $(REQUIRES_PYTHON); $(PYTHON) is $${found:-not found}: make PYTHON=python$(REQUIRES_PYTHON) ..." >&2; \
+	  exit 1; \
+	fi
+	@if [ -e $(VENV)/pyvenv.cfg ]; then \
+	  echo "$(VENV) was made with Python $(or $(VENV_PYTHON),that is gone), older than $(REQUIRES_PYTHON): making it again" >&2; \
+	  rm -rf $(VENV); \
+	fi
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 
@@ -24,8 +47,9 @@ $(VENV)/.dev: pyproject.toml setup.py sarnn_serve/csrc/step_kernel.c | $(VENV)/b
 serve: $(VENV)/.serve
 	SARNN_DEFAULT_MODEL=$${SARNN_DEFAULT_MODEL:-watch-gru} $(VENV)/bin/sarnn-serve serve
 
+# Installs only missing Debian packages and upgrades none (SYSTEM_DEPS=--allow-upgrades to allow)
 system-deps:
-	bash scripts/system-deps.sh
+	bash scripts/system-deps.sh $(SYSTEM_DEPS)
 
 test: $(VENV)/.dev system-deps
 	$(PY) -m pytest -q
@@ -47,4 +71,14 @@ train-default: $(VENV)/.dev
 	$(PY) -m export train --dataset watch --cell gru --hidden 128 --lam 2.5 --lam-warmup-epochs 4 --epochs 24 --seed 0 --out runs/watch-gru
 
 export-default: $(VENV)/.dev
-	$(PY) -m export onnx --checkpoint runs/watch-gru/checkpoint.pt --out models/watch-gru --force
+	$(PY) -m export onnx --checkpoint runs/watch-gru/checkpoint.pt --out models/watch-gru --force --ship
+
+# Build outputs and caches; the venv stamps too, so the next target reinstalls (and rebuilds the
+# native kernel). Keeps the venv, runs/ and exported models; distclean removes the venv as well.
+clean:
+	rm -rf build *.egg-info test-artifacts .pytest_cache .ruff_cache sarnn_serve/_step_kernel*.so
+	rm -f $(VENV)/.serve $(VENV)/.dev
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

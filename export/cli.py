@@ -34,11 +34,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _onnx(args: argparse.Namespace) -> int:
+    from export.destination import model_dir
     from export.onnx_export import export_model
 
     export_model(
         Path(args.checkpoint),
-        Path(args.out),
+        model_dir(args.out, Path(args.checkpoint), args.ship),
         name=args.name,
         force=args.force,
         notes=args.note,
@@ -183,7 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.test_fraction,
         help="share of groups to test on, if none are named",
     )
-    t.add_argument("--split-seed", type=int, default=d.split_seed)
+    t.add_argument(
+        "--split-seed",
+        type=int,
+        default=d.split_seed,
+        help="seed of the drawn groups; the next seeds are tried until every class of "
+        "validation and test is also in training",
+    )
     t.add_argument("--sample-rate", type=float, help="samples per second of your recordings")
     t.add_argument(
         "--allow-pickle",
@@ -288,7 +295,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="export a checkpoint (an SA-RNN or a --dense baseline) to an ONNX chunk graph + card",
     )
     o.add_argument("--checkpoint", required=True)
-    o.add_argument("--out", required=True, help="model directory to create")
+    o.add_argument(
+        "--out",
+        help="model directory to create (default: exported/<the checkpoint's folder name>); "
+        "not in the repository's models/ unless --ship",
+    )
+    o.add_argument(
+        "--ship",
+        action="store_true",
+        help="allow --out in the repository's models/: the shipped models, served by default "
+        "and copied into the image",
+    )
     o.add_argument("--name", default=None, help="model name (default: the directory name)")
     o.add_argument("--force", action="store_true", help="replace an existing model directory")
     o.add_argument(

@@ -20,6 +20,7 @@ WATCH_VAL_SUBJECTS = (7, 8)
 WATCH_TEST_SUBJECTS = (9, 10)
 VAL_FRACTION = 0.2
 TEST_FRACTION = 0.2
+SPLIT_DRAWS = 100  # seeds a drawn split tries (--split-seed and the next) to keep every class
 
 
 @dataclass
@@ -192,6 +193,44 @@ def split_groups(
     return sorted(pool), chosen["val"], chosen["test"]
 
 
+def draw_split(
+    groups: Sequence[str],
+    labels: Sequence[int],
+    class_labels: Sequence[str],
+    val_groups: Sequence[str] = (),
+    test_groups: Sequence[str] = (),
+    val_fraction: float = VAL_FRACTION,
+    test_fraction: float = TEST_FRACTION,
+    seed: int = 0,
+) -> tuple[list[str], list[str], list[str]]:
+    """`split_groups` for recordings of `labels` in `groups`, drawn again with the next seeds
+    (up to SPLIT_DRAWS) until every class of the validation and test parts is also in training:
+    with a few recordings a class, one draw often takes a whole class out of training. Named
+    parts are kept as named (`_check_classes` then says what is wrong). ValueError, with the
+    groups of each class, if no draw works."""
+    held: dict[str, set[int]] = {}
+    for group, label in zip(groups, labels, strict=True):
+        held.setdefault(group, set()).add(int(label))
+    draws = 1 if val_groups and test_groups else SPLIT_DRAWS
+    for attempt in range(draws):
+        train, val, test = split_groups(
+            groups, val_groups, test_groups, val_fraction, test_fraction, seed + attempt
+        )
+        trained = set().union(*(held[g] for g in train))
+        if draws == 1 or all(held[g] <= trained for g in (*val, *test)):
+            return train, val, test
+    by_class = "; ".join(
+        f"{class_labels[c]!r}: {', '.join(sorted(g for g in held if c in held[g]))}"
+        for c in sorted(set().union(*held.values()))
+    )
+    raise ValueError(
+        f"no split of the {len(held)} groups (seeds {seed} to {seed + draws - 1}) keeps every "
+        f"class of validation and test in training. Groups of each class: {by_class}. Name "
+        "--val-groups and --test-groups from classes with several groups, keeping one of each "
+        "class for training, or record more groups"
+    )
+
+
 def _check_classes(parts: dict[str, list[Recording]], class_labels: list[str]) -> None:
     """Every class of the validation and test parts must be in the training part."""
     trained = {r.label for r in parts["train"]}
@@ -231,8 +270,15 @@ def load_files(
         raw = read_npz(source, allow_pickle=allow_pickle)
     else:
         raise ValueError(f"{source}: expected a folder of CSV files or a .npz archive")
-    train_g, val_g, test_g = split_groups(
-        raw.groups, val_groups, test_groups, val_fraction, test_fraction, split_seed
+    train_g, val_g, test_g = draw_split(
+        raw.groups,
+        raw.y,
+        raw.class_labels,
+        val_groups,
+        test_groups,
+        val_fraction,
+        test_fraction,
+        split_seed,
     )
     recordings = [Recording(x, y, g) for x, y, g in zip(raw.x, raw.y, raw.groups, strict=True)]
     parts = {
