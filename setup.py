@@ -9,7 +9,9 @@ setup(
         Extension(
             "sarnn_serve._step_kernel",
             sources=["sarnn_serve/csrc/step_kernel.c"],
-            extra_compile_args=["-O3", "-fno-math-errno"],
+            # -ffp-contract=off: no clone fuses multiply-adds into FMAs, so every CPU computes
+            # the same bits (csrc/step_kernel.c, VECTOR_CLONES)
+            extra_compile_args=["-O3", "-fno-math-errno", "-ffp-contract=off"],
             optional=True,
         )
     ]

@@ -178,6 +178,11 @@ def check(settings: Settings) -> None:
             f"{env_var('default_model')}={settings.default_model}: no such model under "
             f"{settings.model_dir} (available: {', '.join(registry.names())})"
         )
+    forced = settings.engine_path
+    for name, model in registry.models.items():
+        if forced in ("sparse", "native") and forced not in model.engine.paths:
+            why = f"native kernel ({model.native})" if forced == "native" else "sparse graph"
+            raise UsageError(f"{env_var('engine_path')}={forced}: model {name} has no {why}")
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:

@@ -131,6 +131,9 @@ def load_model(
 def _load_native(engine: Engine) -> str:
     """Add the native kernel to `engine`: "loaded", or why it was not."""
     if not native.available():
+        why = native.unavailable_reason()
+        if why and native.library_path() is not None:  # built, but not a build this code uses
+            return f"unusable: {why}"
         return (
             "not built: the package was installed without a C compiler (install gcc, then "
             "reinstall the package)"

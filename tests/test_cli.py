@@ -7,6 +7,7 @@ default and SARNN_ variable, taken from the Settings fields; --version prints th
 """
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -119,6 +120,31 @@ def test_bad_model_dir_is_one_line_and_exit_2(
     # the same through the environment
     env = {"SARNN_MODEL_DIR": str(model_dir), "SARNN_PORT": str(free_port())}
     assert_one_line_error(run_cli("serve", env=env), *fragments)
+
+
+@pytest.mark.parametrize(
+    ("env", "fragments"),
+    [
+        (
+            {"SARNN_ENGINE_PATH": "native", "SARNN_NATIVE_KERNEL": "false"},
+            ["SARNN_ENGINE_PATH=native", "native kernel", "off (SARNN_NATIVE_KERNEL=false)"],
+        ),
+        ({"SARNN_ENGINE_PATH": "sparse"}, ["SARNN_ENGINE_PATH=sparse", "no sparse graph"]),
+    ],
+    ids=["native-off", "sparse-missing"],
+)
+def test_a_forced_engine_path_a_model_lacks_is_one_line_and_exit_2(
+    tmp_path: Path, env: dict[str, str], fragments: list[str]
+) -> None:
+    """Refused before uvicorn starts (it was a lifespan traceback of 54 lines)."""
+    model_dir = tmp_path / "models"
+    (model_dir / "watch-gru").mkdir(parents=True)
+    for name in ("model.json", "model.onnx"):  # the dense graph only: no sparse twin
+        shutil.copy(MODELS / "watch-gru" / name, model_dir / "watch-gru" / name)
+    card = json.loads((model_dir / "watch-gru" / "model.json").read_text())
+    (model_dir / "watch-gru" / "model.json").write_text(json.dumps({**card, "sparse_graph": None}))
+    full = {**env, "SARNN_MODEL_DIR": str(model_dir), "SARNN_PORT": str(free_port())}
+    assert_one_line_error(run_cli(env=full), *fragments)
 
 
 def test_redis_store_without_redis_package_is_one_line_and_exit_2(tmp_path: Path) -> None:
