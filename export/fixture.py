@@ -22,9 +22,8 @@ RECORDING_ROWS = 300
 DEFAULT_OUT = Path("tests/data")
 
 
-def write_model(models: Path) -> Path:
-    """Train and export the tiny model into models/watch-tiny (replacing it)."""
-    from export.onnx_export import export_model
+def train_tiny(run: Path) -> Path:
+    """Train the tiny model into the run directory `run` (checkpoint.pt, metrics.json)."""
     from export.train import TrainConfig, train
 
     config = TrainConfig(
@@ -38,11 +37,19 @@ def write_model(models: Path) -> Path:
         window=64,
         seed=0,
     )
+    train(config, run, progress=False)
+    return run
+
+
+def write_model(models: Path) -> Path:
+    """Train and export the tiny model into models/watch-tiny (replacing it)."""
+    from export.onnx_export import export_model
+
     out = (models / MODEL).resolve()
     # trained in a temporary working directory, so that the card's recipe reads `--out run`
     # whatever the directory's name: the same command writes the same bytes
     with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
-        train(config, Path("run"), progress=False)
+        train_tiny(Path("run"))
         exported = export_model(Path("run/checkpoint.pt"), Path(MODEL))
         if out.exists():
             shutil.rmtree(out)

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from sarnn_serve.settings import DEFAULT_MODEL_DIR
+from tests.service_fixtures import SHIPPED_MODELS as DEFAULT_MODEL_DIR
 
 SOURCE = DEFAULT_MODEL_DIR / "watch-gru"
 Mutation = Callable[[onnx.ModelProto], None]

@@ -1,9 +1,11 @@
 """Fixtures for the service suites: a small exported watch model and a real uvicorn server.
 
-`served_models` trains a tiny GRU SA-RNN on the real watch data (a few seconds) and exports it
-with the real exporter into a models directory. `redis_url` is a real redis-server
-($SARNN_TEST_REDIS_URL, or one started on a free port). `live_server` runs `sarnn-serve` as a
-separate process on a free loopback port and waits until /readyz answers.
+`served_models` is a models directory holding the tiny GRU SA-RNN checked in under tests/data
+(trained on the real watch data and exported with the real exporter by `python -m export
+tiny-fixture`); `RECORDING` is the first 300 samples of held-out watch recording 0 as CSV.
+`redis_url` is a real redis-server ($SARNN_TEST_REDIS_URL, or one started on a free port).
+`live_server` runs `sarnn-serve` as a separate process on a free loopback port and waits until
+/readyz answers.
 """
 
 import os
@@ -17,9 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 TINY_MODEL = "watch-tiny"
+DATA = Path(__file__).resolve().parent / "data"
+FIXTURE_MODELS = DATA / "models"
+RECORDING = DATA / "watch-test-0.csv"
+# the repository's models (a wheel ships none: sarnn_serve.settings.DEFAULT_MODEL_DIR is beside
+# the installed package)
+SHIPPED_MODELS = DATA.parent.parent / "models"
 # Suites that are not about quotas open sessions faster than a client should; they lift them.
 # They also compare answers of different sessions bit for bit, which holds on one graph: the
 # dense and the sparse graph agree to 1e-5, not to the last bit, so routing (which follows the
@@ -44,30 +53,18 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def served_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A models directory holding one small watch model, exported and verified."""
-    from export.onnx_export import export_model
-    from export.train import TrainConfig, train
-
-    root = tmp_path_factory.mktemp("served")
-    run = root / "run"
-    train(
-        TrainConfig(
-            dataset="watch",
-            hidden=16,
-            lam=2.0,
-            target_rate=0.5,
-            epochs=2,
-            batches_per_epoch=4,
-            batch_size=8,
-            window=64,
-            seed=0,
-        ),
-        run,
-        progress=False,
-    )
-    models = root / "models"
-    export_model(run / "checkpoint.pt", models / TINY_MODEL)
+    """A models directory holding the tiny checked-in watch model (a copy: tests may add to
+    it). Regenerate it with `python -m export tiny-fixture`."""
+    models = tmp_path_factory.mktemp("served") / "models"
+    shutil.copytree(FIXTURE_MODELS, models)
     return models
+
+
+def watch_steps() -> np.ndarray:
+    """x [300, 6] float32 of RECORDING (raw sensor units, the model card's feature order)."""
+    from sarnn_serve.client.recordings import read_csv
+
+    return read_csv(RECORDING, features=["ax", "ay", "az", "wx", "wy", "wz"]).x
 
 
 @dataclass
@@ -83,11 +80,13 @@ class LiveServer:
         return self.log_path.read_text()
 
 
-def start_server(models: Path, tmp: Path, env: dict[str, str] | None = None) -> LiveServer:
-    """Start `sarnn-serve` on a free port with SARNN_* overrides in `env`; wait until ready and
-    its models' routing calibrated."""
-    port = free_port()
-    log_path = tmp / f"server-{port}.log"
+def start_server(
+    models: Path, tmp: Path, env: dict[str, str] | None = None, port: int | None = None
+) -> LiveServer:
+    """Start `sarnn-serve` on `port` (default: a free one) with SARNN_* overrides in `env`; wait
+    until ready and its models' routing calibrated."""
+    port = port or free_port()
+    log_path = tmp / f"server-{port}-{time.monotonic_ns()}.log"
     full_env = {
         **os.environ,
         **UNLIMITED,

@@ -22,7 +22,7 @@ import pytest
 
 from tests.service_fixtures import TINY_MODEL, LiveServer, start_server, stop_server
 
-pytestmark = pytest.mark.slow  # trains a model and starts sarnn-serve processes
+pytestmark = pytest.mark.slow  # starts sarnn-serve processes
 
 FEATURES = 6
 HIDDEN = 16

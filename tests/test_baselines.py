@@ -8,6 +8,9 @@ import json
 
 import numpy as np
 import pytest
+
+pytest.importorskip("torch")
+
 import torch
 from fastapi.testclient import TestClient
 
@@ -17,7 +20,9 @@ from export.onnx_export import build_model
 from export.train import TrainConfig
 from sarnn_serve.accounting import CellCost, usage
 from sarnn_serve.card import ModelCard
-from tests.conftest import build_tiny_sarnn, ort_session_for, tiny_inputs
+from tests.tiny_models import build_tiny_sarnn, ort_session_for, tiny_inputs
+
+pytestmark = pytest.mark.train  # needs the training extra
 
 ATOL = 1e-5
 

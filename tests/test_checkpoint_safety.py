@@ -5,10 +5,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+pytest.importorskip("torch")
+
 import torch
 
 from export.model import SARNN, ModelConfig, load_checkpoint, save_checkpoint
 from sarnn_serve.settings import DEFAULT_MODEL_DIR
+
+pytestmark = pytest.mark.train  # needs the training extra
 
 
 class MarkerPayload:

@@ -11,7 +11,8 @@ import pytest
 
 from tests.service_fixtures import TINY_MODEL
 
-pytestmark = pytest.mark.slow  # trains a model and starts a dozen processes
+# starts a dozen processes; streams the watch data (`train`)
+pytestmark = [pytest.mark.slow, pytest.mark.train]
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "cluster_faults.py"
 

@@ -10,7 +10,8 @@ import pytest
 
 from benchmarks import compare
 
-pytestmark = pytest.mark.slow  # starts sarnn-serve and redis-server processes
+# starts sarnn-serve and redis-server processes; streams the watch data (`train`)
+pytestmark = [pytest.mark.slow, pytest.mark.train]
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not on PATH")

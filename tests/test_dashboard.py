@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from websockets.sync.client import connect
 
-from tests.service_fixtures import TINY_MODEL, LiveServer, start_server, stop_server
+from tests.service_fixtures import TINY_MODEL, LiveServer, start_server, stop_server, watch_steps
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -80,10 +80,9 @@ def tid(testid: str) -> str:
 
 @pytest.fixture(scope="module")
 def recording() -> np.ndarray:
-    """One real test-subject recording of the watch data: x [T, 6] in raw sensor units."""
-    from export.data import load_watch
-
-    return load_watch().test[0].x
+    """The start of a real test-subject recording of the watch data (tests/data): x [T, 6] in
+    raw sensor units."""
+    return watch_steps()
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,8 @@ from websockets.asyncio.client import connect
 
 from tests.service_fixtures import TINY_MODEL, LiveServer
 
-pytestmark = pytest.mark.slow  # trains a model and starts sarnn-serve processes
+# starts sarnn-serve processes; streams whole held-out watch recordings (the datasets: `train`)
+pytestmark = [pytest.mark.slow, pytest.mark.train]
 
 N_RECORDINGS = 2
 MAX_CHUNK = 64

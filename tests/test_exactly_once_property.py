@@ -27,7 +27,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from tests.service_fixtures import LiveServer, start_server, stop_server
 
-pytestmark = pytest.mark.slow  # trains a model and starts sarnn-serve processes
+pytestmark = pytest.mark.slow  # starts sarnn-serve processes
 
 FEATURES = 6
 STEPS = 60

@@ -13,9 +13,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
 import onnx
 import onnxruntime as ort
-import pytest
 import torch
 
 import export.verify
@@ -24,6 +27,8 @@ from export.model import SARNN, ModelConfig, load_checkpoint, save_checkpoint
 from export.onnx_export import build_model
 from export.verify import Report, StepParity
 from sarnn_serve.card import GRAPH_INPUTS, GRAPH_OUTPUTS, ModelCard
+
+pytestmark = pytest.mark.train  # needs the training extra
 
 ATOL = 1e-5
 KNOWN_ORT_WARNINGS = (

@@ -6,9 +6,13 @@ from pathlib import Path
 
 import pytest
 
+pytest.importorskip("torch")  # the offline side (export/, the training extra)
+
 from export.cli import main
 from export.destination import model_dir
 from sarnn_serve.settings import DEFAULT_MODEL_DIR
+
+pytestmark = pytest.mark.train
 
 
 def test_default_is_exported_run_name() -> None:

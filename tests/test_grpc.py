@@ -33,8 +33,9 @@ from sarnn_serve.api.app import create_app
 from sarnn_serve.api.grpc_service import grpc_status, peer_host
 from sarnn_serve.errors import ServiceError
 from sarnn_serve.results import softmax
-from sarnn_serve.settings import DEFAULT_MODEL_DIR, Settings
-from tests.service_fixtures import LiveServer, free_port, start_server, stop_server
+from sarnn_serve.settings import Settings
+from tests.service_fixtures import SHIPPED_MODELS as DEFAULT_MODEL_DIR
+from tests.service_fixtures import LiveServer, free_port, start_server, stop_server, watch_steps
 
 pytestmark = pytest.mark.slow  # starts sarnn-serve processes
 
@@ -77,10 +78,8 @@ def client(server: LiveServer, grpc_port: int) -> Iterator[triton.InferenceServe
 
 @pytest.fixture(scope="module")
 def recording() -> np.ndarray:
-    """The first held-out watch recording (a test subject's), [T, 6] raw sensor values."""
-    from export.data import load_watch
-
-    return load_watch().test[0].x
+    """The start of the first held-out watch recording (tests/data), [T, 6] raw sensor values."""
+    return watch_steps()
 
 
 @pytest.fixture(scope="module")

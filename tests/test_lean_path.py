@@ -20,7 +20,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from sarnn_serve import frames
 from tests.service_fixtures import LiveServer, start_server, stop_server
 
-pytestmark = pytest.mark.slow  # trains a model and starts sarnn-serve processes
+pytestmark = pytest.mark.slow  # starts sarnn-serve processes
 
 FEATURES = 6
 TIMEOUT = 10

@@ -10,7 +10,8 @@ import pytest
 from benchmarks import load_http
 from tests.service_fixtures import TINY_MODEL, LiveServer
 
-pytestmark = pytest.mark.slow  # trains a model and starts a sarnn-serve process
+# starts a sarnn-serve process; the load generator streams the watch data (`train`)
+pytestmark = [pytest.mark.slow, pytest.mark.train]
 
 CLIENTS, CHUNK = 4, 4
 

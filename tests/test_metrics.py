@@ -18,9 +18,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 
-from tests.service_fixtures import TINY_MODEL, LiveServer, start_server, stop_server
+from tests.service_fixtures import TINY_MODEL, LiveServer, start_server, stop_server, watch_steps
 
-pytestmark = pytest.mark.slow  # trains a model and starts sarnn-serve processes
+pytestmark = pytest.mark.slow  # starts sarnn-serve processes
 
 GATES = {"gru": 3, "lstm": 4, "rnn": 1}
 CHUNKS = "POST /v1/sessions/{session_id}/chunks"
@@ -104,9 +104,7 @@ def server(served_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 @pytest.fixture(scope="module")
 def traffic(server: LiveServer) -> Traffic:
-    from export.data import load_watch
-
-    x = load_watch().test[1].x  # a real recording (raw sensor units)
+    x = np.tile(watch_steps(), (2, 1))  # a real recording, twice (raw sensor units)
     c = httpx.Client(base_url=server.url, timeout=30)
     card = c.get(f"/v1/models/{TINY_MODEL}").json()
     before = scrape(server)

@@ -10,6 +10,9 @@ import json
 
 import numpy as np
 import pytest
+
+pytest.importorskip("torch")
+
 import torch
 
 from export.data import load_basicmotions, load_dataset, load_watch
@@ -23,6 +26,8 @@ from export.model import (
     save_checkpoint,
 )
 from export.train import TrainConfig, evaluate, train
+
+pytestmark = pytest.mark.train  # needs the training extra
 
 
 def _x(model: SARNN, batch: int, steps: int, seed: int = 0) -> torch.Tensor:

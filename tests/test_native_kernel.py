@@ -7,41 +7,38 @@ within 1e-5, for every cell, hidden size, batch (its 4-row blocks and their rema
 padding and threshold; and a row's answer must not depend on the other rows of its batch.
 """
 
-import asyncio
-import shutil
 import struct
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-import httpx
 import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
 import onnx
 import onnxruntime as ort
-import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from export.model import CELLS, SARNN
 from export.onnx_export import build_model
-from sarnn_serve import native
-from sarnn_serve.engine import DENSE, NATIVE, SPARSE, Engine
+from sarnn_serve.engine import DENSE, NATIVE, Engine
 from sarnn_serve.native import NativeKernel, NativeKernelError
-from sarnn_serve.onnx_initializers import OnnxFormatError, read_initializers
-from sarnn_serve.registry import load_model
-from sarnn_serve.routing import BATCHES, THRESHOLDS, Calibration, Router, calibrate
-from sarnn_serve.settings import DEFAULT_MODEL_DIR
-from tests.conftest import TINY_FEATURES, build_tiny_sarnn, run_chunk_graph, tiny_inputs
-from tests.service_fixtures import start_server, stop_server
-from tests.test_stream import rest_answers
+from sarnn_serve.onnx_initializers import read_initializers
+from sarnn_serve.routing import BATCHES, THRESHOLDS, Router, calibrate
+from tests.fixtures import ATOL, Outputs, assert_same_outputs
+from tests.service_fixtures import SHIPPED_MODELS
+from tests.tiny_models import TINY_FEATURES, build_tiny_sarnn, run_chunk_graph, tiny_inputs
 
-ATOL = 1e-5
+pytestmark = pytest.mark.train  # tiny models built with torch; the rest: test_native_runtime
+
 CLOSED, OPEN = 0.999, 0.001
-SHIPPED = sorted(p.parent.name for p in DEFAULT_MODEL_DIR.glob("*/model.onnx"))
-SHIPPED_GRAPHS = sorted(DEFAULT_MODEL_DIR.glob("*/model*.onnx"))
+SHIPPED = sorted(p.parent.name for p in SHIPPED_MODELS.glob("*/model.onnx"))
+SHIPPED_GRAPHS = sorted(SHIPPED_MODELS.glob("*/model*.onnx"))
 SERVED = "watch-gru"
-Outputs = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -92,16 +89,6 @@ def _pair(cell: str, hidden: int, coord_scale: float = 1.0, selective: bool = Tr
     return Pair(model, proto, sess, NativeKernel(_initializers(proto)))
 
 
-def _assert_same(got: Outputs, want: Outputs, label: str = "") -> None:
-    """Masks identical; logits and state within ATOL."""
-    assert got[1].dtype == np.bool_ and got[1].shape == want[1].shape, label
-    assert got[0].shape == want[0].shape and got[2].shape == want[2].shape, label
-    where = np.argwhere(got[1] != want[1])
-    assert where.size == 0, f"{label}: {len(where)} updates differ, first at [b,t,h] {where[:3]}"
-    np.testing.assert_allclose(got[0], want[0], atol=ATOL, rtol=0, err_msg=f"{label}: logits")
-    np.testing.assert_allclose(got[2], want[2], atol=ATOL, rtol=0, err_msg=f"{label}: state")
-
-
 def _assert_same_arrays(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
     """The same names in the same order, each with the same dtype, shape and values."""
     assert want and list(got) == list(want)
@@ -138,19 +125,6 @@ def _padded(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return out
 
 
-def _recording(seed: int, steps: int) -> np.ndarray:
-    """Raw watch-like inputs [T, 6] (accelerometer, gyroscope)."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(0.0, 1.0, (steps, 6)) * [0.6, 0.6, 0.6, 1.5, 1.5, 1.5]
-    return x.astype(np.float32)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    e = np.exp(z - z.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
 def _key(number: int, wire: int) -> bytes:
     return _varint(number << 3 | wire)
 
@@ -177,14 +151,6 @@ def _unpacked_floats(name: str, values: list[float]) -> bytes:
 
 
 # --- the library and the weight reader ----------------------------------------------------
-
-
-def test_library_is_built_and_loads() -> None:
-    # the package promises the kernel wherever a C compiler was at install (CI has gcc)
-    path = native.library_path()
-    assert path is not None and path.is_file(), "sarnn_serve._step_kernel was not built"
-    assert path.parent == Path(native.__file__).parent
-    assert native.available()
 
 
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
@@ -233,24 +199,6 @@ def test_reader_decodes_unpacked_float_data(tmp_path: Path) -> None:
     _assert_same_arrays(read_initializers(path), want)
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_random_bytes_are_not_onnx(seed: int, tmp_path: Path) -> None:
-    rng = np.random.default_rng(seed)
-    path = tmp_path / "noise.onnx"
-    path.write_bytes(rng.bytes(int(rng.integers(1, 4096))))
-    with pytest.raises(OnnxFormatError):
-        read_initializers(path)
-
-
-@pytest.mark.parametrize("keep", [0.005, 0.5, 0.999], ids=["in-nodes", "in-weights", "at-end"])
-def test_truncated_model_is_not_onnx(keep: float, tmp_path: Path) -> None:
-    data = (DEFAULT_MODEL_DIR / SERVED / "model.onnx").read_bytes()
-    path = tmp_path / "truncated.onnx"
-    path.write_bytes(data[: int(keep * len(data))])
-    with pytest.raises(OnnxFormatError):
-        read_initializers(path)
-
-
 # --- parity with the dense graph ----------------------------------------------------------
 
 
@@ -271,7 +219,7 @@ def test_matches_dense_graph(cell: str, hidden: int, batch: int, steps: int) -> 
     for start in (np.zeros_like(state), state):
         for feed_label, feed in feeds.items():
             label = f"{cell} H={hidden} B={batch} T={steps} |state|={start.any()} {feed_label}"
-            _assert_same(*p.both(x, start, **feed), label)
+            assert_same_outputs(*p.both(x, start, **feed), label)
     if hidden > 1 and steps > 1:
         # not a trivial case: some row skips some neurons and updates others at some step
         k = p.run(x, state)[1].sum(axis=-1)
@@ -280,15 +228,17 @@ def test_matches_dense_graph(cell: str, hidden: int, batch: int, steps: int) -> 
     # padding: past its length a row reads nothing, updates nothing and keeps its state
     garbage = _padded(x, lengths)
     got, want = p.both(garbage, state, lengths=lengths, threshold=taus)
-    _assert_same(got, want, f"{cell} H={hidden} B={batch} T={steps} padded")
-    _assert_same(got, p.run(x, state, lengths=lengths, threshold=taus), "padding read")
+    assert_same_outputs(got, want, f"{cell} H={hidden} B={batch} T={steps} padded")
+    assert_same_outputs(got, p.run(x, state, lengths=lengths, threshold=taus), "padding read")
     for i, n in enumerate(lengths):
         assert not got[1][i, n:].any(), f"row {i} updated past its length {n}"
         if n == 0:
             assert np.array_equal(got[2][i], state[i]), f"row {i} of length 0 moved"
             continue
         alone = p.run(x[i : i + 1, :n], state[i : i + 1], threshold=[taus[i]])
-        _assert_same((got[0][i : i + 1, :n], got[1][i : i + 1, :n], got[2][i : i + 1]), alone)
+        assert_same_outputs(
+            (got[0][i : i + 1, :n], got[1][i : i + 1, :n], got[2][i : i + 1]), alone
+        )
         frozen = np.broadcast_to(alone[0][0, -1], got[0][i, n:].shape)
         np.testing.assert_allclose(got[0][i, n:], frozen, atol=ATOL, rtol=0)
 
@@ -307,18 +257,18 @@ def test_thresholds_that_close_or_open_every_gate(
     label = f"{cell} H={hidden} B={batch} T={steps}"
 
     got, want = p.both(x, state, threshold=[CLOSED])
-    _assert_same(got, want, f"{label} closed")
+    assert_same_outputs(got, want, f"{label} closed")
     assert not got[1].any()
     assert np.array_equal(got[2], state), "no update: the state must be exactly the input"
 
     got, want = p.both(x, state, threshold=[OPEN])
-    _assert_same(got, want, f"{label} open")
+    assert_same_outputs(got, want, f"{label} open")
     assert got[1].all()
 
     if batch > 1:
         taus = np.where(np.arange(batch) % 2 == 0, CLOSED, OPEN)
         mixed, want = p.both(x, state, threshold=taus)
-        _assert_same(mixed, want, f"{label} mixed")
+        assert_same_outputs(mixed, want, f"{label} mixed")
         assert not mixed[1][::2].any() and mixed[1][1::2].all()
         assert np.array_equal(mixed[2][::2], state[::2])
 
@@ -331,7 +281,7 @@ def test_dense_baseline_matches_its_graph(cell: str, hidden: int) -> None:
     x, state = tiny_inputs(5, 7, seed=8), _state(p.model, 5)
     for taus in (None, [CLOSED], _row_taus(5)):
         got, want = p.both(x, state, threshold=taus)
-        _assert_same(got, want, f"{cell} H={hidden} dense baseline threshold={taus}")
+        assert_same_outputs(got, want, f"{cell} H={hidden} dense baseline threshold={taus}")
         assert got[1].all()
 
 
@@ -345,7 +295,9 @@ def test_chunking_does_not_change_the_answer(cell: str, hidden: int) -> None:
     steps, batch = 33, 5
     x, state0, taus = tiny_inputs(batch, steps, seed=11), _state(p.model, batch), _row_taus(batch)
     whole = p.run(x, state0, threshold=taus)
-    _assert_same(whole, run_chunk_graph(p.dense, x, state0, threshold=taus), f"{cell} H={hidden}")
+    assert_same_outputs(
+        whole, run_chunk_graph(p.dense, x, state0, threshold=taus), f"{cell} H={hidden}"
+    )
     for plan in ([1] * steps, [7, 7, 7, 7, 5], [5, 1, 27]):
         state, logits, updates, t = state0, [], [], 0
         for n in plan:
@@ -354,7 +306,7 @@ def test_chunking_does_not_change_the_answer(cell: str, hidden: int) -> None:
             updates.append(up)
             t += n
         chunked = (np.concatenate(logits, 1), np.concatenate(updates, 1), state)
-        _assert_same(chunked, whole, f"{cell} H={hidden} chunks={plan[:5]}")
+        assert_same_outputs(chunked, whole, f"{cell} H={hidden} chunks={plan[:5]}")
 
 
 @pytest.mark.parametrize("hidden", [5, 37, 40, 64])
@@ -455,128 +407,7 @@ def test_weights_of_another_shape_are_refused_before_any_call(name: str) -> None
         NativeKernel(missing)
 
 
-def test_a_file_that_is_not_onnx_gives_no_kernel(tmp_path: Path) -> None:
-    path = tmp_path / "model.onnx"
-    path.write_bytes(b"\x0a\xff\xff")
-    with pytest.raises(NativeKernelError, match=r"model\.onnx"):
-        NativeKernel.from_graph(path)
-
-
 # --- engine and registry ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", SHIPPED)
-def test_shipped_models_load_with_the_kernel_and_match_dense(name: str) -> None:
-    model = load_model(DEFAULT_MODEL_DIR / name)
-    engine, card = model.engine, model.card
-    assert NATIVE in engine.paths and engine.native is not None
-    assert (engine.native.hidden, engine.native.state_size) == (card.hidden, card.state_size)
-    batch, steps = 3, 24
-    rng = np.random.default_rng(7)
-    x = rng.normal(0.0, 1.0, (batch, steps, card.n_features)).astype(np.float32)
-    state = (0.3 * rng.standard_normal((batch, card.state_size))).astype(np.float32)
-    lengths, taus = np.array([24, 10, 17]), np.array([0.3, 0.5, 0.7], np.float32)
-    runs = {path: engine.run(x, state, lengths, taus, path=path) for path in (DENSE, NATIVE)}
-    got, want = ((o.logits, o.updates, o.state) for o in (runs[NATIVE], runs[DENSE]))
-    _assert_same(got, want, name)
-
-
-def test_registry_leaves_the_kernel_out_when_told_or_not_built(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    model = load_model(DEFAULT_MODEL_DIR / SERVED, native_kernel=False)
-    assert model.engine.native is None and model.engine.paths == [DENSE, SPARSE]
-    monkeypatch.setattr(native, "available", lambda: False)
-    assert load_model(DEFAULT_MODEL_DIR / SERVED).engine.paths == [DENSE, SPARSE]
-
-
-@pytest.mark.parametrize("output", [0, 2], ids=["logits", "state"])
-def test_registry_leaves_out_a_kernel_that_disagrees_with_the_graph(
-    output: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The kernel is refused, not the model: it serves on its graphs (test_kernel_head)."""
-    run = NativeKernel.run
-
-    def drifted(self: NativeKernel, *args, **kwargs) -> Outputs:
-        outputs = list(run(self, *args, **kwargs))
-        outputs[output] = outputs[output] + 1e-3
-        return tuple(outputs)
-
-    monkeypatch.setattr(NativeKernel, "run", drifted)
-    model = load_model(DEFAULT_MODEL_DIR / SERVED)
-    assert model.engine.native is None and NATIVE not in model.engine.paths
-
-
-# --- routing ------------------------------------------------------------------------------
-
-# dense costs 10 us/step at B=1 and 80 at B=64; the kernel 2 + 30 x rate at B=1, 4 + 120 x rate
-# at B=64 (the sparse graph's calibration in test_unit_routing, on the kernel)
-NATIVE_CAL = Calibration(
-    [1, 64], [0, 0], [10e-6, 80e-6], [0, 0], [2e-6, 4e-6], [30e-6, 120e-6], graph=NATIVE
-)
-# where the sparse graph would split a batch into single rows
-NATIVE_LARGE_H = Calibration(
-    [1, 8], [0, 0], [100e-6, 700e-6], [0, 0], [5e-6, 40e-6], [100e-6, 800e-6], graph=NATIVE
-)
-
-
-def test_native_cost_follows_the_mean_row_rate() -> None:
-    rates = [0.15] * 8
-    assert NATIVE_CAL.rate_of(rates) == pytest.approx(0.15)
-    assert NATIVE_CAL.rate_of([0.0, 0.5, 0.1]) == pytest.approx(0.2)
-    # eight rows at 15%: the union (73%) is dear on the sparse graph, the mean cheap on the kernel
-    router = Router("auto", NATIVE_CAL)
-    assert router.plan(rates) == [(NATIVE, list(range(8)))]
-    sparse_graph = Router("auto", replace(NATIVE_CAL, graph=SPARSE))
-    assert sparse_graph.plan(rates) == [(DENSE, list(range(8)))]
-
-
-def test_auto_runs_native_below_the_crossover_and_dense_above() -> None:
-    router = Router("auto", NATIVE_CAL)
-    assert router.plan([0.1]) == [(NATIVE, [0])]
-    assert router.plan([0.3]) == [(DENSE, [0])]
-    assert router.plan([0.05, 0.1, 0.0]) == [(NATIVE, [0, 1, 2])]
-    assert router.plan([0.9] * 8, steps=16) == [(DENSE, list(range(8)))]
-
-
-@pytest.mark.parametrize("cal", [NATIVE_CAL, NATIVE_LARGE_H], ids=["small-h", "large-h"])
-def test_native_plans_never_split_a_batch(
-    cal: Calibration, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    rng = np.random.default_rng(0)
-    router, unbounded = Router("auto", cal), Router("auto", cal)
-    monkeypatch.setattr(unbounded, "_dense_from", lambda *_: 2.0)  # never settled early
-    seen = set()
-    for n in [1, 2, 3, 4, 5, 8, 9, 17, 64] * 20:
-        rates = (rng.choice([0.0, 0.01, 0.05, 0.2, 0.6, 1.0], n) * rng.random(n)).tolist()
-        for steps in (1, 32):
-            plan = router.plan(rates, steps)
-            assert len(plan) == 1 and plan[0][1] == list(range(n)), plan
-            assert plan == unbounded.plan(rates, steps), "the cached rate bound changed a plan"
-            seen.add(plan[0][0])
-    assert seen == {NATIVE, DENSE}
-    # the batch the sparse graph runs as four single-row calls is one kernel call
-    assert Router("auto", NATIVE_LARGE_H).plan([0.02, 0.5, 0.01, 0.03]) == [(NATIVE, [0, 1, 2, 3])]
-
-
-def test_forced_native_is_one_call_of_every_row() -> None:
-    assert Router("native", NATIVE_CAL).plan([1.0, 1.0, 0.0]) == [(NATIVE, [0, 1, 2])]
-    assert Router("native", NATIVE_CAL).plan([0.5], steps=64) == [(NATIVE, [0])]
-
-
-def test_observe_corrects_the_native_prediction() -> None:
-    router = Router("auto", NATIVE_CAL)
-    assert set(router.correction) == {DENSE, NATIVE}
-    rates = [0.0, 0.2, 0.1]
-    # a call that takes what the mean rate predicts leaves the correction alone
-    router.observe(NATIVE, rates, 4, NATIVE_CAL.sparse_call(3, 4, 0.1))
-    assert router.correction[NATIVE] == pytest.approx(1.0)
-    assert router.plan([0.1]) == [(NATIVE, [0])]
-    # kernel calls keep measuring 5x their prediction: the router moves to dense
-    for _ in range(200):
-        router.observe(NATIVE, [0.1], 1, 5 * NATIVE_CAL.sparse_call(1, 1, 0.1))
-    assert router.correction[NATIVE] > 4 and router.correction[DENSE] == 1.0
-    assert router.plan([0.1]) == [(DENSE, [0])]
 
 
 def test_calibration_of_the_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -596,44 +427,3 @@ def test_calibration_of_the_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         assert len(rates) == len(THRESHOLDS) and 0 <= min(rates) < max(rates) <= 1
     plan = Router("auto", cal).plan([0.1, 0.2])
     assert plan in ([(NATIVE, [0, 1])], [(DENSE, [0, 1])])
-
-
-# --- a live server ------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_server_on_the_native_path_answers_as_the_dense_graph(tmp_path: Path) -> None:
-    models = tmp_path / "models"
-    shutil.copytree(DEFAULT_MODEL_DIR / SERVED, models / SERVED)
-    server = start_server(models, tmp_path, {"SARNN_ENGINE_PATH": NATIVE})
-    sizes = [(7, 1, 20, 3), (4, 16, 2)]  # two sessions at once: their chunks batch together
-    xs = [_recording(seed, sum(chunks)) for seed, chunks in enumerate(sizes)]
-    streams = [np.split(x, np.cumsum(chunks)[:-1]) for x, chunks in zip(xs, sizes, strict=True)]
-    try:
-
-        async def both() -> list[list[dict]]:
-            jobs = [rest_answers(server.url, [c.tolist() for c in s]) for s in streams]
-            return await asyncio.gather(*jobs)
-
-        answers = asyncio.run(both())
-        stats = httpx.get(f"{server.url}/v1/models/{SERVED}/stats", timeout=10).json()
-    finally:
-        stop_server(server)
-
-    dense = Engine(DEFAULT_MODEL_DIR / SERVED / "model.onnx")
-    for k, (x, chunks) in enumerate(zip(xs, answers, strict=True)):
-        out = dense.run(x[None], np.zeros((1, dense.inputs["state"].shape[1]), np.float32))
-        steps = [step for chunk in chunks for step in chunk["steps"]]
-        assert [s["index"] for s in steps] == list(range(len(x)))
-        classes = np.array([s["class"] for s in steps])
-        updates = np.array([s["updates"] for s in steps])
-        assert np.array_equal(classes, out.logits[0].argmax(-1)), f"stream {k}: classes"
-        assert np.array_equal(updates, out.updates[0].sum(-1)), f"stream {k}: updates"
-        assert updates.min() > 0 and updates.max() < out.updates.shape[-1], "gates are mixed"
-        probs = [s["probabilities"] for s in steps]
-        np.testing.assert_allclose(probs, _softmax(out.logits[0]), atol=ATOL, rtol=0)
-    engine = stats["engine"]
-    assert engine["routing"] == NATIVE and NATIVE in engine["graphs"]
-    assert engine["calibration"]["path"] == NATIVE
-    n_chunks = sum(map(len, sizes))
-    assert set(engine["calls"]) == {NATIVE} and 1 <= engine["calls"][NATIVE] <= n_chunks

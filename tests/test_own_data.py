@@ -9,13 +9,18 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import onnxruntime as ort
 import pytest
+
+pytest.importorskip("torch")
+
+import onnxruntime as ort
 
 from export.data import load_data, load_files, split_groups
 from sarnn_serve.client.recordings import read_csv, read_folder, read_npz
 from sarnn_serve.replay import ReplayError, load_csv
 from tests.service_fixtures import start_server, stop_server
+
+pytestmark = pytest.mark.train  # needs the training extra
 
 HEADER = ["time", "subject", "u", "v", "label"]
 RATE_HZ = 10.0

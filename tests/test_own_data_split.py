@@ -8,7 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytest.importorskip("torch")  # the offline side (export/, the training extra)
+
 from export.data import load_data, load_files, split_groups
+
+pytestmark = pytest.mark.train
 
 CLASSES = ("run", "sit", "walk")
 

@@ -13,12 +13,17 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
+pytest.importorskip("torch")
+
+
 import export.pareto
 from export.cli import main
 from export.pareto import Grid, Point, dense_width, is_done, matching, parse_parts, share
 from export.pareto_report import Row, bootstrap_ci, choose, point_of, target_check
 from export.train import TrainConfig
 from sarnn_serve.accounting import CellCost
+
+pytestmark = pytest.mark.train  # needs the training extra
 
 
 def _dense_cost(width: int) -> int:

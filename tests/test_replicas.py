@@ -10,8 +10,9 @@ import httpx
 import numpy as np
 import pytest
 
-from export.data import load_watch
+from sarnn_serve.client.recordings import read_csv
 from tests.service_fixtures import (
+    RECORDING,
     LiveServer,
     start_redis,
     start_server,
@@ -19,7 +20,7 @@ from tests.service_fixtures import (
     stop_server,
 )
 
-pytestmark = pytest.mark.slow  # trains a model and starts sarnn-serve processes
+pytestmark = pytest.mark.slow  # starts sarnn-serve processes
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +40,13 @@ def replicas(
     stop_server(b)
 
 
+FEATURES = ["ax", "ay", "az", "wx", "wy", "wz"]
+
+
 @pytest.fixture(scope="module")
 def recording() -> np.ndarray:
-    return load_watch().test[0].x[:120]
+    """The first 120 samples of held-out watch recording 0 (tests/data)."""
+    return read_csv(RECORDING, features=FEATURES).x[:120]
 
 
 def _chunks(x: np.ndarray, size: int) -> list[list[list[float]]]:

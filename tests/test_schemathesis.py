@@ -32,7 +32,7 @@ from schemathesis.checks import (
 from sarnn_serve.schemas import MAX_ABS_INPUT
 from tests.service_fixtures import TINY_MODEL, LiveServer, start_server, stop_server
 
-pytestmark = pytest.mark.slow  # trains a model and starts a sarnn-serve process
+pytestmark = pytest.mark.slow  # starts a sarnn-serve process
 
 FEATURES = 6
 MAX_CHUNK_STEPS = 64

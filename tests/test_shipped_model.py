@@ -6,9 +6,14 @@ import json
 import numpy as np
 import pytest
 
+pytest.importorskip("seglearn")
+
+
 from export.data import load_watch, pad_recordings
 from sarnn_serve.registry import Registry
 from sarnn_serve.settings import DEFAULT_MODEL_DIR
+
+pytestmark = pytest.mark.train  # needs the training extra
 
 SHIPPED = "watch-gru"
 

@@ -9,15 +9,20 @@ from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
 import onnx
 import onnxruntime as ort
-import pytest
 import torch
 
 from export.model import CELLS, GATES, SARNN
 from export.onnx_export import build_model, cell_weights
 from export.onnx_sparse import build_sparse_chunk_graph
-from tests.conftest import build_tiny_sarnn, run_chunk_graph, tiny_inputs
+from tests.tiny_models import build_tiny_sarnn, run_chunk_graph, tiny_inputs
+
+pytestmark = pytest.mark.train  # needs the training extra
 
 ATOL = 1e-5
 CLOSED, OPEN = 0.999, 0.001

@@ -25,7 +25,7 @@ from sarnn_serve.background_calibration import BackgroundCalibration, Calibratio
 from sarnn_serve.engine import DENSE, NATIVE, SPARSE
 from sarnn_serve.registry import Registry, load_model
 from sarnn_serve.routing import Router
-from sarnn_serve.settings import DEFAULT_MODEL_DIR
+from tests.service_fixtures import SHIPPED_MODELS as DEFAULT_MODEL_DIR
 from tests.service_fixtures import free_port, stop_process
 from tests.test_cli import assert_one_line_error, run_cli
 

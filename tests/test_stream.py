@@ -15,9 +15,10 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.fixtures import rest_answers
 from tests.service_fixtures import TINY_MODEL, LiveServer
 
-pytestmark = pytest.mark.slow  # trains a model and starts sarnn-serve processes
+pytestmark = pytest.mark.slow  # starts sarnn-serve processes
 
 FEATURES = 6
 HIDDEN = 16
@@ -48,20 +49,6 @@ def chunk_ok(answer: dict, seq: int) -> dict:
     assert answer["type"] == "chunk", answer
     assert answer["seq"] == seq and answer["replayed"] is False
     return answer
-
-
-async def rest_answers(url: str, chunks: list[list], include_mask: bool = False) -> list[dict]:
-    """The chunk answers of a new REST session fed `chunks` in order."""
-    async with httpx.AsyncClient(base_url=url, timeout=30) as c:
-        sid = (await c.post("/v1/sessions", json={})).json()["id"]
-        out = []
-        for seq, chunk in enumerate(chunks):
-            body = {"seq": seq, "inputs": chunk, "include_mask": include_mask}
-            r = await c.post(f"/v1/sessions/{sid}/chunks", json=body)
-            assert r.status_code == 200, r.text
-            out.append(r.json())
-        await c.delete(f"/v1/sessions/{sid}")
-    return out
 
 
 def same_answer(got: dict, want: dict) -> None:

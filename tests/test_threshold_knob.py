@@ -8,6 +8,9 @@ import json
 from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
+
+pytest.importorskip("torch")
+
 import torch
 
 from export.cli import main
@@ -15,7 +18,9 @@ from export.data import Dataset, Recording
 from export.model import gate_threshold
 from export.train import CURVE_THRESHOLDS, TrainConfig, threshold_curve
 from sarnn_serve.card import ModelCard
-from tests.conftest import TINY_CLASSES, TINY_FEATURES, build_tiny_sarnn, tiny_inputs
+from tests.tiny_models import TINY_CLASSES, TINY_FEATURES, build_tiny_sarnn, tiny_inputs
+
+pytestmark = pytest.mark.train  # needs the training extra
 
 
 def test_training_forward_cuts_at_each_rows_threshold(sarnn_cell):

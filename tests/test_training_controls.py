@@ -7,12 +7,17 @@ import json
 
 import numpy as np
 import pytest
+
+pytest.importorskip("torch")
+
 import torch
 
 from export.data import stratified_holdout
 from export.model import ALPHA_END, budget_loss, slope
 from export.train import TrainConfig, calibrate_gates, optimiser_step, train
-from tests.conftest import build_tiny_sarnn, tiny_inputs
+from tests.tiny_models import build_tiny_sarnn, tiny_inputs
+
+pytestmark = pytest.mark.train  # needs the training extra
 
 # --- slope ---------------------------------------------------------------------------------
 

@@ -15,68 +15,11 @@ import numpy as np
 import pytest
 
 from sarnn_serve.batcher import CallTiming, MicroBatcher, RowResult
-from sarnn_serve.engine import DENSE, SPARSE, EngineOutput
+from sarnn_serve.engine import DENSE, SPARSE
 from sarnn_serve.errors import Overloaded
 from sarnn_serve.locks import KeyedLocks
 from sarnn_serve.routing import Calibration, Router
-
-FEATURES = 3
-STATE = 4
-CLASSES = 2
-FAIL = 666.0  # a feature value that makes the fake engine raise
-
-
-def fake_outputs(
-    x: np.ndarray, state: np.ndarray, lengths: np.ndarray, threshold: np.ndarray
-) -> EngineOutput:
-    """Deterministic graph outputs for x [B,T,F] from state [B,S], rows stopping at lengths."""
-    b, t, _ = x.shape
-    with np.errstate(over="ignore"):  # a test drives rows to inf on purpose
-        h = state[:, None, :] + np.cumsum(x.sum(axis=-1), axis=1)[:, :, None]
-    live = np.arange(t)[None, :] < lengths[:, None]
-    logits = np.where(live[..., None], h[..., :CLASSES] * np.arange(1, CLASSES + 1), np.nan)
-    updates = (np.abs(h) % 1.0 > threshold[:, None, None]) | ~live[..., None]
-    return EngineOutput(
-        logits.astype(np.float32), updates, h[np.arange(b), lengths - 1].astype(np.float32)
-    )
-
-
-class FakeEngine:
-    """Stands in for engine.Engine: records each call's (rows, steps) and graph; `gate` holds
-    calls. Both graphs give the same answers, as the real ones do."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[int, int]] = []
-        self.paths: list[str] = []
-        self.threads: list[int] = []
-        self.entered = threading.Event()
-        self.gate = threading.Event()
-        self.gate.set()
-
-    def run(
-        self,
-        x: np.ndarray,
-        state: np.ndarray,
-        lengths: np.ndarray,
-        threshold: np.ndarray,
-        path: str = DENSE,
-    ) -> EngineOutput:
-        self.calls.append((x.shape[0], x.shape[1]))
-        self.paths.append(path)
-        self.threads.append(threading.get_ident())
-        self.entered.set()
-        assert self.gate.wait(10), "the test never opened the gate"
-        if (x == FAIL).any():
-            raise RuntimeError("engine failed")
-        return fake_outputs(x, state, lengths, threshold)
-
-
-def solo(x: np.ndarray, state: np.ndarray, threshold: float) -> EngineOutput:
-    """The fake engine's answer for one chunk run alone (row 0 of a batch of one)."""
-    out = fake_outputs(
-        x[None], state[None], np.asarray([len(x)]), np.asarray([threshold], np.float32)
-    )
-    return EngineOutput(out.logits[0], out.updates[0], out.state[0])
+from tests.fixtures import CLASSES, FAIL, FEATURES, STATE, FakeEngine, solo
 
 
 def chunk(steps: int, seed: int) -> np.ndarray:

@@ -11,7 +11,7 @@ from sarnn_serve.degrade import CALM_INTERVALS, SETPOINT, Degrader
 from sarnn_serve.errors import InvalidInput
 from sarnn_serve.schemas import SessionCreate
 from sarnn_serve.settings import Settings
-from tests.test_unit_plane import CARD, MODEL, anonymous, chunk, make_plane  # noqa: F401
+from tests.fixtures import CARD, MODEL, anonymous, chunk
 
 CURVE = [
     {"threshold": t, "update_rate": 1 - t, "val_streaming_accuracy": 0.95 - 0.2 * t}
@@ -21,7 +21,7 @@ STEERED = ModelCard.model_validate({**CARD.model_dump(), "threshold_curve": CURV
 
 
 @pytest.fixture
-def plane_with_curve(make_plane):  # noqa: F811
+def plane_with_curve(make_plane):
     """make_plane over a card that carries a threshold curve."""
     return lambda settings=None: make_plane(settings, STEERED)
 
@@ -56,7 +56,7 @@ async def test_threshold_and_target_together_are_refused(plane_with_curve):
     assert caught.value.detail["field"] == "target_update_rate"
 
 
-async def test_a_model_without_a_curve_cannot_be_steered(make_plane):  # noqa: F811
+async def test_a_model_without_a_curve_cannot_be_steered(make_plane):
     plane = await make_plane()
     with pytest.raises(InvalidInput, match="no measured threshold curve"):
         await plane.create_session(anonymous(), SessionCreate(target_update_rate=0.3))

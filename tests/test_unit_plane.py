@@ -1,18 +1,16 @@
 """The data plane in-process: a real ModelCard, a fake engine in a real thread pool, MemoryStore,
 Monitor and Settings; no HTTP server and no ONNX graph.
 
-The fake engine (test_unit_batcher.FakeEngine) is deterministic, so a session fed in chunks must
+The fake engine (tests.fixtures.FakeEngine) is deterministic, so a session fed in chunks must
 give exactly what one run over its whole history gives.
 """
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable
 
 import numpy as np
 import pytest
 
-from sarnn_serve.auth import KeyRing, Principal
-from sarnn_serve.card import ModelCard
+from sarnn_serve.auth import Principal
 from sarnn_serve.errors import (
     Forbidden,
     RetryMismatch,
@@ -20,74 +18,19 @@ from sarnn_serve.errors import (
     SessionNotFound,
     TooManyRequests,
 )
-from sarnn_serve.metrics import Monitor, PromMetrics
-from sarnn_serve.registry import LoadedModel, Registry
 from sarnn_serve.results import ChunkResult
-from sarnn_serve.schemas import ChunkRequest, SessionCreate
+from sarnn_serve.schemas import SessionCreate
 from sarnn_serve.service import DataPlane
 from sarnn_serve.settings import Settings
-from sarnn_serve.store.memory import MemoryStore
-from tests.test_unit_batcher import CLASSES, FEATURES, STATE, FakeEngine, solo
+from tests.fixtures import CARD, MODEL, MakePlane, anonymous, chunk, solo
 
-MODEL = "tiny-gru"
-CARD = ModelCard.model_validate(
-    {
-        "name": MODEL,
-        "version": "v1",
-        "cell": "gru",
-        "n_features": FEATURES,
-        "hidden": STATE,
-        "n_classes": CLASSES,
-        "feature_names": ["ax", "ay", "az"],
-        "class_labels": ["rest", "move"],
-        "threshold": 0.5,
-        "alpha": 1.92,
-        "training": {"dataset": "watch", "recipe": "none", "seed": 0, "lam": 2.5, "steps": 1},
-        "evaluation": {
-            "streaming_accuracy": 0.9,
-            "last_step_accuracy": 0.9,
-            "update_rate": 0.5,
-        },
-    }
-)
 KEYS = "a,b,root:admin"
-MakePlane = Callable[..., Awaitable[DataPlane]]
-
-
-@pytest.fixture
-async def make_plane() -> AsyncIterator[MakePlane]:
-    """Factory of started data planes over a MemoryStore: make_plane(settings, card)."""
-    executor = ThreadPoolExecutor(1)
-    planes: list[DataPlane] = []
-
-    async def make(settings: Settings | None = None, card: ModelCard = CARD) -> DataPlane:
-        settings = settings or Settings()
-        plane = DataPlane(
-            settings,
-            Registry({MODEL: LoadedModel(card, FakeEngine())}),
-            MemoryStore(settings.max_sessions),
-            Monitor(PromMetrics(), {MODEL: CARD.hidden}),
-            executor,
-            keyring=KeyRing.from_settings(settings),
-        )
-        await plane.start()
-        planes.append(plane)
-        return plane
-
-    yield make
-    for plane in planes:
-        await plane.stop()
-    executor.shutdown()
 
 
 def history(steps: int) -> np.ndarray:
     """Steps of multiples of 1/8: sums are exact, so chunked and whole runs agree bit for bit."""
     rng = np.random.default_rng(0)
     return (rng.integers(-16, 17, (steps, CARD.n_features)) / 8).astype(np.float32)
-
-
-def chunk(seq: int, x: np.ndarray, include_mask: bool = False) -> ChunkRequest:
-    return ChunkRequest(seq=seq, inputs=x.tolist(), include_mask=include_mask)
 
 
 def engine_calls(plane: DataPlane) -> int:
@@ -104,10 +47,6 @@ def totals(plane: DataPlane) -> tuple[float | None, ...]:
         prom("sarnn_steps_total", {"model": MODEL}),
         prom("sarnn_neuron_updates_total", {"model": MODEL}),
     )
-
-
-def anonymous(host: str = "10.0.0.1") -> Principal:
-    return Principal(f"ip-{host}")
 
 
 def assert_same_answer(a: ChunkResult, b: ChunkResult) -> None:

@@ -24,9 +24,8 @@ from sarnn_serve.registry import LoadedModel, Registry
 from sarnn_serve.service import DataPlane
 from sarnn_serve.settings import Settings
 from sarnn_serve.store.memory import MemoryStore
+from tests.fixtures import CARD, MODEL, FakeEngine
 from tests.service_fixtures import TINY_MODEL, LiveServer
-from tests.test_unit_batcher import FakeEngine
-from tests.test_unit_plane import CARD, MODEL
 
 HEADER = "Inference-Header-Content-Length"
 INFER = f"/v2/models/{MODEL}/infer"

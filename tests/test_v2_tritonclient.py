@@ -14,19 +14,17 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from tests.service_fixtures import TINY_MODEL, LiveServer
+from tests.service_fixtures import TINY_MODEL, LiveServer, watch_steps
 
-pytestmark = pytest.mark.slow  # trains a model and starts a sarnn-serve process
+pytestmark = pytest.mark.slow  # starts a sarnn-serve process
 
 OUTPUTS = ("probabilities", "class", "updates")
 
 
 @pytest.fixture(scope="module")
 def recording() -> np.ndarray:
-    """The first held-out watch recording, [T, 6] raw sensor values."""
-    from export.data import load_watch
-
-    return load_watch().test[0].x
+    """The start of the first held-out watch recording (tests/data), [T, 6] raw sensor values."""
+    return watch_steps()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,130 @@
+"""Tiny seeded SA-RNNs and their in-memory ONNX chunk graphs, for the suites of the offline side
+(they need torch: the training extra). Registered as fixtures by conftest when torch is there.
+
+Everything here is small on purpose (F = 3, H = 12, C = 4) so the whole suite stays fast on two
+busy cores. Fixture names carry a `sarnn_` / `tiny_` prefix so that service suites can add their
+own fixtures next to these without clashes.
+"""
+
+from collections.abc import Callable
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from export.model import CELLS, SARNN, ModelConfig
+
+torch.set_num_threads(1)
+
+TINY_FEATURES = 3
+TINY_HIDDEN = 12
+TINY_CLASSES = 4
+TINY_MEAN = (0.5, -1.0, 2.0)
+TINY_STD = (2.0, 0.5, 1.5)
+
+
+def build_tiny_sarnn(
+    cell: str = "gru",
+    *,
+    hidden: int = TINY_HIDDEN,
+    seed: int = 0,
+    alpha: float = 1.6,
+    selective: bool = True,
+) -> SARNN:
+    """A seeded SA-RNN whose gates are mixed (coordinator bias 0, random W_x and w_d) and whose
+    normalisation is not the identity; in eval mode."""
+    torch.manual_seed(seed)
+    model = SARNN(
+        ModelConfig(
+            cell=cell,
+            n_features=TINY_FEATURES,
+            hidden=hidden,
+            n_classes=TINY_CLASSES,
+            selective=selective,
+        )
+    )
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        model.coord_x.weight.copy_(torch.randn(hidden, TINY_FEATURES, generator=gen))
+        model.coord_x.bias.zero_()
+        model.coord_d.copy_(torch.randn(hidden, generator=gen))
+    model.set_normalisation(torch.tensor(TINY_MEAN), torch.tensor(TINY_STD))
+    model.alpha = alpha
+    model.eval()
+    return model
+
+
+def tiny_inputs(batch: int, steps: int, seed: int = 0) -> np.ndarray:
+    """Raw-unit inputs [B, T, F] float32 around the tiny models' normalisation statistics."""
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((batch, steps, TINY_FEATURES))
+    return (np.asarray(TINY_MEAN) + np.asarray(TINY_STD) * z).astype(np.float32)
+
+
+def ort_session_for(model: SARNN, log_severity_level: int = 3) -> ort.InferenceSession:
+    """Build the chunk graph of `model` in memory (export.onnx_export.build_model, which also
+    runs onnx's full checker) and open it in onnxruntime on one thread."""
+    from export.onnx_export import build_model
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = log_severity_level
+    return ort.InferenceSession(
+        build_model(model).SerializeToString(), opts, providers=["CPUExecutionProvider"]
+    )
+
+
+@pytest.fixture(params=CELLS)
+def sarnn_cell(request: pytest.FixtureRequest) -> str:
+    """Each recurrent cell in turn: gru, lstm, rnn."""
+    return request.param
+
+
+@pytest.fixture
+def make_tiny_sarnn() -> Callable[..., SARNN]:
+    """Factory: make_tiny_sarnn(cell, hidden=, seed=, alpha=, selective=) -> SARNN."""
+    return build_tiny_sarnn
+
+
+@pytest.fixture
+def make_tiny_inputs() -> Callable[..., np.ndarray]:
+    """Factory: make_tiny_inputs(batch, steps, seed=) -> raw inputs [B, T, F] float32."""
+    return tiny_inputs
+
+
+@pytest.fixture
+def make_tiny_onnx() -> Callable[..., ort.InferenceSession]:
+    """Factory: make_tiny_onnx(model) -> onnxruntime session of its chunk graph."""
+    return ort_session_for
+
+
+@pytest.fixture
+def tiny_sarnn(sarnn_cell: str) -> SARNN:
+    """The tiny SA-RNN of the current cell."""
+    return build_tiny_sarnn(sarnn_cell)
+
+
+@pytest.fixture
+def tiny_onnx(tiny_sarnn: SARNN) -> ort.InferenceSession:
+    """onnxruntime session of `tiny_sarnn`'s chunk graph."""
+    return ort_session_for(tiny_sarnn)
+
+
+def run_chunk_graph(
+    sess: ort.InferenceSession,
+    x: np.ndarray,
+    state: np.ndarray,
+    lengths: list[int] | np.ndarray | None = None,
+    threshold: list[float] | np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(logits, updates, state_out) of a chunk graph session; lengths and threshold are fed
+    only when given (else the graph's defaults)."""
+    feeds = {"x": x, "state": state}
+    if lengths is not None:
+        feeds["lengths"] = np.asarray(lengths, np.int64)
+    if threshold is not None:
+        feeds["threshold"] = np.asarray(threshold, np.float32)
+    logits, updates, state_out = sess.run(None, feeds)
+    return logits, updates, state_out
