@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --disable-pip-version-check -q
 
-.PHONY: serve test lint bench load system-deps train-default export-default protos
+.PHONY: serve test test-runtime lint bench load system-deps train-default export-default protos
 .PHONY: clean distclean
 
 # The Python pyproject.toml requires (requires-python = ">=X.Y"), and the venv's own, if any.
@@ -53,6 +53,10 @@ system-deps:
 
 test: $(VENV)/.dev system-deps
 	$(PY) -m pytest -q
+
+# The suite against the built wheel in a fresh venv without torch or a C compiler (not `train`)
+test-runtime: $(VENV)/.dev system-deps
+	$(PY) scripts/runtime_suite.py
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
