@@ -16,6 +16,9 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 README_MAX_LINES = 250
+# where the docs name files of the repository in code: each such path must exist
+REPO_DIRS = ("sarnn_serve/", "export/", "tests/", "benchmarks/", "scripts/", "docker/", "deploy/",
+             "docs/", "models/", ".ci/")  # fmt: skip
 # [text](target) and ![alt](target), target up to a space or ')'; <img src="...">
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)|src=\"([^\"]+)\"")
 FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
@@ -56,6 +59,23 @@ def test_every_relative_link_resolves() -> None:
     assert not broken_links(markdown_files())
 
 
+def named_paths(page: Path) -> list[str]:
+    """Repository paths named in code spans and blocks of a page (`sarnn_serve/frames.py`,
+    `docs/bench/degrade*.json`), up to the first character that cannot be in one."""
+    words = re.findall(r"[\w.*/-]+", " ".join(re.findall(r"`([^`]+)`", page.read_text())))
+    return [w.rstrip(".,:;") for w in words if w.startswith(REPO_DIRS)]
+
+
+def test_every_named_repository_path_exists() -> None:
+    missing = [
+        f"{page.relative_to(ROOT)}: {path}"
+        for page in markdown_files()
+        for path in named_paths(page)
+        if not any(ROOT.glob(path))
+    ]
+    assert not missing
+
+
 def test_a_broken_link_is_found(tmp_path: Path) -> None:
     (tmp_path / "there.md").write_text("# there\n")
     page = tmp_path / "page.md"
@@ -83,3 +103,14 @@ def test_the_site_builds_strictly(tmp_path: Path) -> None:
     assert (site / "quickstart" / "index.html").is_file()
     assert (site / "bench" / "savings.png").is_file()
     shutil.rmtree(site)
+
+
+def test_named_paths_are_read_from_code(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(
+        "see `sarnn_serve/frames.py`, `docs/bench/degrade*.json`; docs/nowhere.md\n"
+        "```sh\nbash scripts/gone.sh\n```\n"
+    )
+    named = named_paths(page)
+    assert named == ["sarnn_serve/frames.py", "docs/bench/degrade*.json", "scripts/gone.sh"]
+    assert [p for p in named if not any(ROOT.glob(p))] == ["scripts/gone.sh"]
