@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from sarnn_serve.engine import Engine
+from sarnn_serve.records import PackedOutputs
 from sarnn_serve.registry import _read_card
 from sarnn_serve.results import StepOutputs
 from sarnn_serve.sessions import SessionRecord, new_session_id
@@ -51,7 +52,9 @@ def record_after(engine: Engine, steps: int, n_features: int, hidden: int, masks
         steps=steps,
         updates=int(out.updates.sum()),
         last_digest=b"\0" * 16,
-        last_outputs=StepOutputs.from_graph(0, out.logits[0], out.updates[0], masks),
+        last_outputs=PackedOutputs.of(
+            StepOutputs.from_graph(0, out.logits[0], out.updates[0], masks)
+        ),
     )
     return record.encode()
 
@@ -108,7 +111,7 @@ async def main() -> None:
     longest = Settings().max_chunk_steps
     f, h, c = card.n_features, card.hidden, card.n_classes
     print(f"model {card.name}: F={f} H={h} C={c}; largest chunk {longest} steps")
-    print("bound: ~250 + 4H + T(4C + 2 [+ H/8 with masks]) bytes per record")
+    print("bound: ~450 + 4H + T(4C + 2 [+ H/8 with masks]) bytes per record")
     print("| record after | encoded bytes | RSS per session | held |")
     print("|---|---:|---:|---:|")
     for steps, masks in ((1, False), (1, True), (longest, False), (longest, True)):

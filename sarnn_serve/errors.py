@@ -114,6 +114,21 @@ class SessionNotFound(ServiceError):
         super().__init__(f"session {session_id} {what}", session=session_id, reason=reason)
 
 
+class SessionUnreadable(ServiceError):
+    """A session's stored record cannot be read here (damaged, or in a format of a newer
+    release): that session fails, no other; it can be deleted."""
+
+    status = 500
+    code = "session_unreadable"
+
+    def __init__(self, session_id: str, problem: str) -> None:
+        super().__init__(
+            f"session {session_id} cannot be read by this server ({problem}); a newer replica "
+            "may read it, or delete it",
+            session=session_id,
+        )
+
+
 class SeqConflict(ServiceError):
     """A chunk's seq is neither the expected one nor a retry of the last one."""
 

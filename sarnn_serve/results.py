@@ -1,14 +1,13 @@
 """Typed results of the data plane and their rendering into the bodies every transport sends.
 
 `StepOutputs` is what a chunk produced (logits, update counts, optional masks): the data plane
-keeps the last one in the session record (compact, bounded) so that a retry is answered again
-exactly; transports render it with `chunk_body` / `step_list`.
+keeps the last one in the session record (packed: `records.PackedOutputs`) so that a retry is
+answered again exactly; transports render it with `chunk_body` / `step_list`.
 """
 
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
 import numpy as np
 
 from sarnn_serve.accounting import Usage, usage
@@ -56,30 +55,6 @@ class StepOutputs:
 
     def usage(self, card: ModelCard) -> Usage:
         return usage(card.cost, self.steps, int(self.counts.sum(dtype=np.int64)))
-
-    def pack(self) -> bytes:
-        """Compact binary form: about 4C + 2 bytes per step, plus H/8 with masks."""
-        t, c = self.logits.shape
-        masks = None
-        if self.masks is not None:
-            masks = [self.masks.shape[1], np.packbits(self.masks, axis=1).tobytes()]
-        return msgpack.packb(
-            [self.first_index, t, c, self.logits.tobytes(), self.counts.tobytes(), masks]
-        )
-
-    @classmethod
-    def unpack(cls, data: bytes) -> "StepOutputs":
-        first, t, c, logits, counts, masks = msgpack.unpackb(data)
-        mask_array = None
-        if masks is not None:
-            bits = np.frombuffer(masks[1], np.uint8).reshape(t, -1)
-            mask_array = np.unpackbits(bits, axis=1, count=masks[0]).astype(bool)
-        return cls(
-            first,
-            np.frombuffer(logits, np.float32).reshape(t, c),
-            np.frombuffer(counts, np.uint16),
-            mask_array,
-        )
 
 
 def step_list(card: ModelCard, out: StepOutputs) -> list[dict[str, Any]]:

@@ -105,6 +105,15 @@ class SessionSummary(Usage):
     next_seq: int = Field(description="The seq the next chunk must carry.")
 
 
+class SessionDeleted(BaseModel):
+    """The answer to deleting a session that has no summary to give: its stored record cannot
+    be read here, or its model is no longer served."""
+
+    id: str
+    deleted: bool = True
+    note: str = Field(description="Why there is no summary.")
+
+
 class SessionRef(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 

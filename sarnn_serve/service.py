@@ -39,10 +39,12 @@ from sarnn_serve.errors import (
     SeqConflict,
     ServiceError,
     SessionNotFound,
+    SessionUnreadable,
 )
 from sarnn_serve.locks import KeyedLocks
 from sarnn_serve.metrics import Monitor
 from sarnn_serve.quotas import ConnectionLimit, CreationRate
+from sarnn_serve.records import PackedOutputs, RecordUnreadable
 from sarnn_serve.registry import LoadedModel, Registry
 from sarnn_serve.results import ChunkResult, StepOutputs, chunk_body, chunk_columns, step_list
 from sarnn_serve.routing import Router
@@ -288,7 +290,7 @@ class DataPlane:
                 gone = await self.store.create(
                     record.id,
                     card.name,
-                    record.encode(),
+                    record.encode(self.settings.record_format),
                     record.ttl_s,
                     owner=caller.id,
                     max_owned=self.settings.max_sessions_per_key,
@@ -367,7 +369,7 @@ class DataPlane:
         self, session_id: str, caller: Principal
     ) -> tuple[SessionRecord, int, LoadedModel]:
         stored = await self._load(session_id, caller)
-        record = SessionRecord.decode(stored.data)
+        record = self._decode(session_id, stored.data)
         model = self.registry.models.get(record.model)
         if model is None or model.card.version != record.model_version:
             raise ModelUnavailable(
@@ -375,7 +377,28 @@ class DataPlane:
                 f"{record.model_version}, which this server does not serve",
                 session=session_id,
             )
+        if record.state.size != model.card.state_size:
+            raise self._unreadable(
+                session_id,
+                f"state: {record.state.size} values where model {record.model} keeps "
+                f"{model.card.state_size}",
+            )
         return record, stored.version, model
+
+    def _decode(self, session_id: str, data: bytes) -> SessionRecord:
+        """The record of a session's stored bytes; SessionUnreadable (this session's error
+        only) if they are not a record this release reads, or another session's."""
+        try:
+            record = SessionRecord.decode(data)
+        except RecordUnreadable as exc:
+            raise self._unreadable(session_id, str(exc)) from None
+        if record.id != session_id:
+            raise self._unreadable(session_id, "the record is another session's")
+        return record
+
+    def _unreadable(self, session_id: str, problem: str) -> SessionUnreadable:
+        log.warning("session record unreadable", extra={"session": session_id, "error": problem})
+        return SessionUnreadable(session_id, problem)
 
     async def get_session(self, caller: Principal, session_id: str) -> dict:
         record, _, model = await self._record(session_id, caller)
@@ -409,15 +432,22 @@ class DataPlane:
         async with self._locks.hold(session_id):
             self._written.pop(session_id, None)
             stored = await self._load(session_id, caller, delete=True)
-        record = SessionRecord.decode(stored.data)
-        self.monitor.session_ended(record.model, "deleted")
         self.recent.pop(session_id, None)
+        try:
+            record = self._decode(session_id, stored.data)
+        except SessionUnreadable as exc:
+            log.info("session deleted", extra={"session": session_id})
+            return {"id": session_id, "deleted": True, "note": exc.message}
+        self.monitor.session_ended(record.model, "deleted")
         log.info(
             "session deleted",
             extra={"session": session_id, "model": record.model, "steps": record.steps},
         )
         model = self.registry.models.get(record.model)
-        return record.summary(model.card.cost) if model else {"id": session_id}
+        if model is None:
+            note = f"its model {record.model} is not served here, so no summary"
+            return {"id": session_id, "deleted": True, "note": note}
+        return record.summary(model.card.cost)
 
     async def advance(
         self,
@@ -473,10 +503,10 @@ class DataPlane:
                 record.note_rate(used.steps, used.updates, card.hidden)
                 self._steer(record, card, threshold, used)
                 record.last_seen = time.time()
-                record.last_digest, record.last_outputs = digest, outputs
+                record.last_digest, record.last_outputs = digest, PackedOutputs.of(outputs)
                 record.last_request = request_digest(request_id) if request_id else b""
                 if await self.store.compare_and_set(
-                    session_id, version, record.encode(), record.ttl_s
+                    session_id, version, record.encode(self.settings.record_format), record.ttl_s
                 ):
                     self._remember(session_id, version + 1, record)
                     self.monitor.record_usage(card.name, used)
@@ -533,7 +563,7 @@ class DataPlane:
         if digest != record.last_digest:
             raise RetryMismatch(seq, record.next_seq)
         log.info("chunk replayed", extra={"session": record.id, "model": record.model, "seq": seq})
-        outputs = record.last_outputs
+        outputs = record.last_outputs.unpack()
         return self._result(record, card, seq, outputs, outputs.usage(card), True, answer)
 
     def chunk_json(self, result: ChunkResult, chunk: ChunkRequest | None = None) -> bytes:

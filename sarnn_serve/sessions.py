@@ -1,21 +1,24 @@
-"""A session's record and its compact binary encoding for the store.
+"""Session ids and a session's record; its stored form (format version, named fields) is
+`records`.
 
-Bytes per record are bounded: about 250 bytes of fields, 4 x S for the state, and the last
-chunk's outputs for replay (`results.StepOutputs.pack`: 4 x C + 2 bytes per step, plus H / 8
-per step when masks were asked for), so at most `max_chunk_steps` x (4C + 2 + H/8) for that part.
+Bytes per record are bounded: about 450 bytes of fields and their names, 4 x S for the state,
+and the last chunk's outputs for replay (`records.PackedOutputs`: 4 x C + 2 bytes per step, plus
+H / 8 per step when masks were asked for), so at most `max_chunk_steps` x (4C + 2 + H/8) for
+that part.
 """
 
 import base64
 import hashlib
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import msgpack
 import numpy as np
 
+from sarnn_serve import records
 from sarnn_serve.accounting import CellCost, usage
-from sarnn_serve.results import StepOutputs
+from sarnn_serve.records import PackedOutputs
 
 
 def new_session_id(worker: str = "") -> str:
@@ -74,7 +77,7 @@ class SessionRecord:
     created: float = field(default_factory=time.time)
     last_seen: float = field(default_factory=time.time)
     last_digest: bytes = b""
-    last_outputs: StepOutputs | None = None
+    last_outputs: PackedOutputs | None = None  # of the last chunk, to answer its retry
     recent_rate: float = 1.0
     last_request: bytes = b""  # request_digest of the last chunk's request id (/v2 retries)
     target_rate: float | None = None  # held to this update rate by budget.RateControl
@@ -95,39 +98,14 @@ class SessionRecord:
             and self.last_request == request_digest(request_id)
         )
 
-    def encode(self) -> bytes:
-        return msgpack.packb(
-            [
-                self.id,
-                self.model,
-                self.model_version,
-                self.threshold,
-                self.ttl_s,
-                self.state.astype(np.float32).tobytes(),
-                self.owner,
-                self.next_seq,
-                self.steps,
-                self.updates,
-                self.created,
-                self.last_seen,
-                self.last_digest,
-                self.last_outputs.pack() if self.last_outputs is not None else None,
-                self.recent_rate,
-                self.last_request,
-                self.target_rate,
-                self.control_offset,
-                self.degrade,
-                self.last_threshold,
-            ]
-        )
+    def encode(self, version: int = records.FORMAT) -> bytes:
+        """The stored bytes, in record format `version` (`records`)."""
+        return records.encode({f.name: getattr(self, f.name) for f in fields(self)}, version)
 
     @classmethod
     def decode(cls, data: bytes) -> "SessionRecord":
-        fields = msgpack.unpackb(data)
-        fields[5] = np.frombuffer(fields[5], dtype=np.float32).copy()
-        if fields[13] is not None:
-            fields[13] = StepOutputs.unpack(fields[13])
-        return cls(*fields)
+        """The record of stored bytes of any format read (records.RecordUnreadable if none)."""
+        return cls(**records.decode(data))
 
     def summary(self, cost: CellCost) -> dict:
         """Totals reported by GET /v1/sessions/{id}, chunk answers and DELETE."""

@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     redis_max_connections: int = Field(
         64, ge=1, description="Redis connections per process; more calls wait for one."
     )
+    record_format: int = Field(
+        2,
+        ge=1,
+        le=2,
+        description="Session record format written (either is read): 2, named fields; 1 while "
+        "replicas of a release that reads only format 1 share the store (a rolling upgrade).",
+    )
     session_ttl_s: float = Field(
         900.0, gt=0, description="Idle time after which a session expires."
     )

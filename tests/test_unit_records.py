@@ -1,9 +1,10 @@
-"""The stored forms: SessionRecord and StepOutputs round-trip exactly and stay within the
-size bound sessions.py documents."""
+"""The stored forms: SessionRecord and a chunk's packed outputs round-trip exactly (in both
+record formats) and stay within the size bound sessions.py documents."""
 
 import numpy as np
 import pytest
 
+from sarnn_serve.records import PackedOutputs
 from sarnn_serve.results import StepOutputs
 from sarnn_serve.sessions import SessionRecord, new_session_id
 
@@ -34,7 +35,7 @@ def record(last: StepOutputs | None, hidden: int = 13) -> SessionRecord:
         created=1.7e9 + 0.123,
         last_seen=1.7e9 + 9.875,
         last_digest=bytes(range(16)),
-        last_outputs=last,
+        last_outputs=None if last is None else PackedOutputs.of(last),
         recent_rate=0.125,
     )
 
@@ -57,9 +58,9 @@ def assert_same_outputs(a: StepOutputs | None, b: StepOutputs | None) -> None:
 
 @pytest.mark.parametrize("hidden", [1, 8, 13, 128])
 @pytest.mark.parametrize("include_mask", [False, True])
-def test_step_outputs_pack_round_trips_exactly(hidden: int, include_mask: bool) -> None:
+def test_packed_outputs_round_trip_exactly(hidden: int, include_mask: bool) -> None:
     out = outputs(37, 7, hidden, include_mask)
-    back = StepOutputs.unpack(out.pack())
+    back = PackedOutputs.of(out).unpack()
     assert_same_outputs(back, out)
     assert back.steps == 37
     assert (back.masks is not None) == include_mask
@@ -74,15 +75,16 @@ def test_step_outputs_count_updates_per_step() -> None:
     assert out.masks is None
 
 
+@pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("last", ["none", "outputs", "outputs_with_masks"])
-def test_session_record_round_trips(last: str) -> None:
+def test_session_record_round_trips(last: str, version: int) -> None:
     last_outputs = {
         "none": None,
         "outputs": outputs(5, 3, 13, include_mask=False),
         "outputs_with_masks": outputs(5, 3, 13, include_mask=True),
     }[last]
     rec = record(last_outputs)
-    back = SessionRecord.decode(rec.encode())
+    back = SessionRecord.decode(rec.encode(version))
     for name in (
         "id", "model", "model_version", "threshold", "ttl_s", "owner", "next_seq", "steps",
         "updates", "created", "last_seen", "last_digest", "recent_rate",
@@ -90,7 +92,7 @@ def test_session_record_round_trips(last: str) -> None:
         assert getattr(back, name) == getattr(rec, name), name
     assert back.state.dtype == np.float32 and back.state.tobytes() == rec.state.tobytes()
     back.state[0] = 1.0  # decoded arrays are writable copies, not views of the bytes
-    assert_same_outputs(back.last_outputs, last_outputs)
+    assert_same_outputs(back.last_outputs and back.last_outputs.unpack(), last_outputs)
 
 
 def test_record_size_is_bounded_at_the_largest_chunk() -> None:
@@ -99,6 +101,6 @@ def test_record_size_is_bounded_at_the_largest_chunk() -> None:
         masks: len(record(outputs(steps, classes, hidden, masks), hidden).encode())
         for masks in (True, False)
     }
-    fields_and_state = 250 + 4 * hidden + SLACK
+    fields_and_state = 450 + 4 * hidden + SLACK
     assert size[True] <= fields_and_state + steps * (4 * classes + 2 + hidden // 8)
     assert size[False] <= fields_and_state + steps * (4 * classes + 2)

@@ -28,6 +28,11 @@ ERROR_RESPONSES = {
         "description": "The session store is unreachable, or too many chunks wait for the "
         "model (overloaded, with Retry-After); nothing was applied; retry.",
     },
+    500: {
+        "model": ErrorBody,
+        "description": "The session's stored record cannot be read here (session_unreadable): "
+        "that session only; DELETE removes it.",
+    },
     507: {"model": ErrorBody, "description": "The session store is out of memory."},
 }
 PARSE_FAILURE = "There was an error parsing the body"

@@ -11,6 +11,7 @@ from sarnn_serve.schemas import (
     ChunkResponse,
     ErrorBody,
     SessionCreate,
+    SessionDeleted,
     SessionRef,
     SessionSummary,
 )
@@ -45,9 +46,10 @@ async def get_session(session_id: str, dp: Plane, who: Caller) -> dict:
     return await dp.get_session(who, session_id)
 
 
-@router.delete("/{session_id}", response_model=SessionSummary)
+@router.delete("/{session_id}", response_model=SessionSummary | SessionDeleted)
 async def delete_session(session_id: str, dp: Plane, who: Caller) -> dict:
-    """End a session and return its final summary."""
+    """End a session and return its final summary (or, for a session whose record cannot be
+    read here or whose model is no longer served, why there is none)."""
     return await dp.delete_session(who, session_id)
 
 
