@@ -3,7 +3,7 @@
 The math follows docs/architecture.md, section "The model":
 
     a_t = W_x x_t + w_d * h_{t-1} + b                 coordinator (w_d: one weight per neuron)
-          [+ W_e (x_t * x_t)]                         energy features (`coord_energy`)
+          [+ W_e (x_t * x_t - 1)]                     energy features (`coord_energy`)
     p_t = clamp((alpha a_t + 1) / 2, 0, 1)            hard sigmoid, slope alpha annealed 1 -> 5
     u_t = round(p_t) = [a_t > 0], straight through    training gate (tie a = 0: no update;
                                                       a drawn tau moves the cut as below)
@@ -246,11 +246,16 @@ class SARNN(nn.Module):
         return Output(self.head(hseq), torch.stack(us, 1), torch.stack(as_, 1), final)
 
     def coordinator_input(self, xn: Tensor) -> Tensor:
-        """The coordinator's input part W_x x + b, plus W_e (x * x) with energy features (x the
-        normalised input): a gate can then open on motion and stay shut at rest, which a linear
-        function of x alone cannot tell apart when motion swings both ways."""
+        """The coordinator's input part W_x x + b, plus W_e (x * x - 1) with energy features
+        (x the normalised input): a gate can then open on motion and stay shut at rest, which a
+        linear function of x alone cannot tell apart when motion swings both ways.
+
+        The energy is centred (x * x has mean 1 on the training data) so that the budget's
+        gradient on W_e, which is proportional to the feature, points where the feature is off
+        its mean: at rest (x * x - 1 near -1), not in motion (the uncentred x * x would have the
+        budget shut gates where the input moves most). The -1 folds into the exported bias."""
         ax = self.coord_x(xn)
-        return ax if self.coord_e is None else ax + self.coord_e(xn * xn)
+        return ax if self.coord_e is None else ax + self.coord_e(xn * xn - 1.0)
 
     def _random_pattern(self, steps: int) -> Tensor:
         """The fixed uniform draws [T, H] of deterministic mode (seed RANDOM_MASK_SEED); a

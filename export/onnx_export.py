@@ -47,6 +47,13 @@ COMPANIONS = ("checkpoint.pt", "metrics.json", "curves.png", "raster.png")
 DENSE_GATE_BIAS = 1e30
 
 
+def _coordinator_bias(sd: dict[str, np.ndarray]) -> np.ndarray:
+    """b, with the energy term's centring folded in: W_e (x * x - 1) = W_e (x * x) - W_e 1."""
+    energy = sd.get("coord_e.weight")
+    bias = sd["coord_x.bias"]
+    return bias if energy is None else (bias - energy.sum(axis=1)).astype(np.float32)
+
+
 def cell_weights(model: SARNN) -> CellWeights:
     """The model's parameters as numpy arrays for the graph builder; a dense baseline's
     coordinator is replaced by one that always opens."""
@@ -62,7 +69,7 @@ def cell_weights(model: SARNN) -> CellWeights:
         bias_ih=sd["cell.bias_ih"],
         bias_hh=sd["cell.bias_hh"],
         coord_w=sd["coord_x.weight"],
-        coord_b=sd["coord_x.bias"],
+        coord_b=_coordinator_bias(sd),
         coord_d=sd["coord_d"],
         head_w=sd["head.weight"],
         head_b=sd["head.bias"],

@@ -244,7 +244,7 @@ def test_stream_evaluation_scores_bouts_and_splits_update_rates(rest: RestModel)
     with torch.no_grad():
         model.coord_x.weight.zero_()
         model.coord_d.zero_()
-        model.coord_x.bias.fill_(-1.0)
+        model.coord_x.bias.fill_(2.0)  # x * x - 1 is about -1 at rest: a = -1 there
         model.coord_e.weight.zero_()
         model.coord_e.weight[:, 3:].fill_(1.0)  # open when the gyroscope moves
     model.alpha = 5.0
