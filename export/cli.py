@@ -275,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="idle periods of --streams last log-uniform in [MIN, MAX] seconds",
     )
     t.add_argument(
+        "--no-calibrate",
+        dest="calibrate",
+        action="store_false",
+        help="with --target-rate: start with the gates open (coordinator bias 1) instead of "
+        "calibrated to the target, so the budget shuts the cheapest gates first",
+    )
+    t.add_argument(
         "--coord-energy",
         action="store_true",
         help="energy features for the coordinator: W_e (x * x) beside W_x x (H x F more "

@@ -101,6 +101,7 @@ class TrainConfig:
     idle_min_s: float = StreamSpec.idle_min_s
     idle_max_s: float = StreamSpec.idle_max_s
     coord_energy: bool = False
+    calibrate: bool = True
 
     def __post_init__(self) -> None:
         if self.data is not None:
@@ -214,6 +215,8 @@ class TrainConfig:
             flags.append(f"--idle-seconds {self.idle_min_s:g} {self.idle_max_s:g}")
         if self.coord_energy:
             flags.append("--coord-energy")
+        if not self.calibrate:
+            flags.append("--no-calibrate")
         if self.target_rate is not None:
             flags.append(f"--target-rate {self.target_rate:g}")
         if self.threshold_range is not None:
@@ -533,7 +536,7 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict:
             return evaluate_streams(model, parts[part], threshold)
         return evaluate(model, data, skip, threshold=threshold, part=part)
 
-    if cfg.target_rate is not None:
+    if cfg.target_rate is not None and cfg.calibrate:
         calibrate_gates(model, windows(0)[0], cfg.target_rate)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     total = cfg.epochs * cfg.batches_per_epoch
