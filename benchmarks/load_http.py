@@ -10,10 +10,11 @@ request as soon as the last one is answered (one request in flight per client). 
 held-out watch recording i mod 28 (export.data.load_watch().test, as benchmarks/load_ws.py does),
 looping over it, --chunk samples per request:
 
-  --target sarnn  POST /v1/sessions {"model"}, then POST /v1/sessions/{id}/chunks
+  --target sarnn  a session opened by the Python client (sarnn_serve.client, not measured),
+                  then POST /v1/sessions/{id}/chunks
                   {"seq": k, "inputs": [[F floats] x chunk]} (+ "answer": "columns" with
                   --answer columns); an answer counts when its status is 200 and it carries
-                  "seq":k. DELETE at the end: the session's final step count must equal the
+                  "seq":k. Deleted at the end (the client): its final step count must equal the
                   steps answered.
   --target v2     POST /v2/models/{model}/infer with x FP32 [1,T,F] and state FP32 [1,S] (flat
                   data, Open Inference Protocol JSON). The client carries the state, as a
@@ -62,6 +63,8 @@ from load_ws import (
     report_lines,
     runner,
 )
+
+from sarnn_serve.client import AsyncClient, AsyncSession, ClientError  # on the path: load_ws
 
 SEQ_PREFIX = b'"seq":'
 STATE_OUTPUT = b'"name":"state"'
@@ -165,24 +168,31 @@ class Connection:
 
 
 class SarnnStream:
-    """A session of sarnn-serve's REST API."""
+    """A session of sarnn-serve's REST API: opened and deleted by the Python client (not
+    measured), its chunks sent on the stream's own connection."""
 
     def __init__(
-        self, conn: Connection, args: argparse.Namespace, chunks: RecordingChunks, rec: int
+        self,
+        conn: Connection,
+        args: argparse.Namespace,
+        chunks: RecordingChunks,
+        rec: int,
+        api: AsyncClient,
     ):
-        self.conn, self.chunks, self.rec = conn, chunks, rec
+        self.conn, self.chunks, self.rec, self.api = conn, chunks, rec, api
         self.extra = b',"answer":"%s"' % args.answer.encode() if args.answer else b""
-        options = {"model": args.model, "threshold": args.threshold}
-        self.open_body = {k: v for k, v in options.items() if v is not None}
-        self.path = ""
+        self.model, self.threshold = args.model, args.threshold
+        self.session: AsyncSession | None = None
         self.head = b""
 
     async def open(self) -> str | None:
-        status, body = await self.conn.json("POST", "/v1/sessions", self.open_body)
-        if not 200 <= status < 300:
-            return f"open: {status} {body.get('error', {}).get('code')}"
-        self.path = f"/v1/sessions/{body['id']}"
-        self.head = self.conn.head("POST", f"{self.path}/chunks")
+        try:
+            self.session = await self.api.open(
+                self.model, threshold=self.threshold, transport="rest", encoding="json"
+            )
+        except ClientError as exc:
+            return f"open: {exc}"
+        self.head = self.conn.head("POST", f"/v1/sessions/{self.session.id}/chunks")
         return None
 
     def body(self, k: int) -> bytes:
@@ -196,17 +206,24 @@ class SarnnStream:
         return None
 
     async def close(self, steps: int) -> str | None:
-        status, body = await self.conn.json("DELETE", self.path)
-        if status != 200:
-            return f"delete: {status}"
-        return None if body.get("steps") == steps else "session steps != steps answered"
+        assert self.session is not None
+        try:
+            final = await self.session.delete()
+        except ClientError as exc:
+            return f"delete: {exc}"
+        return None if final.steps == steps else "session steps != steps answered"
 
 
 class V2Stream:
     """A stream whose state the client carries through POST /v2/models/{model}/infer."""
 
     def __init__(
-        self, conn: Connection, args: argparse.Namespace, chunks: RecordingChunks, rec: int
+        self,
+        conn: Connection,
+        args: argparse.Namespace,
+        chunks: RecordingChunks,
+        rec: int,
+        api: AsyncClient,
     ):
         self.conn, self.chunks, self.rec = conn, chunks, rec
         self.head = conn.head("POST", f"/v2/models/{args.model}/infer")
@@ -270,7 +287,7 @@ class ClientStats(StreamStats):
 
 
 async def run_client(
-    i: int, gate: StartGate, args: argparse.Namespace, chunks: RecordingChunks
+    i: int, gate: StartGate, args: argparse.Namespace, chunks: RecordingChunks, api: AsyncClient
 ) -> ClientStats:
     """Open a stream, wait for the common start, loop until the window ends, close."""
     st = ClientStats()
@@ -279,7 +296,7 @@ async def run_client(
     try:
         try:
             conn = await Connection.open(*http_endpoint(args.url))
-            stream = stream_class(conn, args, chunks, i % len(chunks.recordings))
+            stream = stream_class(conn, args, chunks, i % len(chunks.recordings), api)
             if error := await stream.open():
                 st.errors[error] += 1
                 return st
@@ -346,7 +363,10 @@ async def measure(args: argparse.Namespace) -> dict:
     chunks = chunks_of(load_recordings(), args.chunk, flat=args.target == "v2")
     gate = StartGate(args.clients)
     started = time.perf_counter()
-    tasks = [asyncio.create_task(run_client(i, gate, args, chunks)) for i in range(args.clients)]
+    api = AsyncClient(args.url, timeout=30)  # opens and deletes the sarnn sessions
+    tasks = [
+        asyncio.create_task(run_client(i, gate, args, chunks, api)) for i in range(args.clients)
+    ]
     # every client opens its stream (or fails) first; then all start together
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(gate.all_settled.wait(), 60)
@@ -359,6 +379,7 @@ async def measure(args: argparse.Namespace) -> dict:
     await asyncio.sleep(max(0.0, window[1] - time.perf_counter()))
     cpu_w1 = cpu_seconds(), args.server_pid and cpu_seconds(args.server_pid)
     results = await asyncio.gather(*tasks)
+    await api.aclose()
     return figures(args, results, window[1] - window[0], connect_seconds, cpu_w0, cpu_w1)
 
 

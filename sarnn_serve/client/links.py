@@ -122,7 +122,8 @@ class SocketLink:
             await self.connect()
         assert self.ws is not None
         await self.ws.send(encode_chunk(seq, x, self.encoding, options))
-        frame = await asyncio.wait_for(self.ws.recv(), self.timeout)
+        async with asyncio.timeout(self.timeout):  # cheaper than wait_for: no task per answer
+            frame = await self.ws.recv()
         answer = decode_answer(frame, self.labels)
         if answer.seq != seq:
             raise ProtocolError(f"sent seq {seq}, the answer is for seq {answer.seq}")
