@@ -80,9 +80,10 @@ def tid(testid: str) -> str:
 
 @pytest.fixture(scope="module")
 def recording() -> np.ndarray:
-    """The start of a real test-subject recording of the watch data (tests/data): x [T, 6] in
-    raw sensor units."""
-    return watch_steps()
+    """The start of a real test-subject recording of the watch data (tests/data), eight times
+    over (2,400 steps: a stream that lasts while the page is watched): x [T, 6] in raw sensor
+    units."""
+    return np.tile(watch_steps(), (8, 1))
 
 
 @pytest.fixture(scope="module")
