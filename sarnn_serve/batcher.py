@@ -242,26 +242,29 @@ class MicroBatcher:
             deadline.cancel()
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             self._held = [await self._queue.get()]
             await self._fill()
             await self._acquire()  # the batch is cut when an engine thread is free
-            jobs = self._take(self._held)
-            if self.on_delay:
-                self.on_delay(loop.time() - jobs[0].enqueued)
-            for k, group in enumerate(self._groups(jobs)):
-                live = [j for j in group if not j.future.cancelled()]
-                if k:
-                    await self._acquire()
-                if not live:
-                    self._release()
-                    continue
-                call = loop.create_task(self._answer(live))
-                self._slot_held = False  # the call releases it
-                self._calls.add(call)
-                call.add_done_callback(self._calls.discard)
+            await self._dispatch(self._take(self._held))
             self._held = []
+
+    async def _dispatch(self, jobs: list[_Job]) -> None:
+        """Start the engine calls of one batch (its jobs are not kept once it is answered)."""
+        loop = asyncio.get_running_loop()
+        if self.on_delay:
+            self.on_delay(loop.time() - jobs[0].enqueued)
+        for k, group in enumerate(self._groups(jobs)):
+            live = [j for j in group if not j.future.cancelled()]
+            if k:
+                await self._acquire()
+            if not live:
+                self._release()
+                continue
+            call = loop.create_task(self._answer(live))
+            self._slot_held = False  # the call releases it
+            self._calls.add(call)
+            call.add_done_callback(self._calls.discard)
 
     async def _acquire(self) -> None:
         await self._slots.acquire()

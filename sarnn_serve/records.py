@@ -32,7 +32,7 @@ class RecordUnreadable(ValueError):
     """Stored bytes that are not a session record this release can read (the message says why)."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class PackedOutputs:
     """A chunk's outputs as stored (logits float32 [T,C], counts uint16 [T], masks as bits
     [T, ceil(H/8)]): about 4C + 2 bytes per step, plus H/8 with masks. Unpacked into
@@ -103,102 +103,93 @@ class PackedOutputs:
 
     @classmethod
     def from_v2(cls, data: Any) -> "PackedOutputs":
-        if not isinstance(data, dict):
+        if type(data) is not dict:
             raise RecordUnreadable("last_outputs: not a map")
-        names = ("first_index", "steps", "classes", "logits", "counts")
-        if any(name not in data for name in names):
-            raise RecordUnreadable(f"last_outputs: needs {', '.join(names)}")
-        return cls._checked(*(data[name] for name in names), data.get("hidden"), data.get("masks"))
+        try:
+            first, t, c = data["first_index"], data["steps"], data["classes"]
+            logits, counts = data["logits"], data["counts"]
+        except KeyError as exc:
+            raise RecordUnreadable(f"last_outputs: {exc.args[0]} missing") from None
+        return cls._checked(first, t, c, logits, counts, data.get("hidden"), data.get("masks"))
 
     @classmethod
     def _checked(
         cls, first: Any, t: Any, c: Any, logits: Any, counts: Any, hidden: Any, masks: Any
     ) -> "PackedOutputs":
         ok = (
-            _count(first)
-            and _count(t)
-            and _count(c)
+            type(first) is type(t) is type(c) is int
+            and first >= 0
+            and t >= 0
             and c > 0
-            and isinstance(logits, bytes)
+            and type(logits) is type(counts) is bytes
             and len(logits) == 4 * t * c
-            and isinstance(counts, bytes)
             and len(counts) == 2 * t
         )
-        if ok and masks is not None:
-            ok = _count(hidden) and hidden > 0 and isinstance(masks, bytes)
+        if masks is None:
+            hidden = None
+        elif ok:
+            ok = type(hidden) is int and hidden > 0 and type(masks) is bytes
             ok = ok and len(masks) == t * ((hidden + 7) // 8)
         if not ok:
             raise RecordUnreadable("last_outputs: sizes or types do not fit together")
-        return cls(first, t, c, logits, counts, hidden if masks is not None else None, masks)
+        return cls(first, t, c, logits, counts, hidden, masks)
 
 
 # --- fields ---------------------------------------------------------------------------------
 
-
-def _count(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**64
-
-
-def _real(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _unit(v: Any) -> bool:
-    return _real(v) and 0 <= v <= 1
-
-
-def _rate(v: Any) -> bool:
-    return v is None or (_real(v) and 0 < v <= 1)
-
-
-def _maybe_unit(v: Any) -> bool:
-    return v is None or _unit(v)
-
-
-def _text(v: Any) -> bool:
-    return isinstance(v, str)
-
-
-def _blob(v: Any) -> bool:
-    return isinstance(v, bytes)
-
-
-def _positive(v: Any) -> bool:
-    return _real(v) and v > 0
-
-
-def _flag(v: Any) -> bool:
-    return isinstance(v, bool)
-
-
-def _any(v: Any) -> bool:
-    return True  # checked when converted
-
-
+TEXT, BLOB, COUNT, FLAG = (str,), (bytes,), (int,), (bool,)
+REAL = (float, int)
+MAYBE_REAL = (float, int, type(None))
 REQUIRED = None
-# name -> (check, what it must be, default factory or REQUIRED), in format 1's order
-FIELDS: dict[str, tuple[Callable[[Any], bool], str, Callable[[], Any] | None]] = {
-    "id": (_text, "text", REQUIRED),
-    "model": (_text, "text", REQUIRED),
-    "model_version": (_text, "text", REQUIRED),
-    "threshold": (_unit, "a number in [0, 1]", REQUIRED),
-    "ttl_s": (_positive, "a positive number", REQUIRED),
-    "state": (_blob, "bytes", REQUIRED),
-    "owner": (_text, "text", str),
-    "next_seq": (_count, "a count", int),
-    "steps": (_count, "a count", int),
-    "updates": (_count, "a count", int),
-    "created": (_real, "a time", time.time),
-    "last_seen": (_real, "a time", time.time),
-    "last_digest": (_blob, "bytes", bytes),
-    "last_outputs": (_any, "", lambda: None),
-    "recent_rate": (_unit, "a number in [0, 1]", lambda: 1.0),
-    "last_request": (_blob, "bytes", bytes),
-    "target_rate": (_rate, "nil or a number in (0, 1]", lambda: None),
-    "control_offset": (_real, "a number", float),
-    "degrade": (_flag, "a boolean", bool),
-    "last_threshold": (_maybe_unit, "nil or a number in [0, 1]", lambda: None),
+# name -> (the types its value may have, default factory or REQUIRED), in format 1's order
+FIELDS: dict[str, tuple[tuple[type, ...], Callable[[], Any] | None]] = {
+    "id": (TEXT, REQUIRED),
+    "model": (TEXT, REQUIRED),
+    "model_version": (TEXT, REQUIRED),
+    "threshold": (REAL, REQUIRED),
+    "ttl_s": (REAL, REQUIRED),
+    "state": (BLOB, REQUIRED),
+    "owner": (TEXT, str),
+    "next_seq": (COUNT, int),
+    "steps": (COUNT, int),
+    "updates": (COUNT, int),
+    "created": (REAL, time.time),
+    "last_seen": (REAL, time.time),
+    "last_digest": (BLOB, bytes),
+    "last_outputs": ((bytes, dict, type(None)), lambda: None),
+    "recent_rate": (REAL, lambda: 1.0),
+    "last_request": (BLOB, bytes),
+    "target_rate": (MAYBE_REAL, lambda: None),
+    "control_offset": (REAL, float),
+    "degrade": (FLAG, bool),
+    "last_threshold": (MAYBE_REAL, lambda: None),
 }
+_SCHEMA = tuple((name, types, default) for name, (types, default) in FIELDS.items())
+
+
+def _check_ranges(f: dict[str, Any]) -> None:
+    """The numbers' ranges (NaN is in none)."""
+
+    def refuse(name: str, what: str) -> None:
+        raise RecordUnreadable(f"{name}: {_show(f[name])} is not {what}")
+
+    for name in ("threshold", "recent_rate"):
+        if not 0 <= f[name] <= 1:
+            refuse(name, "in [0, 1]")
+    if not 0 < f["ttl_s"] < math.inf:
+        refuse("ttl_s", "a positive number")
+    for name in ("next_seq", "steps", "updates"):
+        if f[name] < 0:
+            refuse(name, "a count")
+    for name in ("created", "last_seen", "control_offset"):
+        if f[name] - f[name] != 0:
+            refuse(name, "a finite number")
+    if f["target_rate"] is not None and not 0 < f["target_rate"] <= 1:
+        refuse("target_rate", "nil or in (0, 1]")
+    if f["last_threshold"] is not None and not 0 <= f["last_threshold"] <= 1:
+        refuse("last_threshold", "nil or in [0, 1]")
+
+
 V1_FIELDS = tuple(FIELDS)
 
 
@@ -215,12 +206,19 @@ def encode(fields: dict[str, Any], version: int = FORMAT) -> bytes:
     return msgpack.packb({"v": FORMAT, **values})
 
 
-def decode(data: bytes) -> dict[str, Any]:
-    """The fields of a stored record, in either format, checked (RecordUnreadable if not)."""
+def decode(data: bytes, trusted: bool = False) -> dict[str, Any]:
+    """The fields of a stored record, in either format, checked (RecordUnreadable if not);
+    `trusted`: bytes this process wrote itself (an in-process store), in format 2 not checked."""
     try:
         raw = msgpack.unpackb(data)
     except Exception as exc:
         raise RecordUnreadable(f"not msgpack ({exc})") from None
+    if trusted and type(raw) is dict:
+        fields = {name: raw[name] for name in V1_FIELDS}
+        fields["state"] = np.frombuffer(fields["state"], np.float32).copy()
+        if (last := fields["last_outputs"]) is not None:
+            fields["last_outputs"] = PackedOutputs(**last)
+        return fields
     if isinstance(raw, list):
         values, version = dict(zip(V1_FIELDS, raw, strict=False)), 1
     elif isinstance(raw, dict) and raw.get("v") == FORMAT:
@@ -230,15 +228,17 @@ def decode(data: bytes) -> dict[str, Any]:
     else:
         raise RecordUnreadable("not a session record")
     fields = {}
-    for name, (check, what, default) in FIELDS.items():
-        if name not in values:
+    for name, types, default in _SCHEMA:
+        value = values.get(name, values)  # `values` itself stands for "absent"
+        if value is values:
             if default is REQUIRED:
                 raise RecordUnreadable(f"{name}: missing")
             fields[name] = default()
-        elif check(value := values[name]):
+        elif type(value) in types:
             fields[name] = value
         else:
-            raise RecordUnreadable(f"{name}: {_show(value)} is not {what}")
+            raise RecordUnreadable(f"{name}: {_show(value)} is of type {type(value).__name__}")
+    _check_ranges(fields)
     state = fields["state"]
     if len(state) % 4:
         raise RecordUnreadable(f"state: {len(state)} bytes are no float32 vector")

@@ -44,6 +44,7 @@ from sarnn_serve.errors import (
 from sarnn_serve.locks import KeyedLocks
 from sarnn_serve.metrics import Monitor
 from sarnn_serve.quotas import ConnectionLimit, CreationRate
+from sarnn_serve.record_cache import RecordCache
 from sarnn_serve.records import PackedOutputs, RecordUnreadable
 from sarnn_serve.registry import LoadedModel, Registry
 from sarnn_serve.results import ChunkResult, StepOutputs, chunk_body, chunk_columns, step_list
@@ -67,7 +68,7 @@ DEGRADE_CEILING = 0.95  # highest degraded threshold of a model without a thresh
 CAS_ATTEMPTS = 3
 RECENT_SESSIONS = 100
 WATCH_QUEUE = 256
-WRITTEN_RECORDS = 4096  # sessions whose last written record this process keeps
+WRITTEN_RECORDS = 4096  # at most this many records this process wrote are kept (RecordCache)
 
 
 class DataPlane:
@@ -89,7 +90,10 @@ class DataPlane:
         self.monitor = monitor
         self.keyring = keyring or KeyRing({})
         self._locks = KeyedLocks()
-        self._written: OrderedDict[str, tuple[int, SessionRecord]] = OrderedDict()
+        # with a shared store, the records written last (a local store holds them already)
+        self._written = (
+            None if store.local else RecordCache(settings.max_store_bytes, WRITTEN_RECORDS)
+        )
         # with several workers sharing no store, ids say which worker holds the session
         local = settings.workers > 1 and settings.store == "memory"
         self.worker = worker_tag(os.getpid()) if local else ""
@@ -369,7 +373,7 @@ class DataPlane:
         self, session_id: str, caller: Principal
     ) -> tuple[SessionRecord, int, LoadedModel]:
         stored = await self._load(session_id, caller)
-        record = self._decode(session_id, stored.data)
+        record = self._decode(session_id, stored.data, trusted=self.store.local)
         model = self.registry.models.get(record.model)
         if model is None or model.card.version != record.model_version:
             raise ModelUnavailable(
@@ -385,11 +389,12 @@ class DataPlane:
             )
         return record, stored.version, model
 
-    def _decode(self, session_id: str, data: bytes) -> SessionRecord:
+    def _decode(self, session_id: str, data: bytes, trusted: bool = False) -> SessionRecord:
         """The record of a session's stored bytes; SessionUnreadable (this session's error
-        only) if they are not a record this release reads, or another session's."""
+        only) if they are not a record this release reads, or another session's. `trusted`:
+        bytes this process wrote (an in-process store's, or kept in `_written`)."""
         try:
-            record = SessionRecord.decode(data)
+            record = SessionRecord.decode(data, trusted)
         except RecordUnreadable as exc:
             raise self._unreadable(session_id, str(exc)) from None
         if record.id != session_id:
@@ -430,7 +435,7 @@ class DataPlane:
 
     async def delete_session(self, caller: Principal, session_id: str) -> dict:
         async with self._locks.hold(session_id):
-            self._written.pop(session_id, None)
+            self._forget(session_id)
             stored = await self._load(session_id, caller, delete=True)
         self.recent.pop(session_id, None)
         try:
@@ -462,13 +467,15 @@ class DataPlane:
         `arrived` (the event loop's clock) is when the chunk reached the server, if it waited
         before this call (a socket's read-ahead): its queueing delay counts from then.
 
-        The record this process wrote last for the session is kept (`_written`), so that the
-        next chunk in order costs one store round trip (the compare-and-set) instead of two; a
-        stale copy fails the compare-and-set and the record is loaded again."""
+        With a shared store, the record this process wrote last for the session is kept
+        (`_written`), so that the next chunk in order costs one store round trip (the
+        compare-and-set) instead of two; a stale copy fails the compare-and-set and the record
+        is loaded again."""
         async with self._locks.hold(session_id):
-            known = self._written.pop(session_id, None)
-            if known is not None and known[1].next_seq == chunk.seq:
-                version, record = known
+            known = self._forget(session_id)
+            record = None if known is None else self._decode(session_id, known[1], trusted=True)
+            if record is not None and record.next_seq == chunk.seq:
+                version = known[0]
                 self._check_owner(record, caller)
                 model = self.registry.models[record.model]
             else:
@@ -505,10 +512,9 @@ class DataPlane:
                 record.last_seen = time.time()
                 record.last_digest, record.last_outputs = digest, PackedOutputs.of(outputs)
                 record.last_request = request_digest(request_id) if request_id else b""
-                if await self.store.compare_and_set(
-                    session_id, version, record.encode(self.settings.record_format), record.ttl_s
-                ):
-                    self._remember(session_id, version + 1, record)
+                data = record.encode(self.settings.record_format)
+                if await self.store.compare_and_set(session_id, version, data, record.ttl_s):
+                    self._remember(session_id, version + 1, data)
                     self.monitor.record_usage(card.name, used)
                     self.monitor.record_threshold(
                         card.name, session_id, threshold, degraded=threshold != own
@@ -521,12 +527,14 @@ class DataPlane:
                 )
         raise ConcurrentUpdate(f"session {session_id} changed concurrently; retry", seq=chunk.seq)
 
-    def _remember(self, session_id: str, version: int, record: SessionRecord) -> None:
-        if id_is_reused(session_id):
-            return
-        self._written[session_id] = (version, record)
-        if len(self._written) > WRITTEN_RECORDS:
-            self._written.pop(next(iter(self._written)))
+    def _remember(self, session_id: str, version: int, data: bytes) -> None:
+        """Keep the record just written (with a shared store, for ids that name one session)."""
+        if self._written is not None and not id_is_reused(session_id):
+            self._written.put(session_id, version, data)
+
+    def _forget(self, session_id: str) -> tuple[int, bytes] | None:
+        """The kept record of a session (version, bytes), no longer kept."""
+        return None if self._written is None else self._written.take(session_id)
 
     def _result(
         self,

@@ -11,7 +11,7 @@ import base64
 import hashlib
 import secrets
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import msgpack
 import numpy as np
@@ -100,12 +100,13 @@ class SessionRecord:
 
     def encode(self, version: int = records.FORMAT) -> bytes:
         """The stored bytes, in record format `version` (`records`)."""
-        return records.encode({f.name: getattr(self, f.name) for f in fields(self)}, version)
+        return records.encode(vars(self), version)
 
     @classmethod
-    def decode(cls, data: bytes) -> "SessionRecord":
-        """The record of stored bytes of any format read (records.RecordUnreadable if none)."""
-        return cls(**records.decode(data))
+    def decode(cls, data: bytes, trusted: bool = False) -> "SessionRecord":
+        """The record of stored bytes of any format read (records.RecordUnreadable if none);
+        `trusted`: bytes this process wrote (`records.decode`)."""
+        return cls(**records.decode(data, trusted))
 
     def summary(self, cost: CellCost) -> dict:
         """Totals reported by GET /v1/sessions/{id}, chunk answers and DELETE."""

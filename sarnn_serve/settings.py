@@ -180,7 +180,12 @@ class Settings(BaseSettings):
         "empty: same origin only. Clients that send no Origin (not browsers) are allowed.",
     )
     max_store_bytes: int = Field(
-        2 * 1024**3, ge=1024 * 1024, description="Byte budget of the memory store (LRU eviction)."
+        2 * 1024**3,
+        ge=1024 * 1024,
+        description="Bytes of sessions one process holds, each its record plus about 1 kB of "
+        "bookkeeping: the memory store's sessions (past it, the key holding the most loses its "
+        "least recently used), or with Redis the records it wrote last (kept to save a round "
+        "trip).",
     )
 
     @field_validator("forwarded_allow_ips")

@@ -1,16 +1,21 @@
-"""MemoryStore specifics on a fake clock: the byte budget, per-TTL expiry queues, a sweep that
-yields to the event loop, owner caps and the live counts. (test_store.py holds the behaviour
-MemoryStore shares with RedisStore.)"""
+"""MemoryStore specifics on a fake clock: the byte budget (each session counted as its record
+plus ENTRY_BYTES), per-TTL expiry queues, a sweep that yields to the event loop, owner caps and
+the live counts. (test_store.py holds the behaviour MemoryStore shares with RedisStore.)"""
 
 import asyncio
 
 import pytest
 
 from sarnn_serve.errors import SessionNotFound, TooManyRequests
-from sarnn_serve.store import Gone, Stored
+from sarnn_serve.store import ENTRY_BYTES, Gone, Stored
 from sarnn_serve.store.memory import SWEEP_BATCH, MemoryStore
 
 LONG = 600.0
+
+
+def counted(*sizes: int) -> int:
+    """What the byte budget counts for sessions of these record sizes."""
+    return sum(size + ENTRY_BYTES for size in sizes)
 
 
 class Clock:
@@ -36,15 +41,15 @@ async def reason(store: MemoryStore, session_id: str) -> str:
 
 
 async def test_byte_budget_evicts_the_least_recently_used(clock: Clock) -> None:
-    store = MemoryStore(100, max_bytes=300, clock=clock)
+    store = MemoryStore(100, max_bytes=counted(100, 100, 100), clock=clock)
     for sid in "abc":
         assert await store.create(sid, "m", bytes(100), LONG) == []
     await store.load("a")  # b is now the least recently used
     assert await store.create("d", "m", bytes(100), LONG) == [Gone("b", "m", "evicted")]
-    assert store.bytes == 300
+    assert store.bytes == counted(100, 100, 100)
     # a write that grows a session past the budget evicts others; the next sweep reports them
     assert await store.compare_and_set("c", 1, bytes(150), LONG) is True
-    assert store.bytes == 250
+    assert store.bytes == counted(100, 150)
     assert await store.sweep() == [Gone("a", "m", "evicted")]
     assert await store.sweep() == []
     assert await reason(store, "a") == "evicted" and await reason(store, "b") == "evicted"
@@ -53,17 +58,19 @@ async def test_byte_budget_evicts_the_least_recently_used(clock: Clock) -> None:
 
 
 async def test_the_session_being_written_is_never_evicted(clock: Clock) -> None:
-    store = MemoryStore(100, max_bytes=300, clock=clock)
+    budget = counted(100, 100, 100)
+    store = MemoryStore(100, max_bytes=budget, clock=clock)
     await store.create("a", "m", bytes(100), LONG)
     await store.create("b", "m2", bytes(100), LONG)
     await store.load("b")  # a is the least recently used, and the one written below
-    assert await store.compare_and_set("a", 1, bytes(400), LONG) is True
+    assert await store.compare_and_set("a", 1, bytes(budget), LONG) is True
     assert await store.sweep() == [Gone("b", "m2", "evicted")]
-    assert await store.load("a") == Stored(bytes(400), 2)  # kept, alone over the budget
-    assert store.bytes == 400
-    assert await store.create("big", "m", bytes(500), LONG) == [Gone("a", "m", "evicted")]
-    assert await store.load("big") == Stored(bytes(500), 1)
-    assert store.bytes == 500 and await store.active() == {"m": 1}
+    assert await store.load("a") == Stored(bytes(budget), 2)  # kept, alone over the budget
+    assert store.bytes == counted(budget)
+    big = bytes(budget + 100)
+    assert await store.create("big", "m", big, LONG) == [Gone("a", "m", "evicted")]
+    assert await store.load("big") == Stored(big, 1)
+    assert store.bytes == counted(len(big)) and await store.active() == {"m": 1}
 
 
 async def test_sessions_of_different_ttls_expire_at_their_own_times(clock: Clock) -> None:
@@ -134,7 +141,7 @@ async def test_sweep_of_many_expired_sessions_yields_to_the_event_loop(clock: Cl
     assert {g.reason for g in gone} == {"expired"}
     assert await store.sweep() == []
     assert await store.active() == {"m": 1}
-    assert store.bytes == len(b"keep")
+    assert store.bytes == counted(len(b"keep"))
 
 
 async def test_active_counts_follow_create_delete_expire_and_evict(clock: Clock) -> None:
@@ -187,34 +194,34 @@ async def test_tombstones_are_bounded(clock: Clock) -> None:
 
 
 async def test_byte_budget_evicts_from_the_owner_over_its_share(clock: Clock) -> None:
-    store = MemoryStore(100, max_bytes=1000, clock=clock)
-    await store.create("a", "m", bytes(100), LONG, owner="alice")  # the least recently used
+    store = MemoryStore(100, max_bytes=100_000 + 6 * ENTRY_BYTES, clock=clock)
+    await store.create("a", "m", bytes(10_000), LONG, owner="alice")  # least recently used
     for i in range(5):
-        assert await store.create(f"b{i}", "m", bytes(150), LONG, owner="bob") == []
+        assert await store.create(f"b{i}", "m", bytes(15_000), LONG, owner="bob") == []
     await store.load("b0")
-    assert await store.compare_and_set("b4", 1, bytes(400), LONG) is True  # 1100 bytes
+    assert await store.compare_and_set("b4", 1, bytes(40_000), LONG) is True  # 110 kB
     assert await store.sweep() == [Gone("b1", "m", "evicted")]
-    assert await store.create("b5", "m", bytes(300), LONG, owner="bob") == [
+    assert await store.create("b5", "m", bytes(30_000), LONG, owner="bob") == [
         Gone("b2", "m", "evicted"),
         Gone("b3", "m", "evicted"),
     ]
-    assert store.bytes == 950
-    assert await store.load("a") == Stored(bytes(100), 1)
+    assert store.bytes == counted(10_000, 15_000, 40_000, 30_000)
+    assert await store.load("a") == Stored(bytes(10_000), 1)
 
 
 async def test_an_owner_whose_one_session_exceeds_its_share_keeps_it_until_others_write(
     clock: Clock,
 ) -> None:
-    store = MemoryStore(100, max_bytes=1000, clock=clock)
-    await store.create("a", "m", bytes(100), LONG, owner="alice")
+    store = MemoryStore(100, max_bytes=100_000 + 4 * ENTRY_BYTES, clock=clock)
+    await store.create("a", "m", bytes(10_000), LONG, owner="alice")
     for sid in ("b0", "b1", "b2"):
-        await store.create(sid, "m", bytes(100), LONG, owner="bob")
+        await store.create(sid, "m", bytes(10_000), LONG, owner="bob")
     # alice's one session grows past the budget: bob, within his share, loses nothing
-    assert await store.compare_and_set("a", 1, bytes(900), LONG) is True
+    assert await store.compare_and_set("a", 1, bytes(90_000), LONG) is True
     assert await store.sweep() == []
-    assert store.bytes == 1200
+    assert store.bytes == counted(90_000, 10_000, 10_000, 10_000)
     # the next write of another owner evicts alice's session, the one over its share
-    assert await store.create("b3", "m", bytes(100), LONG, owner="bob") == [
+    assert await store.create("b3", "m", bytes(10_000), LONG, owner="bob") == [
         Gone("a", "m", "evicted")
     ]
-    assert store.bytes == 400
+    assert store.bytes == counted(10_000, 10_000, 10_000, 10_000)

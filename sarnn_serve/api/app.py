@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from sarnn_serve import logs
+from sarnn_serve import logs, malloc
 from sarnn_serve.api import (
     dashboard,
     docs,
@@ -100,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logs.configure(settings.log_level)
         sys.setswitchinterval(settings.switch_interval_s)
+        malloc.give_back_large_buffers()
         registry = Registry.load(
             settings.model_dir,
             settings.ort_intra_op_threads,

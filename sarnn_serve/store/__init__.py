@@ -9,6 +9,12 @@ from typing import Protocol
 
 from sarnn_serve.errors import TooManyRequests
 
+# What a process holds per session beside its record's bytes (the entry, its keys in the dicts
+# and queues, its owner's order and usage), rounded up from the 330-880 bytes measured by
+# tests/test_memory_bound.py (the most when every session has an owner of its own). Byte budgets
+# count a session as len(record) + ENTRY_BYTES.
+ENTRY_BYTES = 2048
+
 
 @dataclass(frozen=True)
 class Stored:
@@ -43,6 +49,8 @@ class SessionStore(Protocol):
     `load` and `delete` take the caller's `owner` when sessions are private to their owner (None:
     any session): a session or tombstone of another owner is then exactly an unknown id, and the
     call changes nothing (no TTL or LRU refresh)."""
+
+    local: bool  # whether a load is an in-process lookup (else a round trip worth saving)
 
     async def create(
         self,

@@ -8,7 +8,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 from sarnn_serve.errors import SessionNotFound
-from sarnn_serve.store import Gone, Stored, session_quota_error
+from sarnn_serve.store import ENTRY_BYTES, Gone, Stored, session_quota_error
 from sarnn_serve.store.shares import Shares
 
 SWEEP_BATCH = 200
@@ -26,13 +26,16 @@ class _Entry:
 
 class MemoryStore:
     """Sessions in a dict, each owner's in order of last use; remembers why recent ids
-    disappeared. Past `max_sessions` or `max_bytes`, the least recently used session of the
-    owner holding the most of that budget is evicted (never the session being written).
+    disappeared. Past `max_sessions` or `max_bytes` (each session counted as its record plus
+    ENTRY_BYTES), the least recently used session of the owner holding the most of that budget
+    is evicted (never the session being written).
 
     Sessions are also kept in one queue per idle timeout, in the order of their last use, so
     that the front of each queue is the next to expire: a sweep looks only at expired sessions
     and yields to the event loop every SWEEP_BATCH of them.
     """
+
+    local = True
 
     def __init__(
         self,
@@ -59,8 +62,8 @@ class MemoryStore:
         self._entries[session_id] = entry
         self._by_ttl.setdefault(entry.ttl_s, OrderedDict())[session_id] = None
         self._tags[entry.tag] += 1
-        self._shares.add(entry.owner, session_id, len(entry.data))
-        self.bytes += len(entry.data)
+        self._shares.add(entry.owner, session_id, len(entry.data) + ENTRY_BYTES)
+        self.bytes += len(entry.data) + ENTRY_BYTES
 
     def _remove(self, session_id: str, reason: str) -> Gone:
         entry = self._entries.pop(session_id)
@@ -71,8 +74,8 @@ class MemoryStore:
         self._tags[entry.tag] -= 1
         if self._tags[entry.tag] <= 0:
             del self._tags[entry.tag]
-        self._shares.remove(entry.owner, session_id, len(entry.data))
-        self.bytes -= len(entry.data)
+        self._shares.remove(entry.owner, session_id, len(entry.data) + ENTRY_BYTES)
+        self.bytes -= len(entry.data) + ENTRY_BYTES
         self._gone[session_id] = (reason, entry.owner)
         while len(self._gone) > self._tombstones:
             self._gone.popitem(last=False)

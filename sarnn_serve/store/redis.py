@@ -268,6 +268,8 @@ def _str(value: bytes | str) -> str:
 class RedisStore:
     """Sessions in Redis (see the module docstring for the key layout); one per process."""
 
+    local = False
+
     def __init__(
         self,
         url: str,
