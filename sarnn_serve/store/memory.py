@@ -51,7 +51,8 @@ class MemoryStore:
         self._by_ttl: dict[float, OrderedDict[str, None]] = {}
         self._tags: Counter[str] = Counter()
         self._shares = Shares()
-        self._gone: OrderedDict[str, tuple[str, str]] = OrderedDict()  # id -> (reason, owner)
+        # id -> "<reason> <owner>" (a string: no container for the garbage collector to walk)
+        self._gone: OrderedDict[str, str] = OrderedDict()
         self._tombstones = tombstones
         self._dropped: list[Gone] = []
         self._clock = clock
@@ -76,7 +77,7 @@ class MemoryStore:
             del self._tags[entry.tag]
         self._shares.remove(entry.owner, session_id, len(entry.data) + ENTRY_BYTES)
         self.bytes -= len(entry.data) + ENTRY_BYTES
-        self._gone[session_id] = (reason, entry.owner)
+        self._gone[session_id] = f"{reason} {entry.owner}"
         while len(self._gone) > self._tombstones:
             self._gone.popitem(last=False)
         return Gone(session_id, entry.tag, reason)
@@ -85,7 +86,7 @@ class MemoryStore:
         """The live entry of `session_id` (of `owner`, if given), else SessionNotFound."""
         entry = self._entries.get(session_id)
         if entry is None:
-            reason, was = self._gone.get(session_id, ("unknown", owner))
+            reason, _, was = self._gone.get(session_id, "unknown").partition(" ")
             raise SessionNotFound(session_id, reason if owner in (None, was) else "unknown")
         if owner is not None and entry.owner != owner:
             raise SessionNotFound(session_id)
