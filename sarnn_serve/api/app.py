@@ -1,5 +1,6 @@
 """create_app: load models once in the lifespan, wire store, engine, data plane and routers."""
 
+import asyncio
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -37,6 +38,8 @@ from sarnn_serve.store import SessionStore
 from sarnn_serve.store.memory import MemoryStore
 
 log = logging.getLogger("sarnn.app")
+# how long shutdown waits for calibration to stop (it stops at its next engine call)
+CALIBRATION_JOIN_S = 10.0
 
 
 def make_store(settings: Settings) -> SessionStore:
@@ -144,6 +147,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if grpc is not None:
                 await grpc.stop()
             calibrating.stop()
+            # a daemon thread still inside onnxruntime when the interpreter exits aborts it
+            await asyncio.to_thread(calibrating.join, CALIBRATION_JOIN_S)
             await plane.stop()
             executor.shutdown(wait=False)
 

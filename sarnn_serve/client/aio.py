@@ -83,9 +83,11 @@ class AsyncClient:
         *,
         repeatable: bool = True,
         on_failure: Callable[[], Awaitable[None]] | None = None,
+        context: dict[str, Any] | None = None,
     ) -> T:
         """`attempt()` until it succeeds, fails for good, or the retry time is over. A request
-        that is not `repeatable` is sent again only if it never left (or the server said so)."""
+        that is not `repeatable` is sent again only if it never left (or the server said so);
+        `context` (e.g. session and seq) goes into the log line of each retry."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.retry.timeout_s
         delay = self.retry.first_delay_s
@@ -106,7 +108,8 @@ class AsyncClient:
                 raise RetriesExhausted(
                     f"gave up after {self.retry.timeout_s:g} s: {type(failure).__name__}: {failure}"
                 ) from failure
-            log.info("retrying", extra={"error": f"{type(failure).__name__}: {failure}"})
+            error = f"{type(failure).__name__}: {failure}"
+            log.info("retrying", extra={**(context or {}), "error": error, "wait_s": wait})
             await asyncio.sleep(wait)
             delay = min(2 * delay, self.retry.max_delay_s)
 
@@ -249,7 +252,9 @@ class AsyncSession:
         rows = as_steps(x, len(self.features))
         seq = self.next_seq
         answer = await self.client.retrying(
-            lambda: self.link.exchange(seq, rows, self.options), on_failure=self.link.reset
+            lambda: self.link.exchange(seq, rows, self.options),
+            on_failure=self.link.reset,
+            context={"session": self.id, "model": self.info.model, "seq": seq},
         )
         self.next_seq = seq + 1
         return answer
