@@ -1,8 +1,9 @@
-"""Typed results of the data plane and their rendering into the bodies every transport sends.
+"""Typed results of the session service, carrying everything the transports need to render them
+(`api.codec`), with no wire format here.
 
-`StepOutputs` is what a chunk produced (logits, update counts, optional masks): the data plane
+`StepOutputs` is what a chunk produced (logits, update counts, optional masks): the service
 keeps the last one in the session record (packed: `records.PackedOutputs`) so that a retry is
-answered again exactly; transports render it with `chunk_body` / `step_list`.
+answered again exactly.
 """
 
 from dataclasses import dataclass
@@ -57,26 +58,6 @@ class StepOutputs:
         return usage(card.cost, self.steps, int(self.counts.sum(dtype=np.int64)))
 
 
-def step_list(card: ModelCard, out: StepOutputs) -> list[dict[str, Any]]:
-    """One entry per step: index, label, class, probabilities, updates (and mask)."""
-    probs = softmax(out.logits.astype(np.float64)).astype(np.float32)
-    classes = probs.argmax(axis=-1)
-    labels = card.class_labels
-    steps = []
-    for t in range(out.steps):
-        entry = {
-            "index": out.first_index + t,
-            "label": labels[classes[t]],
-            "class": int(classes[t]),
-            "probabilities": probs[t],
-            "updates": int(out.counts[t]),
-        }
-        if out.masks is not None:
-            entry["mask"] = out.masks[t].astype(np.uint8)
-        steps.append(entry)
-    return steps
-
-
 @dataclass
 class ChunkResult:
     """The answer to one chunk: what it produced, its usage and the session's totals after it
@@ -90,43 +71,20 @@ class ChunkResult:
     session_steps: int
     session_updates: int
     replayed: bool
+    labels: list[str]
+    hidden: int
     session: dict[str, Any] | None = None
     threshold: float = 0.5
     expected_accuracy: float | None = None
 
 
-def chunk_columns(result: ChunkResult, include_probabilities: bool) -> dict[str, Any]:
-    """The lean chunk answer (schemas.ChunkColumns): arrays, not per-step objects."""
-    out = result.outputs
-    body: dict[str, Any] = {
-        "type": "chunk",
-        "seq": result.seq,
-        "first_index": out.first_index,
-        "classes": out.logits.argmax(axis=-1),
-        "updates": out.counts,
-        "session_steps": result.session_steps,
-        "session_updates": result.session_updates,
-        "threshold": result.threshold,
-        "replayed": result.replayed,
-    }
-    if include_probabilities:
-        body["probabilities"] = softmax(out.logits.astype(np.float64)).astype(np.float32)
-    if out.masks is not None:
-        body["masks"] = out.masks.astype(np.uint8)
-    return body
+@dataclass
+class PredictResult:
+    """The answer to whole sequences run from a zero state: per sequence its outputs and usage,
+    and the usage of them all."""
 
-
-def chunk_body(card: ModelCard, result: ChunkResult) -> dict[str, Any]:
-    """The chunk answer of REST and WebSocket (schemas.ChunkResponse)."""
-    return {
-        "type": "chunk",
-        "session_id": result.session_id,
-        "seq": result.seq,
-        "model": result.model,
-        "steps": step_list(card, result.outputs),
-        "chunk": result.chunk.as_dict(),
-        "session": result.session,
-        "threshold": result.threshold,
-        "expected_accuracy": result.expected_accuracy,
-        "replayed": result.replayed,
-    }
+    model: str
+    labels: list[str]
+    sequences: list[tuple[StepOutputs, Usage]]
+    usage: Usage
+    include_steps: bool

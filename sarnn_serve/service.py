@@ -19,9 +19,7 @@ from contextlib import asynccontextmanager, contextmanager
 from functools import partial
 
 import numpy as np
-import orjson
 
-from sarnn_serve import frames
 from sarnn_serve.accounting import Usage, usage
 from sarnn_serve.auth import KeyRing, Principal
 from sarnn_serve.batcher import MicroBatcher
@@ -47,7 +45,7 @@ from sarnn_serve.quotas import ConnectionLimit, CreationRate
 from sarnn_serve.record_cache import RecordCache
 from sarnn_serve.records import PackedOutputs, RecordUnreadable
 from sarnn_serve.registry import LoadedModel, Registry
-from sarnn_serve.results import ChunkResult, StepOutputs, chunk_body, chunk_columns, step_list
+from sarnn_serve.results import ChunkResult, PredictResult, StepOutputs
 from sarnn_serve.routing import Router
 from sarnn_serve.schemas import ChunkRequest, PredictRequest, SessionCreate
 from sarnn_serve.sessions import (
@@ -63,7 +61,6 @@ from sarnn_serve.store import Gone, SessionStore, Stored
 from sarnn_serve.validation import out_of_range, parse_inputs
 
 log = logging.getLogger("sarnn.service")
-JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
 DEGRADE_CEILING = 0.95  # highest degraded threshold of a model without a threshold curve
 CAS_ATTEMPTS = 3
 RECENT_SESSIONS = 100
@@ -560,6 +557,8 @@ class DataPlane:
             record.steps,
             record.updates,
             replayed,
+            card.class_labels,
+            card.hidden,
             None if lean else record.summary(card.cost),
             threshold,
             curve.accuracy_at(threshold) if curve else None,
@@ -574,23 +573,9 @@ class DataPlane:
         outputs = record.last_outputs.unpack()
         return self._result(record, card, seq, outputs, outputs.usage(card), True, answer)
 
-    def chunk_json(self, result: ChunkResult, chunk: ChunkRequest | None = None) -> bytes:
-        """The JSON answer to a chunk, the same on every transport, in the chunk's answer mode
-        (steps by default; columns is the lean one)."""
-        if chunk is not None and chunk.answer == "columns":
-            body = chunk_columns(result, chunk.include_probabilities)
-        else:
-            body = chunk_body(self.registry.get(result.model).card, result)
-        return orjson.dumps(body, option=JSON_OPTS)
-
-    def chunk_binary(self, result: ChunkResult, chunk: ChunkRequest) -> bytes:
-        """The answer to a raw binary chunk (`frames`)."""
-        hidden = self.registry.get(result.model).card.hidden
-        return frames.encode_answer(result, hidden, chunk.include_probabilities)
-
     # stateless ------------------------------------------------------------------------
 
-    async def predict(self, model_name: str, request: PredictRequest) -> dict:
+    async def predict(self, model_name: str, request: PredictRequest) -> PredictResult:
         """Run whole sequences from a zero state, batched together; nothing is stored."""
         model = self.registry.get(model_name)
         card = model.card
@@ -612,25 +597,19 @@ class DataPlane:
         batcher = self.batchers[card.name]
         prior = _prior_rate(card)
         results = await asyncio.gather(*(batcher.run(x, zero, tau, prior) for x in xs))
-        out, total_steps, total_updates = [], 0, 0
+        sequences = []
         for i, r in enumerate(results):
             if not r.finite:
                 raise out_of_range(f"inputs[{i}]")
             outputs = StepOutputs.from_graph(0, r.logits, r.updates, request.include_mask, r.counts)
-            steps, used = step_list(card, outputs), outputs.usage(card)
-            total_steps += used.steps
-            total_updates += used.updates
-            out.append(
-                {
-                    "length": used.steps,
-                    "final": steps[-1],
-                    "steps": steps if request.include_steps else None,
-                    "usage": used.as_dict(),
-                }
-            )
-        total = usage(card.cost, total_steps, total_updates)
+            sequences.append((outputs, outputs.usage(card)))
+        total = usage(
+            card.cost,
+            sum(used.steps for _, used in sequences),
+            sum(used.updates for _, used in sequences),
+        )
         self.monitor.record_usage(card.name, total)
-        return {"model": card.name, "sequences": out, "usage": total.as_dict()}
+        return PredictResult(card.name, card.class_labels, sequences, total, request.include_steps)
 
     # housekeeping ---------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """The Open Inference Protocol (KServe v2) over the data plane, whatever carries it: the HTTP
 routes (`api/v2.py`) and the gRPC service (`api/grpc_service.py`) decode a request into
-`v2_codec.InferRequest` and its raw tensor bytes, and call `infer` here.
+`api.codec.InferRequest` and its raw tensor bytes, and call `infer` here.
 
 A request whose `sequence_id` parameter is not 0 or "" advances that sequence's session, whose id
 is derived from (caller, model, sequence id): `sequence_start` opens it (restarting a live one),
@@ -15,6 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from sarnn_serve.api.codec import (
+    InferParameters,
+    InferRequest,
+    OutputTensor,
+    decode_inputs,
+    step_list,
+)
 from sarnn_serve.auth import Principal
 from sarnn_serve.card import ModelCard
 from sarnn_serve.errors import (
@@ -25,11 +32,9 @@ from sarnn_serve.errors import (
     SessionNotFound,
 )
 from sarnn_serve.registry import LoadedModel, Registry
-from sarnn_serve.results import step_list
 from sarnn_serve.schemas import ChunkRequest, PredictRequest, SessionCreate, Usage
 from sarnn_serve.service import DataPlane
 from sarnn_serve.sessions import sequence_session_id
-from sarnn_serve.v2_codec import InferParameters, InferRequest, OutputTensor, decode_inputs
 from sarnn_serve.validation import parse_inputs
 
 INPUT = "x"
@@ -164,7 +169,8 @@ async def run_stateless(
         inputs=list(x), threshold=params.threshold, include_steps=True, include_mask=include_mask
     )
     result = await dp.predict(card.name, request)
-    return [sequence["steps"] for sequence in result["sequences"]], result["usage"]
+    steps = [step_list(result.labels, outputs) for outputs, _ in result.sequences]
+    return steps, result.usage.as_dict()
 
 
 async def run_sequence(
@@ -205,7 +211,7 @@ async def run_sequence(
     except SessionNotFound as exc:
         raise SequenceNotOpen(params.sequence_id, exc) from None
     totals = summary or result.session
-    return [step_list(card, result.outputs)], {
+    return [step_list(result.labels, result.outputs)], {
         "sequence_id": params.sequence_id,
         "session_id": session_id,
         "replayed": result.replayed,

@@ -2,7 +2,7 @@
 
 In-process: an app with the native and /v2 routers over a data plane with the fake engine of
 test_unit_batcher, a MemoryStore (with a clock the tests move) and real settings; requests are
-built and answers parsed here by hand (not with sarnn_serve.v2_codec), in JSON and as binary
+built and answers parsed here by hand (not with sarnn_serve.api.codec), in JSON and as binary
 tensor data. The slow tests at the end run a real `sarnn-serve` on the tiny exported model.
 """
 

@@ -18,6 +18,7 @@ import orjson
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sarnn_serve.api import codec
 from sarnn_serve.api.errors import raw_headers
 from sarnn_serve.errors import ServiceError
 from sarnn_serve.schemas import ChunkRequest
@@ -56,7 +57,7 @@ class FastChunks:
                 client[0] if client else None,
             )
             result = await dp.advance(who, match.group(1), chunk)
-            status, extra, answer = 200, [], dp.chunk_json(result, chunk)
+            status, extra, answer = 200, [], codec.chunk_json(result, chunk)
         except ServiceError as exc:
             dp.record_error(exc)
             status, extra, answer = exc.status, raw_headers(exc), exc.json().encode()

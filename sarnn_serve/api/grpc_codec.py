@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from sarnn_serve.api import grpc_predict_v2_pb2 as pb
+from sarnn_serve.api.codec import DTYPES, InferRequest, OutputTensor, check_request
 from sarnn_serve.errors import InvalidInput
-from sarnn_serve.v2_codec import DTYPES, InferRequest, OutputTensor, check_request
 
 # the field of InferTensorContents that holds each datatype's elements
 CONTENTS = {

@@ -1,13 +1,12 @@
 """REST routes for models: list, card, stateless prediction, live stats."""
 
-import orjson
 from fastapi import APIRouter, Response
 
+from sarnn_serve.api import codec
 from sarnn_serve.api.deps import Caller, Plane
 from sarnn_serve.api.errors import ERROR_RESPONSES
 from sarnn_serve.api.json_body import FastJsonRoute
 from sarnn_serve.schemas import PredictRequest, PredictResponse
-from sarnn_serve.service import JSON_OPTS
 
 router = APIRouter(
     prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES, route_class=FastJsonRoute
@@ -36,4 +35,4 @@ async def model_stats(name: str, dp: Plane, _: Caller) -> dict:
 async def predict(name: str, body: PredictRequest, dp: Plane, _: Caller) -> Response:
     """Classify whole sequences from a zero state (nothing is stored)."""
     result = await dp.predict(name, body)
-    return Response(orjson.dumps(result, option=JSON_OPTS), media_type="application/json")
+    return Response(codec.dumps(codec.predict_body(result)), media_type="application/json")

@@ -2,6 +2,7 @@
 
 from fastapi import APIRouter, Response, status
 
+from sarnn_serve.api import codec
 from sarnn_serve.api.deps import Caller, Plane
 from sarnn_serve.api.errors import ERROR_RESPONSES
 from sarnn_serve.api.json_body import FastJsonRoute
@@ -59,4 +60,4 @@ async def post_chunk(session_id: str, body: ChunkRequest, dp: Plane, who: Caller
     the last seq with the same inputs returns the stored answer without advancing. The answer
     is per step (answer=steps, the default) or the lean columns (answer=columns)."""
     result = await dp.advance(who, session_id, body)
-    return Response(dp.chunk_json(result, body), media_type="application/json")
+    return Response(codec.chunk_json(result, body), media_type="application/json")

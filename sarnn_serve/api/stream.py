@@ -17,13 +17,10 @@ import contextlib
 import logging
 import time
 
-import msgpack
-import numpy as np
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from sarnn_serve import frames
-from sarnn_serve.api.json_body import parse_json
+from sarnn_serve.api import codec
 from sarnn_serve.api.ws import (
     CLOSE_BAD_REQUEST,
     CLOSE_NOT_FOUND,
@@ -33,8 +30,8 @@ from sarnn_serve.api.ws import (
     send_error,
 )
 from sarnn_serve.auth import Principal
-from sarnn_serve.errors import InvalidJson, PayloadTooLarge, ServiceError, SessionNotFound
-from sarnn_serve.schemas import ChunkRequest, StreamAttach, StreamOpen
+from sarnn_serve.errors import ServiceError, SessionNotFound
+from sarnn_serve.schemas import StreamAttach, StreamOpen
 from sarnn_serve.service import DataPlane
 from sarnn_serve.validation import validate_request
 
@@ -42,29 +39,6 @@ router = APIRouter(tags=["streaming"])
 log = logging.getLogger("sarnn.stream")
 ENDPOINT = "WS /v1/sessions/{session_id}/stream"
 READ_AHEAD = 64  # messages a socket may have read but not yet answered
-
-
-def _size(text: str) -> int:
-    """Bytes of a text frame in UTF-8 (counted only when its characters could exceed a limit)."""
-    return len(text.encode("utf-8", "surrogatepass"))
-
-
-def decode_chunk(message: dict, limit: int) -> ChunkRequest:
-    """A client frame as a ChunkRequest; the same errors as the REST body would get."""
-    data = message.get("bytes")
-    text = message.get("text") or ""
-    size = len(data) if data is not None else len(text)
-    if size > limit or (data is None and 4 * size > limit and _size(text) > limit):
-        raise PayloadTooLarge(f"message exceeds {limit} bytes", field="body")
-    if data is None:
-        return validate_request(ChunkRequest, parse_json(text))
-    if frames.is_binary_chunk(data):
-        return frames.decode_chunk(data)
-    try:
-        body = msgpack.unpackb(data)
-    except Exception as exc:
-        raise InvalidJson(f"not valid msgpack: {exc}") from None
-    return validate_request(ChunkRequest, body)
 
 
 async def _read_ahead(ws: WebSocket, inbox: asyncio.Queue) -> None:
@@ -103,14 +77,12 @@ async def _serve(
             started = time.perf_counter()
             status = 200
             try:
-                chunk = decode_chunk(message, limit)
-                if chunk.answer is None:
-                    chunk.answer = query.answer
-                result = await dp.advance(who, session_id, chunk, arrived=arrived)
-                if isinstance(chunk.inputs, np.ndarray):  # a raw binary chunk
-                    await ws.send_bytes(dp.chunk_binary(result, chunk))
-                else:
-                    await ws.send_text(dp.chunk_json(result, chunk).decode())
+                frame = codec.decode_frame(message, limit, query.answer)
+                result = await dp.advance(who, session_id, frame.chunk, arrived=arrived)
+                if frame.encoding is codec.Encoding.BINARY:
+                    await ws.send_bytes(codec.chunk_binary(result, frame.chunk))
+                else:  # JSON text, also to msgpack
+                    await ws.send_text(codec.chunk_json(result, frame.chunk).decode())
             except ServiceError as exc:
                 status = exc.status
                 await send_error(ws, dp, exc)

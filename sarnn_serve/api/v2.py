@@ -12,10 +12,10 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.routing import APIRoute
 
 from sarnn_serve import v2_protocol
+from sarnn_serve.api.codec import HEADER_LENGTH, encode_response, parse_request
 from sarnn_serve.api.deps import Caller, Plane
 from sarnn_serve.errors import ServiceError
 from sarnn_serve.registry import LoadedModel
-from sarnn_serve.v2_codec import HEADER_LENGTH, encode_response, parse_request
 
 
 def error_response(request: Request, exc: ServiceError) -> Response:
