@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager, contextmanager
@@ -57,14 +56,14 @@ from sarnn_serve.sessions import (
     worker_tag,
 )
 from sarnn_serve.settings import Settings
+from sarnn_serve.stats import model_stats
 from sarnn_serve.store import Gone, SessionStore, Stored
 from sarnn_serve.validation import out_of_range, parse_inputs
+from sarnn_serve.watchers import Activity
 
 log = logging.getLogger("sarnn.service")
 DEGRADE_CEILING = 0.95  # highest degraded threshold of a model without a threshold curve
 CAS_ATTEMPTS = 3
-RECENT_SESSIONS = 100
-WATCH_QUEUE = 256
 WRITTEN_RECORDS = 4096  # at most this many records this process wrote are kept (RecordCache)
 
 
@@ -101,8 +100,7 @@ class DataPlane:
             settings.max_ws_connections, settings.max_ws_connections_per_key
         )
         self._sweeper: asyncio.Task | None = None
-        self.recent: OrderedDict[str, tuple[str, str]] = OrderedDict()
-        self.watchers: dict[str, set[asyncio.Queue]] = {}
+        self.activity = Activity()
         self.curves = {name: ThresholdCurve.of(m.card) for name, m in registry.models.items()}
         self.degraders = {
             name: Degrader(
@@ -170,7 +168,7 @@ class DataPlane:
 
     def list_models(self) -> list[dict]:
         """Every served model's card."""
-        return [self.describe(name) for name in self.registry.names()]
+        return describe_all(self.registry, self.default_model())
 
     def default_model(self) -> str | None:
         """The model of requests that name none (`Registry.default`)."""
@@ -178,47 +176,12 @@ class DataPlane:
 
     def describe(self, name: str) -> dict:
         """A model's card with its state size, cost per step and whether it is the default."""
-        card = self.registry.get(name).card
-        return {
-            **card.model_dump(),
-            "state_size": card.state_size,
-            "cost_per_step": card.cost_summary().model_dump(),
-            "default": name == self.default_model(),
-        }
+        return describe(self.registry, name, self.default_model())
 
     def model_stats(self, name: str) -> dict:
+        """A model's live statistics on this replica (`stats.model_stats`)."""
         model = self.registry.get(name)
-        router = self.batchers[name].router
-        calibration = router.calibration.as_dict() if router.calibration else None
-        return {
-            "model": name,
-            "hidden": model.card.hidden,
-            "active_sessions": self.monitor.active.get(name, 0),
-            **self.monitor.stats[name].snapshot(),
-            "engine": {
-                "graphs": model.engine.paths,
-                "routing": router.mode,
-                "calibration": calibration,
-                **self.monitor.stats[name].engine_snapshot(),
-                "note": "dense_equivalent_seconds: what the dense graph would have spent on the "
-                "same calls, measured for calls that ran dense and predicted by the load-time "
-                "calibration for calls that ran on the native kernel or the sparse graph",
-            },
-            "degradation": self._degradation(name),
-        }
-
-    def _degradation(self, name: str) -> dict:
-        """Whether degradation is on for a model, its level and the sessions it holds."""
-        degrader = self.degraders.get(name)
-        if degrader is None:
-            return {"enabled": False}
-        return {
-            "enabled": True,
-            "queue_target_ms": degrader.target_s * 1000,
-            "level": degrader.level,
-            "threshold_added": round(degrader.level * degrader.step, 6),
-            "degraded_sessions": self.monitor.degraded_sessions(name),
-        }
+        return model_stats(model, self.batchers[name], self.monitor, self.degraders.get(name))
 
     # callers --------------------------------------------------------------------------
 
@@ -424,17 +387,13 @@ class DataPlane:
                 "and use an admin key, or set SARNN_LIST_SESSIONS=true on a private network"
             )
         see_all = caller.admin or not self.keyring.enabled
-        return [
-            {"id": sid, "model": model}
-            for sid, (model, owner) in reversed(self.recent.items())
-            if see_all or owner == caller.id
-        ]
+        return self.activity.listed(None if see_all else caller.id)
 
     async def delete_session(self, caller: Principal, session_id: str) -> dict:
         async with self._locks.hold(session_id):
             self._forget(session_id)
             stored = await self._load(session_id, caller, delete=True)
-        self.recent.pop(session_id, None)
+        self.activity.ended(session_id)
         try:
             record = self._decode(session_id, stored.data)
         except SessionUnreadable as exc:
@@ -516,7 +475,15 @@ class DataPlane:
                     self.monitor.record_threshold(
                         card.name, session_id, threshold, degraded=threshold != own
                     )
-                    self._note_activity(record, seq, result.updates, outputs)
+                    self.activity.applied(
+                        session_id,
+                        record.model,
+                        record.owner,
+                        seq,
+                        card.class_labels,
+                        outputs,
+                        result.updates,
+                    )
                     return self._result(record, card, seq, outputs, used, False, chunk.answer)
                 log.warning(
                     "concurrent update; retrying",
@@ -613,50 +580,17 @@ class DataPlane:
 
     # housekeeping ---------------------------------------------------------------------
 
-    def _note_activity(
-        self, record: SessionRecord, seq: int, updates: np.ndarray, outputs: StepOutputs
-    ) -> None:
-        """Remember recently active sessions and feed dashboard watchers of this session."""
-        self.recent[record.id] = (record.model, record.owner)
-        self.recent.move_to_end(record.id)
-        while len(self.recent) > RECENT_SESSIONS:
-            self.recent.popitem(last=False)
-        queues = self.watchers.get(record.id)
-        if not queues:
-            return
-        card = self.registry.get(record.model).card
-        labels = card.class_labels
-        classes = outputs.logits.argmax(axis=-1)
-        event = {
-            "seq": seq,
-            "steps": [
-                {"index": outputs.first_index + t, "label": labels[c], "updates": int(n)}
-                for t, (c, n) in enumerate(zip(classes, outputs.counts, strict=True))
-            ],
-            "masks": updates.astype(np.uint8),
-        }
-        for q in queues:
-            if q.full():
-                q.get_nowait()
-            q.put_nowait(event)
-
     @asynccontextmanager
     async def watch(self, caller: Principal, session_id: str) -> AsyncIterator[asyncio.Queue]:
         """Subscribe to the chunks of one session as they are applied on this replica."""
         await self._record(session_id, caller)
-        queue: asyncio.Queue = asyncio.Queue(WATCH_QUEUE)
-        self.watchers.setdefault(session_id, set()).add(queue)
-        try:
+        with self.activity.subscribe(session_id) as queue:
             yield queue
-        finally:
-            self.watchers[session_id].discard(queue)
-            if not self.watchers[session_id]:
-                del self.watchers[session_id]
 
     def _account_gone(self, gone: list[Gone]) -> None:
         for g in gone:
             self.monitor.session_ended(g.tag, g.reason)
-            self.recent.pop(g.session_id, None)
+            self.activity.ended(g.session_id)
             log.info(f"session {g.reason}", extra={"session": g.session_id, "model": g.tag})
 
     async def refresh_active(self) -> None:

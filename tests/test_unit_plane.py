@@ -183,7 +183,7 @@ async def test_with_keys_another_key_is_told_the_session_does_not_exist(
     await hidden(plane.delete_session(bob, sid))
     await hidden(watch(bob))
     assert await plane.get_session(alice, sid) == summary
-    assert plane.watchers == {}
+    assert plane.activity.watchers == {}
 
     assert await plane.get_session(root, sid) == summary
     async with plane.watch(root, sid) as events:
