@@ -19,6 +19,7 @@ from functools import partial
 
 import numpy as np
 
+from sarnn_serve import model_info
 from sarnn_serve.accounting import Usage, usage
 from sarnn_serve.auth import KeyRing, Principal
 from sarnn_serve.batcher import MicroBatcher
@@ -168,7 +169,7 @@ class DataPlane:
 
     def list_models(self) -> list[dict]:
         """Every served model's card."""
-        return describe_all(self.registry, self.default_model())
+        return model_info.describe_all(self.registry, self.default_model())
 
     def default_model(self) -> str | None:
         """The model of requests that name none (`Registry.default`)."""
@@ -176,7 +177,7 @@ class DataPlane:
 
     def describe(self, name: str) -> dict:
         """A model's card with its state size, cost per step and whether it is the default."""
-        return describe(self.registry, name, self.default_model())
+        return model_info.describe(self.registry, name, self.default_model())
 
     def model_stats(self, name: str) -> dict:
         """A model's live statistics on this replica (`stats.model_stats`)."""
