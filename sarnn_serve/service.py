@@ -30,6 +30,7 @@ from sarnn_serve.errors import (
     ConcurrentUpdate,
     Forbidden,
     InvalidInput,
+    ModelNotFound,
     ModelUnavailable,
     OtherWorker,
     PayloadTooLarge,
@@ -167,6 +168,23 @@ class DataPlane:
                 raise InvalidInput("model", f"required; available: {available}")
         return self.registry.get(name)
 
+    def served_model(self, name: str, version: str | None = None) -> LoadedModel:
+        """The named model, checked against the version named, if any (ModelNotFound)."""
+        model = self.registry.get(name)
+        if version is not None and version != model.card.version:
+            raise ModelNotFound(
+                f"{name} version {version}", [f"{name} version {model.card.version}"]
+            )
+        return model
+
+    def feature_widths(self) -> set[int]:
+        """The row lengths (features per step) of the served models."""
+        return {model.card.n_features for model in self.registry.models.values()}
+
+    def set_router(self, name: str, router: Router) -> None:
+        """Route a model's batches with `router` from now on (once calibrated)."""
+        self.batchers[name].router = router
+
     def list_models(self) -> list[dict]:
         """Every served model's card."""
         return model_info.describe_all(self.registry, self.default_model())
@@ -213,6 +231,10 @@ class DataPlane:
     def record_error(self, exc: ServiceError) -> None:
         """Count an error a client saw, whatever the transport."""
         self.monitor.record_error(exc.code)
+
+    def count_error(self, code: str) -> None:
+        """Count an error the HTTP layer itself answered (unknown path, wrong method)."""
+        self.monitor.record_error(code)
 
     def record_message(self, endpoint: str, status: int, seconds: float) -> None:
         """Count one WebSocket message answered (HTTP requests are counted by middleware)."""

@@ -26,12 +26,11 @@ from sarnn_serve.auth import Principal
 from sarnn_serve.card import ModelCard
 from sarnn_serve.errors import (
     InvalidInput,
-    ModelNotFound,
     ModelUnavailable,
     ServiceError,
     SessionNotFound,
 )
-from sarnn_serve.registry import LoadedModel, Registry
+from sarnn_serve.registry import LoadedModel
 from sarnn_serve.schemas import ChunkRequest, PredictRequest, SessionCreate, Usage
 from sarnn_serve.service import DataPlane
 from sarnn_serve.sessions import sequence_session_id
@@ -66,14 +65,6 @@ class SequenceNotOpen(ServiceError):
         what = SEQUENCE_GONE.get(reason, SEQUENCE_GONE["unknown"])
         super().__init__(f"sequence_id {sequence_id!r} {what}", reason=reason)
         self.code = gone.code
-
-
-def find_model(registry: Registry, name: str, version: str | None) -> LoadedModel:
-    """The named model, checked against the version named, if any."""
-    model = registry.get(name)
-    if version is not None and version != model.card.version:
-        raise ModelNotFound(f"{name} version {version}", [f"{name} version {model.card.version}"])
-    return model
 
 
 def model_metadata(card: ModelCard) -> dict[str, Any]:

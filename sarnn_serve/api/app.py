@@ -119,7 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await plane.start()
 
         def calibrated(name: str, calibration: Calibration) -> None:
-            plane.batchers[name].router = Router(settings.engine_path, calibration)
+            plane.set_router(name, Router(settings.engine_path, calibration))
             crossover = calibration.crossover()
             monitor.set_crossover(name, dict(zip(calibration.batches, crossover, strict=True)))
 

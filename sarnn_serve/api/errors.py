@@ -79,7 +79,7 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 400 and exc.detail == PARSE_FAILURE:
             return render(request, InvalidJson("not valid UTF-8 JSON"))
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        request.app.state.plane.monitor.record_error(code)
+        request.app.state.plane.count_error(code)
         if request.url.path.startswith(V2_PREFIX):  # the Open Inference Protocol's error body
             body = {"error": f"{code}: {exc.detail}"}
         else:

@@ -128,7 +128,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         async def ready() -> pb.ModelReadyResponse:
             self._caller(context)
             try:
-                v2_protocol.find_model(self.dp.registry, request.name, request.version or None)
+                self.dp.served_model(request.name, request.version or None)
             except ModelNotFound:
                 return pb.ModelReadyResponse(ready=False)
             return pb.ModelReadyResponse(ready=True)
@@ -155,7 +155,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
         async def metadata() -> pb.ModelMetadataResponse:
             self._caller(context)
-            model = v2_protocol.find_model(self.dp.registry, request.name, request.version or None)
+            model = self.dp.served_model(request.name, request.version or None)
             return model_metadata_response(v2_protocol.model_metadata(model.card))
 
         return await self._answer(context, "ModelMetadata", metadata)
@@ -169,7 +169,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     async def _infer(self, who: Principal, msg: pb.ModelInferRequest) -> pb.ModelInferResponse:
-        model = v2_protocol.find_model(self.dp.registry, msg.model_name, msg.model_version or None)
+        model = self.dp.served_model(msg.model_name, msg.model_version or None)
         req, binary = infer_request(msg)
         return infer_response(*await v2_protocol.infer(self.dp, who, model, req, binary))
 

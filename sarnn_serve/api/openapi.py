@@ -28,7 +28,7 @@ def install(app: FastAPI) -> None:
                 routes=app.routes,
             )
             plane, settings = app.state.plane, app.state.settings
-            widths = {plane.registry.get(n).card.n_features for n in plane.registry.names()}
+            widths = plane.feature_widths()
             n_features = widths.pop() if len(widths) == 1 else None
             schemas = doc["components"]["schemas"]
             chunk = schemas["ChunkRequest"]["properties"]["inputs"]

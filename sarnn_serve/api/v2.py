@@ -47,7 +47,7 @@ class V2Route(APIRoute):
 def served_model(request: Request) -> LoadedModel:
     """The model the path names, checked against the version it names, if any."""
     name, version = request.path_params["name"], request.path_params.get("version")
-    return v2_protocol.find_model(request.app.state.plane.registry, name, version)
+    return request.app.state.plane.served_model(name, version)
 
 
 Model = Annotated[LoadedModel, Depends(served_model)]
