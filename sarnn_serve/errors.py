@@ -143,6 +143,25 @@ class SeqConflict(ServiceError):
         )
 
 
+class SessionRolledBack(ServiceError):
+    """A chunk's seq is past the session's next seq. A client sends a seq only after the one
+    before it was answered, so the session store lost chunks it had acknowledged (Redis failed
+    over to a replica that lacked them), or the client skipped a seq: either way it resends
+    from `expected_seq`, the first chunk the session does not hold."""
+
+    status = 409
+    code = "session_rolled_back"
+
+    def __init__(self, got: int, expected: int) -> None:
+        super().__init__(
+            f"chunk seq {got} is ahead of the session's next seq {expected}: the session store "
+            f"lost the chunks from seq {expected} on (a failover), or seqs were skipped; resend "
+            f"from seq {expected}",
+            expected_seq=expected,
+            got_seq=got,
+        )
+
+
 class RetryMismatch(ServiceError):
     """A retry of the last seq whose inputs or options differ from the applied chunk's."""
 

@@ -42,6 +42,40 @@ class Settings(BaseSettings):
     redis_max_connections: int = Field(
         64, ge=1, description="Redis connections per process; more calls wait for one."
     )
+    redis_mode: Literal["auto", "single", "cluster", "sentinel"] = Field(
+        "auto",
+        description="How Redis is reached: single (one endpoint), cluster (Redis Cluster), "
+        "sentinel (the master that SARNN_REDIS_SENTINELS name); auto: cluster for a "
+        "redis+cluster:// URL, sentinel when sentinels are set, else single.",
+    )
+    redis_sentinels: str = Field(
+        "",
+        description="Comma-separated host:port of Redis Sentinels (sentinel mode); the URL's "
+        "password, database and TLS then apply to the master they name.",
+    )
+    redis_master_name: str = Field(
+        "sarnn", description="The master's name in the Sentinels' configuration."
+    )
+    redis_sentinel_password: str = Field(
+        "", description="Password of the Sentinels themselves (empty: none)."
+    )
+    redis_shards: int = Field(
+        60,
+        ge=1,
+        le=16384,
+        description="Redis Cluster: sessions are spread over this many hash tags, each one slot "
+        "with its own LRU order and share of SARNN_MAX_SESSIONS.",
+    )
+    redis_wait_replicas: int = Field(
+        0,
+        ge=0,
+        description="Replicas that must confirm each create and chunk write (Redis WAIT) "
+        "before it is answered; 0: off. A chunk a failover loses anyway is reported as 409 "
+        "session_rolled_back.",
+    )
+    redis_wait_timeout_ms: int = Field(
+        100, ge=1, description="Longest wait for SARNN_REDIS_WAIT_REPLICAS per write."
+    )
     record_format: int = Field(
         2,
         ge=1,

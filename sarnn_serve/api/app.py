@@ -45,14 +45,9 @@ CALIBRATION_JOIN_S = 10.0
 def make_store(settings: Settings) -> SessionStore:
     """The configured session store."""
     if settings.store == "redis":
-        from sarnn_serve.store.redis import RedisStore
+        from sarnn_serve.store.redis_connect import make_redis_store
 
-        return RedisStore(
-            settings.redis_url,
-            settings.redis_prefix,
-            settings.max_sessions,
-            max_connections=settings.redis_max_connections,
-        )
+        return make_redis_store(settings)
     return MemoryStore(settings.max_sessions, settings.max_store_bytes)
 
 

@@ -42,6 +42,7 @@ a hash tag (e.g. "{sarnn}") to keep every key in one slot.
 """
 
 import secrets
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -52,6 +53,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sarnn_serve.errors import SessionNotFound, StoreFull, StoreUnavailable
 from sarnn_serve.store import Gone, Stored, session_quota_error
+from sarnn_serve.store.redis_wait import ReplicaWait
 
 # A stale pooled connection (Redis restarted) or a timed-out call (Redis stalled) is retried:
 # safe, since every script may run twice (a compare-and-set's resend finds its own token).
@@ -272,7 +274,7 @@ class RedisStore:
 
     def __init__(
         self,
-        url: str,
+        url: str | Any,
         prefix: str,
         max_sessions: int,
         *,
@@ -280,22 +282,29 @@ class RedisStore:
         sweep_batch: int = 1000,
         max_connections: int = 64,
         socket_timeout: float = 5.0,
+        wait: tuple[int, int] | ReplicaWait = (0, 0),
     ) -> None:
+        """`url`: a Redis URL, or a client of `store.redis_connect` (max_connections and
+        socket_timeout are then its own); `wait`: (replicas, timeout ms) every create and
+        compare-and-set waits for (`store.redis_wait`; 0 replicas: none)."""
         if max_sessions < 1:
             raise ValueError("max_sessions must be >= 1")
         self.max_sessions = max_sessions
         self.prefix = prefix
-        # a call waits (up to 5 s) for a free pooled connection rather than failing at once
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=5,
-            decode_responses=False,
-            socket_connect_timeout=min(2.0, socket_timeout),
-            socket_timeout=socket_timeout,
-            retry=_RETRY,
-        )
-        self._redis = aioredis.Redis.from_pool(pool)
+        if isinstance(url, str):
+            # a call waits (up to 5 s) for a free pooled connection rather than failing at once
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=max_connections,
+                timeout=5,
+                decode_responses=False,
+                socket_connect_timeout=min(2.0, socket_timeout),
+                socket_timeout=socket_timeout,
+                retry=_RETRY,
+            )
+            url = aioredis.Redis.from_pool(pool)
+        self._redis = url
+        self._wait = wait if isinstance(wait, ReplicaWait) else ReplicaWait(*wait)
         self._keys = [
             f"{prefix}:{name}"
             for name in ("lru", "deadline", "tags", "active", "owner", "owned", "owners")
@@ -313,6 +322,16 @@ class RedisStore:
         """Run one Lua script; a Redis failure becomes StoreFull (507) or StoreUnavailable."""
         try:
             return await script(keys=keys, args=args)
+        except RedisError as exc:
+            raise _store_error(exc) from exc
+
+    async def _write(self, script, session_id: str, args: list) -> list:
+        """Run a script that writes `session_id`; with replicas to wait for, then WAIT."""
+        keys = self._session_keys(session_id)
+        if not self._wait.replicas:
+            return await self._run(script, keys, args)
+        try:
+            return await self._wait.run(self._redis, script, keys, args, session_id)
         except RedisError as exc:
             raise _store_error(exc) from exc
 
@@ -346,7 +365,7 @@ class RedisStore:
                 -1 if max_owned is None else max_owned,
             ),
         ]
-        flat = await self._run(self._create, self._session_keys(session_id), args)
+        flat = await self._write(self._create, session_id, args)
         if flat[0] != 1:
             raise session_quota_error(max_owned)
         return [
@@ -366,7 +385,7 @@ class RedisStore:
     ) -> bool:
         token = secrets.token_bytes(12)
         args = [*self._head, session_id, version, data, _ms(ttl_s), token]
-        res = await self._run(self._cas, self._session_keys(session_id), args)
+        res = await self._write(self._cas, session_id, args)
         if res[0] == -1:
             raise SessionNotFound(session_id, _str(res[1]))
         return res[0] == 1
