@@ -9,8 +9,6 @@ back with a compare-and-set and accounts the compute in one place (`Monitor.reco
 import asyncio
 import hashlib
 import logging
-import math
-import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Executor
@@ -23,16 +21,12 @@ from sarnn_serve import model_info
 from sarnn_serve.accounting import Usage, usage
 from sarnn_serve.auth import KeyRing, Principal
 from sarnn_serve.batcher import MicroBatcher
-from sarnn_serve.budget import RateControl, ThresholdCurve
 from sarnn_serve.card import ModelCard
-from sarnn_serve.degrade import Degrader
 from sarnn_serve.errors import (
     ConcurrentUpdate,
     Forbidden,
     InvalidInput,
     ModelNotFound,
-    ModelUnavailable,
-    OtherWorker,
     PayloadTooLarge,
     RetryMismatch,
     SeqConflict,
@@ -43,30 +37,26 @@ from sarnn_serve.errors import (
 from sarnn_serve.locks import KeyedLocks
 from sarnn_serve.metrics import Monitor
 from sarnn_serve.quotas import ConnectionLimit, CreationRate
-from sarnn_serve.record_cache import RecordCache
-from sarnn_serve.records import PackedOutputs, RecordUnreadable
+from sarnn_serve.records import PackedOutputs
 from sarnn_serve.registry import LoadedModel, Registry
 from sarnn_serve.results import ChunkResult, PredictResult, StepOutputs
 from sarnn_serve.routing import Router
 from sarnn_serve.schemas import ChunkRequest, PredictRequest, SessionCreate
+from sarnn_serve.session_access import SessionAccess
 from sarnn_serve.sessions import (
     SessionRecord,
-    id_is_reused,
     new_session_id,
     request_digest,
-    tagged_worker,
-    worker_tag,
 )
 from sarnn_serve.settings import Settings
 from sarnn_serve.stats import model_stats
-from sarnn_serve.store import Gone, SessionStore, Stored
+from sarnn_serve.store import Gone, SessionStore
+from sarnn_serve.thresholds import Thresholds, prior_rate
 from sarnn_serve.validation import out_of_range, parse_inputs
 from sarnn_serve.watchers import Activity
 
 log = logging.getLogger("sarnn.service")
-DEGRADE_CEILING = 0.95  # highest degraded threshold of a model without a threshold curve
 CAS_ATTEMPTS = 3
-WRITTEN_RECORDS = 4096  # at most this many records this process wrote are kept (RecordCache)
 
 
 class DataPlane:
@@ -88,13 +78,8 @@ class DataPlane:
         self.monitor = monitor
         self.keyring = keyring or KeyRing({})
         self._locks = KeyedLocks()
-        # with a shared store, the records written last (a local store holds them already)
-        self._written = (
-            None if store.local else RecordCache(settings.max_store_bytes, WRITTEN_RECORDS)
-        )
-        # with several workers sharing no store, ids say which worker holds the session
-        local = settings.workers > 1 and settings.store == "memory"
-        self.worker = worker_tag(os.getpid()) if local else ""
+        self.access = SessionAccess(settings, registry, store, self.keyring)
+        self.worker = self.access.worker
         self._creation_rate = CreationRate(
             settings.session_create_rate, settings.session_create_burst
         )
@@ -103,16 +88,8 @@ class DataPlane:
         )
         self._sweeper: asyncio.Task | None = None
         self.activity = Activity()
-        self.curves = {name: ThresholdCurve.of(m.card) for name, m in registry.models.items()}
-        self.degraders = {
-            name: Degrader(
-                settings.degrade_queue_ms / 1000,
-                ceiling=curve.high if curve else DEGRADE_CEILING,
-                step=settings.degrade_step,
-            )
-            for name, curve in self.curves.items()
-            if settings.degrade_queue_ms
-        }
+        self.thresholds = Thresholds(settings, registry)
+        self.degraders = self.thresholds.degraders
         self.batchers = {
             name: MicroBatcher(
                 model.engine,
@@ -208,16 +185,6 @@ class DataPlane:
         """The caller of a request (Unauthorized if keys are on and it has none)."""
         return self.keyring.authenticate(authorization, client_host)
 
-    def _owner(self, caller: Principal) -> str | None:
-        """The owner whose sessions alone `caller` may reach (None: any session): with keys on,
-        a non-admin key's own; another key's session is then exactly an unknown id."""
-        return caller.id if self.keyring.enabled and not caller.admin else None
-
-    def _check_owner(self, record: SessionRecord, caller: Principal) -> None:
-        """With keys on, another key's session does not exist for a non-admin caller."""
-        if self._owner(caller) not in (None, record.owner):
-            raise SessionNotFound(record.id)
-
     @contextmanager
     def stream_slot(self, caller: Principal) -> Iterator[None]:
         """Hold one of the caller's (and the process's) WebSocket connection slots."""
@@ -254,9 +221,7 @@ class DataPlane:
         Protocol sequence's) when no live session has that id (ConcurrentUpdate otherwise)."""
         model = self.model(request.model)
         card = model.card
-        threshold = request.threshold if request.threshold is not None else card.threshold
-        if request.target_update_rate is not None:
-            threshold = self._first_budget_threshold(card, request)
+        threshold = self.thresholds.first(card, request)
         self._creation_rate.take(caller.id)
         record = SessionRecord(
             id=session_id or new_session_id(self.worker),
@@ -266,13 +231,13 @@ class DataPlane:
             ttl_s=request.idle_timeout_s or self.settings.session_ttl_s,
             state=np.zeros(card.state_size, np.float32),
             owner=caller.id,
-            recent_rate=_prior_rate(card),
+            recent_rate=prior_rate(card),
             target_rate=request.target_update_rate,
             degrade=request.degrade,
         )
         try:
             async with self._locks.hold(record.id):
-                if session_id is not None and await self._exists(session_id):
+                if session_id is not None and await self.access.exists(session_id):
                     raise ConcurrentUpdate(f"session {session_id} was opened concurrently; retry")
                 gone = await self.store.create(
                     record.id,
@@ -300,96 +265,8 @@ class DataPlane:
         )
         return record.summary(card.cost)
 
-    def _first_budget_threshold(self, card: ModelCard, request: SessionCreate) -> float:
-        """The threshold a session held to `target_update_rate` starts at."""
-        if request.threshold is not None:
-            raise InvalidInput(
-                "target_update_rate", "give threshold or target_update_rate, not both"
-            )
-        curve = self.curves[card.name]
-        if curve is None:
-            raise InvalidInput(
-                "target_update_rate",
-                f"model {card.name} has no measured threshold curve to steer by; "
-                "set threshold instead",
-            )
-        return RateControl(request.target_update_rate).start(curve)
-
-    def _threshold_now(self, record: SessionRecord) -> float:
-        """The threshold the session's next chunk runs at: its own, raised while the server
-        degrades, if the session allows it."""
-        degrader = self.degraders.get(record.model)
-        if not record.degrade or degrader is None:
-            return record.threshold
-        return degrader.threshold(record.threshold)
-
-    def _steer(self, record: SessionRecord, card: ModelCard, threshold: float, used: Usage) -> None:
-        """After a chunk: the controller of a session held to a target rate sets the threshold
-        of the next chunk (not while degradation overrides it: no wind-up against it)."""
-        record.last_threshold = threshold
-        if record.target_rate is None or threshold != record.threshold:
-            return
-        control = RateControl(record.target_rate, record.control_offset)
-        curve = self.curves[card.name]
-        record.threshold = control.after_chunk(curve, used.steps, used.updates, card.hidden)
-        record.control_offset = control.offset
-
-    async def _exists(self, session_id: str) -> bool:
-        try:
-            await self.store.load(session_id)
-        except SessionNotFound:
-            return False
-        return True
-
-    async def _load(self, session_id: str, caller: Principal, delete: bool = False) -> Stored:
-        """The stored session as `caller` may see it (removed from the store if `delete`);
-        OtherWorker if it is unknown here and another worker's."""
-        call = self.store.delete if delete else self.store.load
-        try:
-            return await call(session_id, self._owner(caller))
-        except SessionNotFound:
-            if self.worker and tagged_worker(session_id) not in (None, self.worker):
-                raise OtherWorker(session_id) from None
-            raise
-
-    async def _record(
-        self, session_id: str, caller: Principal
-    ) -> tuple[SessionRecord, int, LoadedModel]:
-        stored = await self._load(session_id, caller)
-        record = self._decode(session_id, stored.data, trusted=self.store.local)
-        model = self.registry.models.get(record.model)
-        if model is None or model.card.version != record.model_version:
-            raise ModelUnavailable(
-                f"session {session_id} belongs to model {record.model} version "
-                f"{record.model_version}, which this server does not serve",
-                session=session_id,
-            )
-        if record.state.size != model.card.state_size:
-            raise self._unreadable(
-                session_id,
-                f"state: {record.state.size} values where model {record.model} keeps "
-                f"{model.card.state_size}",
-            )
-        return record, stored.version, model
-
-    def _decode(self, session_id: str, data: bytes, trusted: bool = False) -> SessionRecord:
-        """The record of a session's stored bytes; SessionUnreadable (this session's error
-        only) if they are not a record this release reads, or another session's. `trusted`:
-        bytes this process wrote (an in-process store's, or kept in `_written`)."""
-        try:
-            record = SessionRecord.decode(data, trusted)
-        except RecordUnreadable as exc:
-            raise self._unreadable(session_id, str(exc)) from None
-        if record.id != session_id:
-            raise self._unreadable(session_id, "the record is another session's")
-        return record
-
-    def _unreadable(self, session_id: str, problem: str) -> SessionUnreadable:
-        log.warning("session record unreadable", extra={"session": session_id, "error": problem})
-        return SessionUnreadable(session_id, problem)
-
     async def get_session(self, caller: Principal, session_id: str) -> dict:
-        record, _, model = await self._record(session_id, caller)
+        record, _, model = await self.access.record(session_id, caller)
         return record.summary(model.card.cost)
 
     async def sequence_seq(
@@ -397,7 +274,7 @@ class DataPlane:
     ) -> tuple[int, bool]:
         """The seq of a request in an Open Inference Protocol sequence: (next_seq, False), or
         (next_seq - 1, True) when `request_id` is the last applied chunk's (a retry)."""
-        record, _, _ = await self._record(session_id, caller)
+        record, _, _ = await self.access.record(session_id, caller)
         if record.repeats(request_id):
             return record.next_seq - 1, True
         return record.next_seq, False
@@ -414,11 +291,11 @@ class DataPlane:
 
     async def delete_session(self, caller: Principal, session_id: str) -> dict:
         async with self._locks.hold(session_id):
-            self._forget(session_id)
-            stored = await self._load(session_id, caller, delete=True)
+            self.access.forget(session_id)
+            stored = await self.access.load(session_id, caller, delete=True)
         self.activity.ended(session_id)
         try:
-            record = self._decode(session_id, stored.data)
+            record = self.access.decode(session_id, stored.data)
         except SessionUnreadable as exc:
             log.info("session deleted", extra={"session": session_id})
             return {"id": session_id, "deleted": True, "note": exc.message}
@@ -451,14 +328,16 @@ class DataPlane:
         compare-and-set) instead of two; a stale copy fails the compare-and-set and the record
         is loaded again."""
         async with self._locks.hold(session_id):
-            known = self._forget(session_id)
-            record = None if known is None else self._decode(session_id, known[1], trusted=True)
+            known = self.access.forget(session_id)
+            record = (
+                None if known is None else self.access.decode(session_id, known[1], trusted=True)
+            )
             if record is not None and record.next_seq == chunk.seq:
                 version = known[0]
-                self._check_owner(record, caller)
+                self.access.check_owner(record, caller)
                 model = self.registry.models[record.model]
             else:
-                record, version, model = await self._record(session_id, caller)
+                record, version, model = await self.access.record(session_id, caller)
             card = model.card
             x = parse_inputs(chunk.inputs, card.n_features, self.settings.max_chunk_steps)
             digest = hashlib.blake2b(
@@ -466,13 +345,13 @@ class DataPlane:
             ).digest()
             for attempt in range(CAS_ATTEMPTS):
                 if attempt:
-                    record, version, model = await self._record(session_id, caller)
+                    record, version, model = await self.access.record(session_id, caller)
                 seq = chunk.seq
                 if seq == record.next_seq - 1 and record.last_outputs is not None:
                     return self._replay(record, card, digest, seq, chunk.answer)
                 if seq != record.next_seq:
                     raise SeqConflict(seq, record.next_seq)
-                own, threshold = record.threshold, self._threshold_now(record)
+                own, threshold = record.threshold, self.thresholds.now(record)
                 result = await self.batchers[card.name].run(
                     x, record.state, threshold, record.recent_rate, arrived
                 )
@@ -487,13 +366,13 @@ class DataPlane:
                 record.updates += used.updates
                 record.next_seq = seq + 1
                 record.note_rate(used.steps, used.updates, card.hidden)
-                self._steer(record, card, threshold, used)
+                self.thresholds.steer(record, card, threshold, used)
                 record.last_seen = time.time()
                 record.last_digest, record.last_outputs = digest, PackedOutputs.of(outputs)
                 record.last_request = request_digest(request_id) if request_id else b""
                 data = record.encode(self.settings.record_format)
                 if await self.store.compare_and_set(session_id, version, data, record.ttl_s):
-                    self._remember(session_id, version + 1, data)
+                    self.access.remember(session_id, version + 1, data)
                     self.monitor.record_usage(card.name, used)
                     self.monitor.record_threshold(
                         card.name, session_id, threshold, degraded=threshold != own
@@ -514,15 +393,6 @@ class DataPlane:
                 )
         raise ConcurrentUpdate(f"session {session_id} changed concurrently; retry", seq=chunk.seq)
 
-    def _remember(self, session_id: str, version: int, data: bytes) -> None:
-        """Keep the record just written (with a shared store, for ids that name one session)."""
-        if self._written is not None and not id_is_reused(session_id):
-            self._written.put(session_id, version, data)
-
-    def _forget(self, session_id: str) -> tuple[int, bytes] | None:
-        """The kept record of a session (version, bytes), no longer kept."""
-        return None if self._written is None else self._written.take(session_id)
-
     def _result(
         self,
         record: SessionRecord,
@@ -537,7 +407,7 @@ class DataPlane:
         chunk's threshold) only for answers that show it."""
         threshold = record.threshold if record.last_threshold is None else record.last_threshold
         lean = answer == "columns"
-        curve = None if lean else self.curves.get(card.name)
+
         return ChunkResult(
             record.id,
             seq,
@@ -551,7 +421,7 @@ class DataPlane:
             card.hidden,
             None if lean else record.summary(card.cost),
             threshold,
-            curve.accuracy_at(threshold) if curve else None,
+            None if lean else self.thresholds.accuracy_at(card.name, threshold),
         )
 
     def _replay(
@@ -585,7 +455,7 @@ class DataPlane:
         tau = request.threshold if request.threshold is not None else card.threshold
         zero = np.zeros(card.state_size, np.float32)
         batcher = self.batchers[card.name]
-        prior = _prior_rate(card)
+        prior = prior_rate(card)
         results = await asyncio.gather(*(batcher.run(x, zero, tau, prior) for x in xs))
         sequences = []
         for i, r in enumerate(results):
@@ -606,7 +476,7 @@ class DataPlane:
     @asynccontextmanager
     async def watch(self, caller: Principal, session_id: str) -> AsyncIterator[asyncio.Queue]:
         """Subscribe to the chunks of one session as they are applied on this replica."""
-        await self._record(session_id, caller)
+        await self.access.record(session_id, caller)
         with self.activity.subscribe(session_id) as queue:
             yield queue
 
@@ -635,9 +505,3 @@ class DataPlane:
                 log.warning("session sweep failed", extra={"error": exc.message})
             except Exception:
                 log.exception("session sweep failed")
-
-
-def _prior_rate(card: ModelCard) -> float:
-    """A new session's expected update rate: the card's evaluated rate (1 if unknown)."""
-    rate = card.evaluation.update_rate
-    return rate if math.isfinite(rate) else 1.0
