@@ -31,7 +31,6 @@ from sarnn_serve.errors import (
     RetryMismatch,
     SeqConflict,
     ServiceError,
-    SessionNotFound,
     SessionUnreadable,
 )
 from sarnn_serve.locks import KeyedLocks
