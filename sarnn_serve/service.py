@@ -1,33 +1,29 @@
 """The data plane: the one place that creates, advances and deletes sessions.
 
-Every transport (REST, WebSocket) calls these methods with the same typed requests
-(`schemas`) and gets typed results (`results`) back; the data plane checks who is calling,
-validates against the model card, runs the engine through the micro-batcher, writes the session
+Every transport (REST, WebSocket, gRPC) calls these methods with the same typed requests
+(`schemas`) and gets typed results (`results`) back, which it renders itself (`api.codec`);
+the data plane checks who is calling, validates against the model card, runs the engine
+through the micro-batcher, keeps the seq order and retries of each session, writes the session
 back with a compare-and-set and accounts the compute in one place (`Monitor.record_usage`).
+Models, callers, quotas and stateless prediction are `serving.Serving`, which it extends.
 """
 
 import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from concurrent.futures import Executor
-from contextlib import asynccontextmanager, contextmanager
-from functools import partial
+from contextlib import asynccontextmanager
 
 import numpy as np
 
-from sarnn_serve import model_info
-from sarnn_serve.accounting import Usage, usage
+from sarnn_serve.accounting import Usage
 from sarnn_serve.auth import KeyRing, Principal
-from sarnn_serve.batcher import MicroBatcher
 from sarnn_serve.card import ModelCard
 from sarnn_serve.errors import (
     ConcurrentUpdate,
     Forbidden,
-    InvalidInput,
-    ModelNotFound,
-    PayloadTooLarge,
     RetryMismatch,
     SeqConflict,
     ServiceError,
@@ -35,31 +31,26 @@ from sarnn_serve.errors import (
 )
 from sarnn_serve.locks import KeyedLocks
 from sarnn_serve.metrics import Monitor
-from sarnn_serve.quotas import ConnectionLimit, CreationRate
+from sarnn_serve.quotas import CreationRate
 from sarnn_serve.records import PackedOutputs
-from sarnn_serve.registry import LoadedModel, Registry
-from sarnn_serve.results import ChunkResult, PredictResult, StepOutputs
+from sarnn_serve.registry import Registry
+from sarnn_serve.results import ChunkResult, StepOutputs
 from sarnn_serve.routing import Router
-from sarnn_serve.schemas import ChunkRequest, PredictRequest, SessionCreate
+from sarnn_serve.schemas import ChunkRequest, SessionCreate
+from sarnn_serve.serving import Serving
 from sarnn_serve.session_access import SessionAccess
-from sarnn_serve.sessions import (
-    SessionRecord,
-    new_session_id,
-    request_digest,
-)
+from sarnn_serve.sessions import SessionRecord, new_session_id, request_digest
 from sarnn_serve.settings import Settings
-from sarnn_serve.stats import model_stats
-from sarnn_serve.store import Gone, SessionStore
-from sarnn_serve.thresholds import Thresholds, prior_rate
+from sarnn_serve.store import SessionStore
+from sarnn_serve.thresholds import prior_rate
 from sarnn_serve.validation import out_of_range, parse_inputs
-from sarnn_serve.watchers import Activity
 
 log = logging.getLogger("sarnn.service")
 CAS_ATTEMPTS = 3
 
 
-class DataPlane:
-    """Sessions, chunks and predictions over a registry of models and a session store."""
+class DataPlane(Serving):
+    """The session state machine over the models, callers and store of `Serving`."""
 
     def __init__(
         self,
@@ -71,145 +62,13 @@ class DataPlane:
         keyring: KeyRing | None = None,
         routers: dict[str, Router] | None = None,
     ) -> None:
-        self.settings = settings
-        self.registry = registry
-        self.store = store
-        self.monitor = monitor
-        self.keyring = keyring or KeyRing({})
+        super().__init__(settings, registry, store, monitor, executor, keyring, routers)
         self._locks = KeyedLocks()
         self.access = SessionAccess(settings, registry, store, self.keyring)
         self.worker = self.access.worker
         self._creation_rate = CreationRate(
             settings.session_create_rate, settings.session_create_burst
         )
-        self._connections = ConnectionLimit(
-            settings.max_ws_connections, settings.max_ws_connections_per_key
-        )
-        self._sweeper: asyncio.Task | None = None
-        self.activity = Activity()
-        self.thresholds = Thresholds(settings, registry)
-        self.degraders = self.thresholds.degraders
-        self.batchers = {
-            name: MicroBatcher(
-                model.engine,
-                executor,
-                max_rows=settings.batch_max_rows,
-                max_steps=settings.batch_max_steps,
-                wait_s=settings.batch_wait_ms / 1000,
-                observe=partial(monitor.record_call, name),
-                router=(routers or {}).get(name),
-                concurrency=settings.engine_threads,
-                max_queue=settings.batch_max_queue,
-                on_restart=partial(monitor.batcher_restarted, name),
-                inline_steps=settings.batch_inline_steps,
-                on_delay=self.degraders[name].observe if name in self.degraders else None,
-            )
-            for name, model in registry.models.items()
-        }
-        for name, batcher in self.batchers.items():
-            monitor.watch_queue(name, lambda b=batcher: b.waiting)
-        for name, degrader in self.degraders.items():
-            monitor.watch_degrade_level(name, lambda d=degrader: d.level)
-
-    async def start(self) -> None:
-        """Start the batchers and the expiry sweep. A session store that does not answer yet
-        (unreachable, wrong password) is logged once; readiness waits for it."""
-        for batcher in self.batchers.values():
-            batcher.start()
-        try:
-            await self.refresh_active()
-        except ServiceError as exc:
-            log.warning(
-                "session store not answering; not ready until it does",
-                extra={"error": exc.message},
-            )
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
-
-    async def stop(self) -> None:
-        if self._sweeper:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
-        for batcher in self.batchers.values():
-            await batcher.stop()
-        await self.store.close()
-
-    # models ---------------------------------------------------------------------------
-
-    def model(self, name: str | None) -> LoadedModel:
-        """The named model; with no name, the default model or the only one."""
-        if name is None:
-            name = self.default_model()
-            if name is None:
-                available = ", ".join(self.registry.names())
-                raise InvalidInput("model", f"required; available: {available}")
-        return self.registry.get(name)
-
-    def served_model(self, name: str, version: str | None = None) -> LoadedModel:
-        """The named model, checked against the version named, if any (ModelNotFound)."""
-        model = self.registry.get(name)
-        if version is not None and version != model.card.version:
-            raise ModelNotFound(
-                f"{name} version {version}", [f"{name} version {model.card.version}"]
-            )
-        return model
-
-    def feature_widths(self) -> set[int]:
-        """The row lengths (features per step) of the served models."""
-        return {model.card.n_features for model in self.registry.models.values()}
-
-    def set_router(self, name: str, router: Router) -> None:
-        """Route a model's batches with `router` from now on (once calibrated)."""
-        self.batchers[name].router = router
-
-    def list_models(self) -> list[dict]:
-        """Every served model's card."""
-        return model_info.describe_all(self.registry, self.default_model())
-
-    def default_model(self) -> str | None:
-        """The model of requests that name none (`Registry.default`)."""
-        return self.registry.default(self.settings.default_model)[0]
-
-    def describe(self, name: str) -> dict:
-        """A model's card with its state size, cost per step and whether it is the default."""
-        return model_info.describe(self.registry, name, self.default_model())
-
-    def model_stats(self, name: str) -> dict:
-        """A model's live statistics on this replica (`stats.model_stats`)."""
-        model = self.registry.get(name)
-        return model_stats(model, self.batchers[name], self.monitor, self.degraders.get(name))
-
-    # callers --------------------------------------------------------------------------
-
-    def authenticate(self, authorization: str | None, client_host: str | None) -> Principal:
-        """The caller of a request (Unauthorized if keys are on and it has none)."""
-        return self.keyring.authenticate(authorization, client_host)
-
-    @contextmanager
-    def stream_slot(self, caller: Principal) -> Iterator[None]:
-        """Hold one of the caller's (and the process's) WebSocket connection slots."""
-        try:
-            with self._connections.hold(caller.id):
-                self.monitor.prom.ws_connections.set(self._connections.open)
-                yield
-        finally:
-            self.monitor.prom.ws_connections.set(self._connections.open)
-
-    def record_error(self, exc: ServiceError) -> None:
-        """Count an error a client saw, whatever the transport."""
-        self.monitor.record_error(exc.code)
-
-    def count_error(self, code: str) -> None:
-        """Count an error the HTTP layer itself answered (unknown path, wrong method)."""
-        self.monitor.record_error(code)
-
-    def record_message(self, endpoint: str, status: int, seconds: float) -> None:
-        """Count one WebSocket message answered (HTTP requests are counted by middleware)."""
-        self.monitor.record_request(endpoint, status, seconds)
-
-    async def ready(self) -> list[str]:
-        """The served models, once the store answers (StoreUnavailable otherwise)."""
-        await self.refresh_active()
-        return self.registry.names()
 
     # sessions -------------------------------------------------------------------------
 
@@ -249,7 +108,7 @@ class DataPlane:
         except ServiceError:
             self._creation_rate.refund(caller.id)
             raise
-        self._account_gone(gone)
+        self.sweeper.gone(gone)
         self.monitor.session_created(card.name)
         log.info(
             "session created",
@@ -432,44 +291,6 @@ class DataPlane:
         outputs = record.last_outputs.unpack()
         return self._result(record, card, seq, outputs, outputs.usage(card), True, answer)
 
-    # stateless ------------------------------------------------------------------------
-
-    async def predict(self, model_name: str, request: PredictRequest) -> PredictResult:
-        """Run whole sequences from a zero state, batched together; nothing is stored."""
-        model = self.registry.get(model_name)
-        card = model.card
-        if not request.inputs:
-            raise InvalidInput("inputs", "must hold at least one sequence")
-        # every sequence checked before the count: a malformed request is 422 at any size
-        xs = [
-            parse_inputs(seq, card.n_features, self.settings.max_chunk_steps, f"inputs[{i}]")
-            for i, seq in enumerate(request.inputs)
-        ]
-        if len(xs) > self.settings.max_predict_sequences:
-            raise PayloadTooLarge(
-                f"inputs: {len(xs)} sequences exceed the limit of "
-                f"{self.settings.max_predict_sequences}",
-                field="inputs",
-            )
-        tau = request.threshold if request.threshold is not None else card.threshold
-        zero = np.zeros(card.state_size, np.float32)
-        batcher = self.batchers[card.name]
-        prior = prior_rate(card)
-        results = await asyncio.gather(*(batcher.run(x, zero, tau, prior) for x in xs))
-        sequences = []
-        for i, r in enumerate(results):
-            if not r.finite:
-                raise out_of_range(f"inputs[{i}]")
-            outputs = StepOutputs.from_graph(0, r.logits, r.updates, request.include_mask, r.counts)
-            sequences.append((outputs, outputs.usage(card)))
-        total = usage(
-            card.cost,
-            sum(used.steps for _, used in sequences),
-            sum(used.updates for _, used in sequences),
-        )
-        self.monitor.record_usage(card.name, total)
-        return PredictResult(card.name, card.class_labels, sequences, total, request.include_steps)
-
     # housekeeping ---------------------------------------------------------------------
 
     @asynccontextmanager
@@ -478,29 +299,3 @@ class DataPlane:
         await self.access.record(session_id, caller)
         with self.activity.subscribe(session_id) as queue:
             yield queue
-
-    def _account_gone(self, gone: list[Gone]) -> None:
-        for g in gone:
-            self.monitor.session_ended(g.tag, g.reason)
-            self.activity.ended(g.session_id)
-            log.info(f"session {g.reason}", extra={"session": g.session_id, "model": g.tag})
-
-    async def refresh_active(self) -> None:
-        """Set the active-sessions gauge from the store (the truth across replicas)."""
-        active = await self.store.active()
-        for name in self.registry.names():
-            self.monitor.set_active(name, active.get(name, 0))
-
-    async def sweep(self) -> None:
-        self._account_gone(await self.store.sweep())
-        await self.refresh_active()
-
-    async def _sweep_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.sweep_interval_s)
-            try:
-                await self.sweep()
-            except ServiceError as exc:  # the store failed: the next sweep tries again
-                log.warning("session sweep failed", extra={"error": exc.message})
-            except Exception:
-                log.exception("session sweep failed")
