@@ -27,6 +27,7 @@ from sarnn_serve.errors import (
     RetryMismatch,
     SeqConflict,
     ServiceError,
+    SessionRolledBack,
     SessionUnreadable,
 )
 from sarnn_serve.locks import KeyedLocks
@@ -207,6 +208,12 @@ class DataPlane(Serving):
                 seq = chunk.seq
                 if seq == record.next_seq - 1 and record.last_outputs is not None:
                     return self._replay(record, card, digest, seq, chunk.answer)
+                if seq > record.next_seq:
+                    log.warning(
+                        "chunk ahead of the session: the store lost chunks, or seqs skipped",
+                        extra={"session": session_id, "seq": seq, "next_seq": record.next_seq},
+                    )
+                    raise SessionRolledBack(seq, record.next_seq)
                 if seq != record.next_seq:
                     raise SeqConflict(seq, record.next_seq)
                 own, threshold = record.threshold, self.thresholds.now(record)

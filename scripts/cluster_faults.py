@@ -191,7 +191,7 @@ class Fatal(Exception):
 
 def _check(status: int, body: dict) -> dict:
     """The answer of a chunk; raises Retry for retryable failures, returns error details for
-    a 409 seq_conflict, raises Fatal for the rest."""
+    a 409 seq_conflict or session_rolled_back, raises Fatal for the rest."""
     if status == 200:
         return body
     error = body.get("error") or {}
@@ -200,8 +200,8 @@ def _check(status: int, body: dict) -> dict:
         raise Retry(f"{status} {code or 'no_body'}")
     if status == 409 and code == "concurrent_update":
         raise Retry(f"409 {code}")
-    if status == 409 and code == "seq_conflict":
-        return {"conflict": error["expected_seq"]}
+    if status == 409 and code in ("seq_conflict", "session_rolled_back"):
+        return {"conflict": error["expected_seq"], "code": code}
     raise Fatal(f"{status} {code}: {error.get('message', body)}")
 
 
@@ -288,7 +288,7 @@ class Session:
                     continue
                 if "conflict" in answer:
                     expected = answer["conflict"]
-                    stats.errors["409 seq_conflict"] += 1
+                    stats.errors[f"409 {answer['code']}"] += 1
                     stats.error_times.append(time.monotonic())
                     if expected > seq + 1 or (expected == seq + 1 and attempt == 0):
                         raise Fatal(f"seq {seq}: server expects {expected} (a doubled chunk)")

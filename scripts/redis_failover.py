@@ -260,12 +260,7 @@ class Topology:
         if isinstance(self.redis, ClusterSet):
             self.redis.wait_ok(timeout=30)
         else:
-            deadline = time.monotonic() + 30
-            while self.redis.master() == master:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("no Sentinel failover within 30 s")
-                time.sleep(0.05)
-            self.redis.wait_stable(self.redis.master())
+            self.redis.wait_failover(master)
         return time.monotonic() - t0
 
     def stop(self) -> None:

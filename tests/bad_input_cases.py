@@ -117,8 +117,8 @@ CHUNKS: dict[str, Case] = {
     "seq false": bad("seq", chunk(seq=False)),
     "seq list": bad("seq", chunk(seq=[1])),
     "seq object": bad("seq", chunk(seq={"n": 1})),
-    "seq gap": Case(chunk(seq=2), 409, "seq_conflict"),
-    "seq far ahead": Case(chunk(seq=2**63 - 1), 409, "seq_conflict"),
+    "seq gap": Case(chunk(seq=2), 409, "session_rolled_back"),
+    "seq far ahead": Case(chunk(seq=2**63 - 1), 409, "session_rolled_back"),
     "retry of seq 0 with other inputs": Case(chunk(seq=0), 409, "retry_mismatch"),
     "retry of seq 0 with a step fewer": Case(
         chunk(seq=0, inputs=HISTORY[:-1]), 409, "retry_mismatch"

@@ -180,6 +180,11 @@ class ClusterSet:
             for lo, hi in info["slots"]
         ]
 
+    @staticmethod
+    def keys_of(port: int, pattern: str) -> list[str]:
+        """The keys of one node that match `pattern`."""
+        return list(_client(port).scan_iter(match=pattern, count=1000))
+
     def master_of(self, slot: int) -> int:
         return next(p for p, lo, hi in self.slot_ranges() if lo <= slot <= hi)
 
@@ -263,6 +268,20 @@ class SentinelSet:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"Sentinels did not settle on master {master}")
+
+    def wait_failover(self, old: int, timeout: float = 30) -> int:
+        """Until the Sentinels agree on a live master other than `old`; its port."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                new = self.master()
+                if new != old and self.procs.alive(new):
+                    self.wait_stable(new, max(1.0, deadline - time.monotonic()))
+                    return new
+            except RuntimeError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"no Sentinel failover from {old} within {timeout} s")
 
     def replicas_of(self, master: int) -> list[int]:
         return [p for p in self.data_ports if p != master and self.procs.alive(p)]

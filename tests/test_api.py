@@ -328,8 +328,8 @@ def test_retry_of_last_seq_replays_without_advancing(
     [
         (0, NEXT, "retry_mismatch", "retry of the last seq with other inputs"),
         (0, HISTORY[:-1], "retry_mismatch", "retry of the last seq with fewer steps"),
-        (2, NEXT, "seq_conflict", "gap"),
-        (7, NEXT, "seq_conflict", "far gap"),
+        (2, NEXT, "session_rolled_back", "gap"),
+        (7, NEXT, "session_rolled_back", "far gap"),
     ],
 )
 def test_seq_conflict_leaves_session_untouched(

@@ -3,8 +3,8 @@
 One fixed recording is cut at random points into chunks and sent as chunk k with seq k, over
 REST and WebSocket mixed within one session (the socket continues the session REST created).
 Between chunks, noise: the last chunk again (a retry or a duplicate delivery: replayed, same
-answer), a later chunk sent early (reordered: 409 seq_conflict), an old chunk sent late (409
-seq_conflict) and the last seq with other inputs (409 retry_mismatch). None of the noise may
+answer), a later chunk sent early (reordered: 409 session_rolled_back), an old chunk sent late
+(409 seq_conflict) and the last seq with other inputs (409 retry_mismatch). None of the noise may
 change the session. The property: the per-step answers of the accepted chunks equal those of one
 clean run that sends the whole recording as one chunk (class, label and update count exactly,
 probabilities within 1e-5), and so do the session's totals.
@@ -156,7 +156,7 @@ def conflicting(send: Send, chunks: list[list], expected: int) -> tuple[int, lis
     """The seq, inputs and the 409 error code of a noise message other than a retry."""
     if send.noise == "early":  # a later chunk, or one past the end, arriving too soon
         seq = expected + send.offset
-        return seq, chunks[min(seq, len(chunks) - 1)], "seq_conflict"
+        return seq, chunks[min(seq, len(chunks) - 1)], "session_rolled_back"
     if send.noise == "late":  # an old chunk arriving again
         seq = max(0, expected - 1 - send.offset)
         return seq, chunks[seq], "seq_conflict"

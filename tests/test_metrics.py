@@ -133,7 +133,7 @@ def traffic(server: LiveServer) -> Traffic:
     assert retry.status_code == 200 and retry.json()["replayed"] is True
     conflict = c.post(f"/v1/sessions/{sid}/chunks", json={"seq": last + 5, "inputs": chunks[0]})
     assert conflict.status_code == 409
-    assert conflict.json()["error"]["code"] == "seq_conflict"
+    assert conflict.json()["error"]["code"] == "session_rolled_back"
     bad_type = c.post(f"/v1/sessions/{sid}/chunks", json={"seq": "6", "inputs": chunks[0]})
     assert bad_type.status_code == 422
     short_rows = [row[:4] for row in chunks[0]]
@@ -257,7 +257,8 @@ def test_requests_by_endpoint_and_status(traffic: Traffic) -> None:
 
 
 def test_errors_by_reason(traffic: Traffic) -> None:
-    assert delta(traffic, "sarnn_errors_total", reason="seq_conflict") == 2
+    assert delta(traffic, "sarnn_errors_total", reason="seq_conflict") == 1
+    assert delta(traffic, "sarnn_errors_total", reason="session_rolled_back") == 1
     assert delta(traffic, "sarnn_errors_total", reason="invalid_input") == 3
     assert delta(traffic, "sarnn_errors_total", reason="session_not_found") == 1
     reasons = {
@@ -265,7 +266,7 @@ def test_errors_by_reason(traffic: Traffic) -> None:
         for (name, labels), v in traffic.after.items()
         if name == "sarnn_errors_total" and v
     }
-    assert reasons == {"seq_conflict", "invalid_input", "session_not_found"}
+    assert reasons == {"seq_conflict", "session_rolled_back", "invalid_input", "session_not_found"}
 
 
 def test_latency_histograms(traffic: Traffic) -> None:

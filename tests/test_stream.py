@@ -167,7 +167,7 @@ async def test_bad_frame_gets_error_and_changes_nothing(
     assert answer["status"] == status
     assert answer["error"]["message"]
     if status == 409:
-        want = "retry_mismatch" if case == "retry with other inputs" else "seq_conflict"
+        want = "retry_mismatch" if case == "retry with other inputs" else "session_rolled_back"
         assert answer["error"]["code"] == want
         assert answer["error"]["expected_seq"] == 1
     else:

@@ -5,7 +5,9 @@ fails or the server answers that it may retry (503, 429, a concurrent update), t
 goes again with the same seq, on a new connection if needed, until `Retry.timeout_s` has
 passed. The server applies a seq once: a resent chunk that it had already applied is answered
 from its stored answer (`Answer.replayed`), so a dropped connection or a restarted replica costs
-a resend, never a lost or doubled step.
+a resend, never a lost or doubled step. If the server's Redis fails over to a replica that lacked
+the last answered chunks, the next chunk gets 409 session_rolled_back naming the first chunk the
+session lacks: the session sends its kept chunks again from there (`Retry.keep_chunks`).
 """
 
 import asyncio
@@ -16,6 +18,7 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import httpx
+import numpy as np
 
 from sarnn_serve.client.chunks import array_chunks, csv_chunks
 from sarnn_serve.client.links import (
@@ -229,6 +232,8 @@ class AsyncSession:
         self.id = info.id
         self.card = card
         self.next_seq = info.next_seq
+        self._kept: dict[int, np.ndarray] = {}  # seq -> rows of the last answered chunks
+        self.resent = 0  # chunks sent again after the server's store lost them
         self.options = options
         self.labels: list[str] = list(card["class_labels"])
         self.features: list[str] = list(card["feature_names"])
@@ -248,16 +253,42 @@ class AsyncSession:
     async def send(self, x: Any) -> Answer:
         """Send steps x [T, F] (or one step [F]) as the next chunk; its answer. Retried with the
         same seq until answered (see the module docstring); ApiError if the server refuses it
-        (e.g. SessionLost), RetriesExhausted if it cannot be reached for Retry.timeout_s."""
+        (e.g. SessionLost, or session_rolled_back reaching past the kept chunks),
+        RetriesExhausted if it cannot be reached for Retry.timeout_s."""
         rows = as_steps(x, len(self.features))
         seq = self.next_seq
-        answer = await self.client.retrying(
-            lambda: self.link.exchange(seq, rows, self.options),
-            on_failure=self.link.reset,
-            context={"session": self.id, "model": self.info.model, "seq": seq},
-        )
+        answer = await self._deliver(seq, rows)
+        if self.client.retry.keep_chunks:
+            self._kept[seq] = rows.copy()
+            while len(self._kept) > self.client.retry.keep_chunks:
+                del self._kept[next(iter(self._kept))]
         self.next_seq = seq + 1
         return answer
+
+    async def _deliver(self, seq: int, rows: np.ndarray) -> Answer:
+        """Chunk `seq`, retried; after 409 session_rolled_back (the server's store lost chunks
+        it had answered, in a failover), the kept chunks from the store's next seq go again
+        first (their answers are the ones already returned), then this one."""
+        while True:
+            try:
+                return await self.client.retrying(
+                    lambda: self.link.exchange(seq, rows, self.options),
+                    on_failure=self.link.reset,
+                    context={"session": self.id, "model": self.info.model, "seq": seq},
+                )
+            except ApiError as exc:
+                first = int(exc.detail.get("expected_seq", seq))
+                if exc.code != "session_rolled_back" or not (
+                    first < seq and all(s in self._kept for s in range(first, seq))
+                ):
+                    raise
+                log.warning(
+                    "the server lost answered chunks; sending them again",
+                    extra={"session": self.id, "from_seq": first, "seq": seq},
+                )
+                for lost in range(first, seq):
+                    await self._deliver(lost, self._kept[lost])
+                    self.resent += 1
 
     async def stream(self, chunks: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Answer]:
         """Send each chunk in turn; yield each answer."""

@@ -116,6 +116,11 @@ class Session:
     def next_seq(self) -> int:
         return self._aio.next_seq
 
+    @property
+    def resent(self) -> int:
+        """Chunks sent again after the server's store lost them (409 session_rolled_back)."""
+        return self._aio.resent
+
     def send(self, x: Any) -> Answer:
         """Send steps x [T, F] (or one step [F]) as the next chunk; its answer."""
         return self._runner.run(self._aio.send(x))

@@ -115,8 +115,11 @@ class ProtocolError(ClientError):
 class Retry:
     """How long to keep resending one request that failed in a way that is safe to retry (a
     lost connection, a restarting replica, 503, 429), and the pauses between attempts:
-    doubling from `first_delay_s` up to `max_delay_s`."""
+    doubling from `first_delay_s` up to `max_delay_s`. A session keeps its last `keep_chunks`
+    answered chunks, to send them again if the server's store loses them in a failover (409
+    session_rolled_back); 0 keeps none (such a loss is then raised as ApiError)."""
 
     timeout_s: float = 60.0
     first_delay_s: float = 0.05
     max_delay_s: float = 1.0
+    keep_chunks: int = 256

@@ -304,7 +304,7 @@ class RedisStore:
             )
             url = aioredis.Redis.from_pool(pool)
         self._redis = url
-        self._wait = wait if isinstance(wait, ReplicaWait) else ReplicaWait(*wait)
+        self.wait = wait if isinstance(wait, ReplicaWait) else ReplicaWait(*wait)
         self._keys = [
             f"{prefix}:{name}"
             for name in ("lru", "deadline", "tags", "active", "owner", "owned", "owners")
@@ -328,10 +328,10 @@ class RedisStore:
     async def _write(self, script, session_id: str, args: list) -> list:
         """Run a script that writes `session_id`; with replicas to wait for, then WAIT."""
         keys = self._session_keys(session_id)
-        if not self._wait.replicas:
+        if not self.wait.replicas:
             return await self._run(script, keys, args)
         try:
-            return await self._wait.run(self._redis, script, keys, args, session_id)
+            return await self.wait.run(self._redis, script, keys, args, session_id)
         except RedisError as exc:
             raise _store_error(exc) from exc
 

@@ -42,7 +42,7 @@ from sarnn_serve.store.redis import RedisStore, _store_error
 from sarnn_serve.store.redis_wait import ReplicaWait
 
 TOMBSTONE_TTL_S = 7 * 24 * 3600.0
-PRUNE_AFTER_MS = 60_000  # a reservation this old whose session is not in its shard is stale
+PRUNE_AFTER_S = 60.0  # a reservation this old whose session is not in its shard is stale
 
 # KEYS[1] = the owner's set; ARGV = id, cap, set TTL (ms), prune age (ms)
 # -> {1} reserved, or {0, ids reserved before the prune age} at the cap.
@@ -97,6 +97,7 @@ class ShardedRedisStore:
         *,
         tombstone_ttl_s: float = TOMBSTONE_TTL_S,
         sweep_batch: int = 1000,
+        prune_after_s: float = PRUNE_AFTER_S,
     ) -> None:
         if max_sessions < 1 or shards < 1:
             raise ValueError("max_sessions and shards must be >= 1")
@@ -106,6 +107,7 @@ class ShardedRedisStore:
         self._redis = client
         self._base = prefix.replace("{", "").replace("}", "")
         self._set_ttl_ms = max(1, round(tombstone_ttl_s * 1000))
+        self._prune_after_ms = round(prune_after_s * 1000)
         waiter = ReplicaWait(*wait)
         per_shard = -(-max_sessions // shards)
         self.shards = [
@@ -190,7 +192,7 @@ class ShardedRedisStore:
         """Add `session_id` to the owner's set, or raise the quota error at the cap (after
         dropping stale ids once)."""
         key = self.owner_key(owner)
-        args = [session_id, cap, self._set_ttl_ms, PRUNE_AFTER_MS]
+        args = [session_id, cap, self._set_ttl_ms, self._prune_after_ms]
         for attempt in (0, 1):
             res = await self._call(self._reserve(keys=[key], args=args))
             if res[0] == 1:
