@@ -72,6 +72,23 @@ class Forbidden(ServiceError):
     code = "forbidden"
 
 
+class NoRoute(ServiceError):
+    """No route answers the path (404), or none there takes the method (405; `allowed` are the
+    methods that do, sent in Allow)."""
+
+    def __init__(self, allowed: list[str]) -> None:
+        self.allowed = allowed
+        if allowed:
+            self.status, self.code = 405, "method_not_allowed"
+            super().__init__("Method Not Allowed")
+        else:
+            self.status, self.code = 404, "not_found"
+            super().__init__("Not Found")
+
+    def http_headers(self) -> dict[str, str] | None:
+        return {"Allow": ", ".join(self.allowed)} if self.allowed else None
+
+
 class TooManyRequests(ServiceError):
     """A per-key quota is exhausted; `retry_after_s` says when to try again."""
 

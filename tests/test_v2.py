@@ -729,6 +729,12 @@ async def test_native_routes_keep_their_error_format(client: httpx.AsyncClient) 
     # an unknown /v2 path gets the protocol's string error (tritonclient prints it)
     r = await client.get("/v2/models/watch-tiny/config")
     assert r.status_code == 404 and r.json() == {"error": "not_found: Not Found"}
+    # a method a /v2 path does not take: 405 in the protocol's format, naming the one it takes
+    r = await client.get("/v2/models/watch-tiny/infer")
+    assert r.status_code == 405 and r.json() == {"error": "method_not_allowed: Method Not Allowed"}
+    assert r.headers["allow"] == "POST"
+    r = await client.delete("/v2")
+    assert r.status_code == 405 and r.headers["allow"] == "GET"
 
 
 # --- a real server on the exported model ---------------------------------------------------------

@@ -37,7 +37,6 @@ ERROR_RESPONSES = {
 }
 PARSE_FAILURE = "There was an error parsing the body"
 METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
-V2_PREFIX = "/v2/"
 
 
 def render(request: Request, exc: ServiceError) -> Response:
@@ -80,10 +79,7 @@ def install(app: FastAPI) -> None:
             return render(request, InvalidJson("not valid UTF-8 JSON"))
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         request.app.state.plane.count_error(code)
-        if request.url.path.startswith(V2_PREFIX):  # the Open Inference Protocol's error body
-            body = {"error": f"{code}: {exc.detail}"}
-        else:
-            body = {"error": {"code": code, "message": str(exc.detail)}}
+        body = {"error": {"code": code, "message": str(exc.detail)}}
         headers = exc.headers
         if exc.status_code == 405:
             headers = {**(headers or {}), "Allow": allowed_methods(request)}

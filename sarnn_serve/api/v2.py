@@ -1,7 +1,8 @@
 """The Open Inference Protocol (KServe v2 REST) with Triton's binary tensor data and sequence
 extensions, beside the native API and over the same data plane (the protocol's logic, shared with
-the gRPC service, is `sarnn_serve.v2_protocol`). Errors are {"error": "<code>: <message>"} with
-the typed error's HTTP status.
+the gRPC service, is `sarnn_serve.v2_protocol`). Every answer under /v2, an unknown path or a
+method a path does not take included, has its errors as {"error": "<code>: <message>"} with the
+typed error's HTTP status, rendered in one place (`V2Route`).
 """
 
 import json
@@ -10,11 +11,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.routing import APIRoute
+from starlette.routing import Match
 
 from sarnn_serve import v2_protocol
 from sarnn_serve.api.codec import HEADER_LENGTH, encode_response, parse_request
 from sarnn_serve.api.deps import Caller, Plane
-from sarnn_serve.errors import ServiceError
+from sarnn_serve.errors import NoRoute, ServiceError
 from sarnn_serve.registry import LoadedModel
 
 
@@ -105,3 +107,19 @@ async def infer(request: Request, dp: Plane, who: Caller, model: Model) -> Respo
     return Response(
         body, media_type="application/octet-stream", headers={HEADER_LENGTH: str(json_length)}
     )
+
+
+METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+@router.api_route("", methods=list(METHODS))
+@router.api_route("/{path:path}", methods=list(METHODS))
+async def no_route(request: Request) -> Response:
+    """Any other path or method under /v2: 404, or 405 naming the methods the path takes."""
+    routes = [r for r in router.routes if getattr(r, "endpoint", None) is not no_route]
+    allowed = [
+        method
+        for method in METHODS
+        if any(r.matches({**request.scope, "method": method})[0] == Match.FULL for r in routes)
+    ]
+    raise NoRoute(allowed)
