@@ -20,7 +20,7 @@ from sarnn_serve.api.codec import (
     InferRequest,
     OutputTensor,
     decode_inputs,
-    step_list,
+    step_tensors,
 )
 from sarnn_serve.auth import Principal
 from sarnn_serve.card import ModelCard
@@ -31,6 +31,7 @@ from sarnn_serve.errors import (
     SessionNotFound,
 )
 from sarnn_serve.registry import LoadedModel
+from sarnn_serve.results import StepOutputs
 from sarnn_serve.schemas import ChunkRequest, PredictRequest, SessionCreate, Usage
 from sarnn_serve.service import DataPlane
 from sarnn_serve.sessions import sequence_session_id
@@ -97,18 +98,20 @@ async def infer(
     x = model_input(req, binary, card, dp.settings.max_chunk_steps)
     wanted = requested_outputs(req)
     if req.parameters.in_sequence:
-        steps, parameters = await run_sequence(dp, who, card, req, x, "mask" in wanted)
+        outputs, parameters = await run_sequence(dp, who, card, req, x, "mask" in wanted)
     else:
-        steps, parameters = await run_stateless(dp, card, req.parameters, x, "mask" in wanted)
-    arrays = step_tensors(steps)
+        outputs, parameters = await run_stateless(
+            dp, req.parameters, card.name, x, "mask" in wanted
+        )
+    arrays = step_tensors(outputs)
     header = {
         "model_name": card.name,
         "model_version": card.version,
         **({"id": req.id} if req.id else {}),
         "parameters": parameters,
     }
-    outputs = [OutputTensor(name, OUTPUTS[name], arrays[name], b) for name, b in wanted.items()]
-    return header, outputs
+    tensors = [OutputTensor(name, OUTPUTS[name], arrays[name], b) for name, b in wanted.items()]
+    return header, tensors
 
 
 def model_input(req: InferRequest, binary: bytes, card: ModelCard, max_steps: int) -> np.ndarray:
@@ -150,8 +153,8 @@ def requested_outputs(req: InferRequest) -> dict[str, bool]:
 
 
 async def run_stateless(
-    dp: DataPlane, card: ModelCard, params: InferParameters, x: np.ndarray, include_mask: bool
-) -> tuple[list[list[dict]], dict[str, Any]]:
+    dp: DataPlane, params: InferParameters, model: str, x: np.ndarray, include_mask: bool
+) -> tuple[list[StepOutputs], dict[str, Any]]:
     """Each row of x as a whole sequence from a zero state (nothing is stored)."""
     for flag in ("sequence_start", "sequence_end"):
         if getattr(params, flag):
@@ -159,9 +162,8 @@ async def run_stateless(
     request = PredictRequest.model_construct(
         inputs=list(x), threshold=params.threshold, include_steps=True, include_mask=include_mask
     )
-    result = await dp.predict(card.name, request)
-    steps = [step_list(result.labels, outputs) for outputs, _ in result.sequences]
-    return steps, result.usage.as_dict()
+    result = await dp.predict(model, request)
+    return [outputs for outputs, _ in result.sequences], result.usage.as_dict()
 
 
 async def run_sequence(
@@ -171,7 +173,7 @@ async def run_sequence(
     req: InferRequest,
     x: np.ndarray,
     include_mask: bool,
-) -> tuple[list[list[dict]], dict[str, Any]]:
+) -> tuple[list[StepOutputs], dict[str, Any]]:
     """Apply x [1, T, F] to the request's sequence (opened, continued or ended); its steps and
     the response parameters: the sequence id, its session and the session's totals."""
     params = req.parameters
@@ -202,7 +204,7 @@ async def run_sequence(
     except SessionNotFound as exc:
         raise SequenceNotOpen(params.sequence_id, exc) from None
     totals = summary or result.session
-    return [step_list(result.labels, result.outputs)], {
+    return [result.outputs], {
         "sequence_id": params.sequence_id,
         "session_id": session_id,
         "replayed": result.replayed,
@@ -228,19 +230,3 @@ async def start_sequence(
         await dp.delete_session(who, session_id)
     await dp.create_session(who, opening, session_id=session_id)
     return 0
-
-
-def step_tensors(sequences: list[list[dict]]) -> dict[str, np.ndarray]:
-    """Per-step answers of N sequences of T steps as output tensors [N, T, ...]."""
-
-    def stack(field: str, dtype: type) -> np.ndarray:
-        return np.array([[step[field] for step in steps] for steps in sequences], dtype)
-
-    arrays = {
-        "probabilities": stack("probabilities", np.float32),
-        "class": stack("class", np.int64),
-        "updates": stack("updates", np.int32),
-    }
-    if "mask" in sequences[0][0]:
-        arrays["mask"] = stack("mask", bool)
-    return arrays

@@ -156,6 +156,20 @@ def predict_body(result: PredictResult) -> dict[str, Any]:
     return {"model": result.model, "sequences": sequences, "usage": result.usage.as_dict()}
 
 
+def step_tensors(outputs: list[StepOutputs]) -> dict[str, np.ndarray]:
+    """The outputs of N sequences of T steps as the Open Inference Protocol's output tensors
+    [N, T, ...] (the values of `step_list`: float32 probabilities, their argmax)."""
+    probs = np.stack([softmax(o.logits.astype(np.float64)).astype(np.float32) for o in outputs])
+    arrays = {
+        "probabilities": probs,
+        "class": probs.argmax(axis=-1).astype(np.int64),
+        "updates": np.stack([o.counts for o in outputs]).astype(np.int32),
+    }
+    if outputs[0].masks is not None:
+        arrays["mask"] = np.stack([o.masks for o in outputs]).astype(bool)
+    return arrays
+
+
 # --- native API: WebSocket frames ---------------------------------------------------------
 
 
