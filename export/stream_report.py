@@ -100,11 +100,15 @@ def paired_difference(a: Arm, b: Arm, part: str, seed: int = 0) -> tuple[float, 
     return 100 * point, 100 * lo, 100 * hi
 
 
-def verdict(lo: float, bar: float, point: float) -> str:
-    """ "met" only when the CI's lower bound clears the bar."""
+def verdict(lo: float, hi: float, bar: float) -> str:
+    """ "met" only when the CI's lower bound clears the bar; otherwise why not."""
     if lo > bar:
         return "met"
-    return "not distinguishable" if lo <= 0 <= point or lo <= 0 else "not met"
+    if lo > 0:
+        return "not met (better, but not by the bar)"
+    if hi < 0:
+        return "not met (worse)"
+    return "not met (not distinguishable)"
 
 
 def recipe_search(root: Path) -> list[dict]:
@@ -173,7 +177,7 @@ def report(root: Path, searches: list[Path] | None = None) -> dict:
             "difference_points": point,
             "ci95": [lo, hi],
             "bar_points": bar,
-            "verdict": verdict(lo, bar, point),
+            "verdict": verdict(lo, hi, bar),
             "against": label,
         }
     idle, active = sa.rate("test", "idle_update_rate"), sa.rate("test", "active_update_rate")
