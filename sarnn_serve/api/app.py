@@ -120,7 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         calibrating = BackgroundCalibration(jobs, calibrated)
         calibrating.start()
-        app.state.plane, app.state.monitor = plane, monitor
+        app.state.plane = plane
         app.state.calibrating = calibrating
         grpc = None
         if settings.grpc_enabled:

@@ -1,6 +1,6 @@
 """The Open Inference Protocol's `inference.GRPCInferenceService` over the data plane: health,
 metadata, ModelInfer and Triton's ModelStreamInfer, with the logic, checks and error messages of
-the /v2 HTTP routes (`sarnn_serve.v2_protocol`).
+the /v2 HTTP routes (`api/v2_protocol.py`).
 
 The caller is the API key in the `authorization` metadata ("Bearer <key>"), or with keys off the
 peer's address, as on HTTP; a stream authenticates once, when it opens. Typed errors become gRPC
@@ -18,9 +18,9 @@ from urllib.parse import unquote
 
 import grpc
 
-from sarnn_serve import v2_protocol
 from sarnn_serve.api import grpc_predict_v2_pb2 as pb
 from sarnn_serve.api import grpc_predict_v2_pb2_grpc as pb_grpc
+from sarnn_serve.api import v2_protocol
 from sarnn_serve.api.grpc_codec import infer_request, infer_response, model_metadata_response
 from sarnn_serve.auth import Principal
 from sarnn_serve.errors import ModelNotFound, ServiceError

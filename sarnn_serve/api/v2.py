@@ -1,6 +1,6 @@
 """The Open Inference Protocol (KServe v2 REST) with Triton's binary tensor data and sequence
 extensions, beside the native API and over the same data plane (the protocol's logic, shared with
-the gRPC service, is `sarnn_serve.v2_protocol`). Every answer under /v2, an unknown path or a
+the gRPC service, is `api/v2_protocol.py`). Every answer under /v2, an unknown path or a
 method a path does not take included, has its errors as {"error": "<code>: <message>"} with the
 typed error's HTTP status, rendered in one place (`V2Route`).
 """
@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.routing import APIRoute
 from starlette.routing import Match
 
-from sarnn_serve import v2_protocol
+from sarnn_serve.api import v2_protocol
 from sarnn_serve.api.codec import HEADER_LENGTH, encode_response, parse_request
 from sarnn_serve.api.deps import Caller, Plane
 from sarnn_serve.errors import NoRoute, ServiceError
