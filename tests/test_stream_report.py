@@ -1,0 +1,73 @@
+"""The stream study's report (export/stream_report.py): paired bootstrap over recordings and
+seeds, choices on validation, and verdicts that say "met" only past the bar."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from export.stream_report import report, verdict
+
+RECORDINGS = 28
+
+
+def _run(root: Path, arm: str, seed: int, accuracy: float, hidden: int = 128, **cfg) -> None:
+    """A finished run whose recordings all score `accuracy` (val and test), 100 steps each,
+    with a little seeded noise per recording."""
+    rng = np.random.default_rng(seed + 100 * hidden)
+    scored = [100] * RECORDINGS
+
+    def part() -> dict:
+        correct = np.clip(np.round(100 * (accuracy + rng.normal(0, 0.02, RECORDINGS))), 0, 100)
+        return {
+            "streaming_accuracy": float(correct.sum() / (100 * RECORDINGS)),
+            "update_rate": cfg.get("rate", 1.0),
+            "idle_update_rate": cfg.get("idle", cfg.get("rate", 1.0)),
+            "active_update_rate": cfg.get("active", cfg.get("rate", 1.0)),
+            "scored": scored,
+            "correct": [int(c) for c in correct],
+        }
+
+    config = {
+        "seed": seed,
+        "hidden": hidden,
+        "cell": "gru",
+        "dense": arm.startswith("dense"),
+        "random_mask": cfg.get("rate") if arm.startswith("random") else None,
+        "coord_energy": arm.startswith("sa"),
+    }
+    out = root / f"{arm}-s{seed}"
+    out.mkdir(parents=True)
+    metrics = {"config": config, "validation": part(), "test": part()}
+    (out / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_verdicts_say_met_only_past_the_bar() -> None:
+    assert verdict(3.5, 9.0, 3.0) == "met"
+    assert verdict(1.0, 9.0, 3.0).startswith("not met (better")
+    assert verdict(-2.0, 4.0, 0.0) == "not met (not distinguishable)"
+    assert verdict(-9.0, -1.0, 0.0) == "not met (worse)"
+
+
+def test_a_clear_win_is_met_and_a_tie_is_not(tmp_path: Path) -> None:
+    for seed in range(3):
+        _run(tmp_path, "sa-energy", seed, 0.90, rate=0.2, idle=0.05, active=0.35)
+        _run(tmp_path, "dense-62", seed, 0.80, hidden=62)
+        _run(tmp_path, "random", seed, 0.895, rate=0.2)
+    result = report(tmp_path)
+    targets = result["targets"]
+    assert result["chosen_on_validation"]["best_dense"] == "dense-62"
+    dense = targets["sa-energy - dense-62"]
+    assert dense["verdict"] == "met" and dense["ci95"][0] > 3
+    assert targets["sa-energy - random"]["verdict"] == "not met (not distinguishable)"
+    assert targets["idle rate <= active / 3"]["verdict"] == "met"
+    assert targets["macs <= 25% of dense GRU-128"]["verdict"] == "met"
+
+
+def test_dense_models_cheaper_than_the_sa_rnn_are_not_its_rivals(tmp_path: Path) -> None:
+    _run(tmp_path, "sa-energy", 0, 0.7, rate=0.5)
+    _run(tmp_path, "dense-62", 0, 0.9, hidden=62)
+    result = report(tmp_path)
+    assert result["chosen_on_validation"]["best_dense"] is None
+    arms = result["arms"]
+    assert arms["dense-62"]["macs_per_step"] < arms["sa-energy"]["macs_per_step"]
