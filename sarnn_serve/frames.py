@@ -37,7 +37,7 @@ import numpy as np
 
 from sarnn_serve.errors import InvalidInput
 from sarnn_serve.results import ChunkResult, softmax
-from sarnn_serve.schemas import ChunkRequest
+from sarnn_serve.schemas import ArrayChunk
 
 MAGIC = b"SR"
 VERSION = 1
@@ -62,8 +62,8 @@ def encode_chunk(
     return REQUEST.pack(MAGIC, VERSION, flags, seq, len(rows)) + rows.tobytes()
 
 
-def decode_chunk(data: bytes) -> ChunkRequest:
-    """A client frame as a chunk request (answer=columns); InvalidInput names what is wrong.
+def decode_chunk(data: bytes) -> ArrayChunk:
+    """A client frame as a chunk (answer=columns); InvalidInput names what is wrong.
     The values are checked (finite, within range, F per step) by the data plane, as for JSON."""
     if len(data) < REQUEST.size:
         raise InvalidInput("body", f"a binary chunk needs a {REQUEST.size}-byte header")
@@ -80,7 +80,7 @@ def decode_chunk(data: bytes) -> ChunkRequest:
             "inputs", f"{len(payload)} bytes of float32 do not make {steps} equal steps"
         )
     x = np.frombuffer(payload, "<f4").reshape(steps, -1)
-    return ChunkRequest.model_construct(
+    return ArrayChunk(
         seq=seq,
         inputs=x,
         include_mask=bool(flags & MASK),

@@ -1,7 +1,9 @@
 """Request and response bodies of the HTTP API (they also document it at /docs)."""
 
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_ABS_INPUT = 1e9
@@ -142,6 +144,22 @@ class ChunkRequest(BaseModel):
     include_probabilities: bool = Field(
         False, description="With answer=columns, add the probabilities [T][C] (steps has them)."
     )
+
+
+@dataclass
+class ArrayChunk:
+    """A chunk whose steps arrive as an array (binary WebSocket frames, v2 tensors): the fields
+    of ChunkRequest with `inputs` [T, F] float32, checked by the data plane as a JSON chunk's
+    values are. Not a request body: the transports that decode such chunks build it."""
+
+    seq: int
+    inputs: np.ndarray
+    include_mask: bool = False
+    answer: AnswerMode | None = None
+    include_probabilities: bool = False
+
+
+Chunk = ChunkRequest | ArrayChunk  # what DataPlane.advance takes
 
 
 class StepResult(BaseModel):

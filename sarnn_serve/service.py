@@ -37,7 +37,7 @@ from sarnn_serve.records import PackedOutputs
 from sarnn_serve.registry import Registry
 from sarnn_serve.results import ChunkResult, StepOutputs
 from sarnn_serve.routing import Router
-from sarnn_serve.schemas import ChunkRequest, SessionCreate
+from sarnn_serve.schemas import Chunk, SessionCreate
 from sarnn_serve.serving import Serving
 from sarnn_serve.session_access import SessionAccess
 from sarnn_serve.sessions import SessionRecord, new_session_id, request_digest
@@ -173,7 +173,7 @@ class DataPlane(Serving):
         self,
         caller: Principal,
         session_id: str,
-        chunk: ChunkRequest,
+        chunk: Chunk,
         request_id: str = "",
         arrived: float | None = None,
     ) -> ChunkResult:

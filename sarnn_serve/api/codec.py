@@ -30,7 +30,7 @@ from sarnn_serve.api.v2_codec import (
 )
 from sarnn_serve.errors import InvalidJson, PayloadTooLarge
 from sarnn_serve.results import ChunkResult, PredictResult, StepOutputs, softmax
-from sarnn_serve.schemas import AnswerMode, ChunkRequest
+from sarnn_serve.schemas import AnswerMode, Chunk, ChunkRequest
 from sarnn_serve.validation import validate_request
 
 __all__ = [
@@ -59,7 +59,7 @@ class Encoding(enum.Enum):
 class Frame(NamedTuple):
     """A decoded client frame: the chunk and the encoding it came in."""
 
-    chunk: ChunkRequest
+    chunk: Chunk
     encoding: Encoding
 
 
@@ -127,7 +127,7 @@ def chunk_body(result: ChunkResult) -> dict[str, Any]:
     }
 
 
-def chunk_json(result: ChunkResult, chunk: ChunkRequest | None = None) -> bytes:
+def chunk_json(result: ChunkResult, chunk: Chunk | None = None) -> bytes:
     """The JSON answer to a chunk, the same on every transport, in the chunk's answer mode
     (steps by default; columns is the lean one)."""
     if chunk is not None and chunk.answer == "columns":
@@ -135,7 +135,7 @@ def chunk_json(result: ChunkResult, chunk: ChunkRequest | None = None) -> bytes:
     return dumps(chunk_body(result))
 
 
-def chunk_binary(result: ChunkResult, chunk: ChunkRequest) -> bytes:
+def chunk_binary(result: ChunkResult, chunk: Chunk) -> bytes:
     """The answer to a raw binary chunk (`frames`)."""
     return frames.encode_answer(result, result.hidden, chunk.include_probabilities)
 

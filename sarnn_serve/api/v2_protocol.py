@@ -32,7 +32,7 @@ from sarnn_serve.errors import (
 )
 from sarnn_serve.registry import LoadedModel
 from sarnn_serve.results import StepOutputs
-from sarnn_serve.schemas import ChunkRequest, PredictRequest, SessionCreate, Usage
+from sarnn_serve.schemas import ArrayChunk, PredictRequest, SessionCreate, Usage
 from sarnn_serve.service import DataPlane
 from sarnn_serve.sessions import sequence_session_id
 from sarnn_serve.validation import parse_inputs
@@ -198,7 +198,7 @@ async def run_sequence(
             seq = await start_sequence(dp, who, session_id, req.id, opening)
         else:
             seq, _ = await dp.sequence_seq(who, session_id, req.id)
-        chunk = ChunkRequest.model_construct(seq=seq, inputs=x[0], include_mask=include_mask)
+        chunk = ArrayChunk(seq=seq, inputs=x[0], include_mask=include_mask)
         result = await dp.advance(who, session_id, chunk, req.id)
         summary = await dp.delete_session(who, session_id) if params.sequence_end else None
     except SessionNotFound as exc:
