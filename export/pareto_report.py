@@ -13,11 +13,12 @@ import csv
 import json
 import math
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from export.paired import paired_difference, verdict
 from export.pareto import FAMILIES, Point
 
 MARKERS = {"sa-rnn": "o", "dense": "s", "skip": "^", "random": "x"}
@@ -48,6 +49,8 @@ class Row:
     test_streaming_ci_high: float
     test_last_step_mean: float
     test_last_step_sd: float
+    test_correct: list[list[int]] = field(default_factory=list)  # [seeds][recordings]
+    test_scored: list[int] = field(default_factory=list)  # [recordings]
 
 
 def point_of(config: dict) -> Point:
@@ -118,6 +121,8 @@ def _row(point: Point, runs: list[dict]) -> Row:
         macs_per_step=statistics.mean(m["macs_per_step"]["selective_val"] for m in runs),
         test_streaming_ci_low=low,
         test_streaming_ci_high=high,
+        test_correct=[list(t["correct"]) for t in test],
+        test_scored=list(test[0]["scored"]),
         **figures,
     )
 
@@ -171,18 +176,25 @@ def target_check(rows: list[Row], reference: str = "dense-gru128") -> list[str]:
         f"{sa.macs_per_step:.0f} ({100 * sa.macs_per_step / ref.macs_per_step:.1f}% of "
         f"{reference}), test streaming {_pct(sa.test_streaming_mean, sa.test_streaming_sd)}%.",
         "",
-        "| rival (chosen on validation) | MACs/step | test streaming % | SA-RNN ahead by (points) "
-        "|",
-        "|---|---|---|---|",
+        "| rival (chosen on validation) | MACs/step | test streaming % "
+        "| SA-RNN minus rival (points, paired 95% CI) | verdict |",
+        "|---|---|---|---|---|",
     ]
+    verdicts = []
     for r in rivals:
-        gap = 100 * (sa.test_streaming_mean - r.test_streaming_mean)
+        gap, lo, hi = paired_difference(sa.test_correct, r.test_correct, sa.test_scored)
+        verdicts.append(verdict(lo, hi))
         lines.append(
             f"| {r.config} | {r.macs_per_step:.0f} "
-            f"| {_pct(r.test_streaming_mean, r.test_streaming_sd)} | {gap:+.1f} |"
+            f"| {_pct(r.test_streaming_mean, r.test_streaming_sd)} "
+            f"| {gap:+.1f} [{lo:+.1f}, {hi:+.1f}] | {verdicts[-1]} |"
         )
-    met = bool(rivals) and all(sa.test_streaming_mean >= r.test_streaming_mean for r in rivals)
-    lines += ["", f"Target {'met' if met else 'not met'}."]
+    met = bool(rivals) and all(v == "met" for v in verdicts)
+    lines += [
+        "",
+        f"Target {'met' if met else 'not met'}: a win needs the paired CI's lower bound above "
+        "0 against every rival; otherwise the models are not distinguishable here.",
+    ]
     return lines
 
 
@@ -281,7 +293,9 @@ def report(results: Path, out: Path) -> str:
         raise ValueError(f"no result records in {results}")
     out.mkdir(parents=True, exist_ok=True)
     with (out / "pareto.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
+        per_recording = ("test_correct", "test_scored")  # in the result records, not the table
+        columns = [k for k in asdict(rows[0]) if k not in per_recording]
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(asdict(r) for r in rows)
     text = markdown(rows, results)

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from export.paired import paired_difference, verdict
 from sarnn_serve.accounting import CellCost
 
-BOOTSTRAP = 4000
 N_CLASSES = 7
 N_FEATURES = 6
 DENSE_REFERENCE = 128
@@ -82,33 +82,9 @@ def load_arms(root: Path) -> dict[str, Arm]:
     return arms
 
 
-def paired_difference(a: Arm, b: Arm, part: str, seed: int = 0) -> tuple[float, float, float]:
-    """Pooled accuracy of A minus B on `part` (percentage points) and its 95% bootstrap CI:
-    recordings resampled together for both arms, seeds resampled per arm."""
-    rng = np.random.default_rng(seed)
-    n_rec = a.scored[part].shape[1]
-    diffs = np.empty(BOOTSTRAP)
-    for i in range(BOOTSTRAP):
-        rec = rng.integers(0, n_rec, n_rec)
-        sa = rng.integers(0, len(a.seeds), len(a.seeds))
-        sb = rng.integers(0, len(b.seeds), len(b.seeds))
-        acc_a = a.correct[part][np.ix_(sa, rec)].sum() / a.scored[part][np.ix_(sa, rec)].sum()
-        acc_b = b.correct[part][np.ix_(sb, rec)].sum() / b.scored[part][np.ix_(sb, rec)].sum()
-        diffs[i] = acc_a - acc_b
-    point = a.accuracy(part) - b.accuracy(part)
-    lo, hi = np.percentile(diffs, [2.5, 97.5])
-    return 100 * point, 100 * lo, 100 * hi
-
-
-def verdict(lo: float, hi: float, bar: float) -> str:
-    """ "met" only when the CI's lower bound clears the bar; otherwise why not."""
-    if lo > bar:
-        return "met"
-    if lo > 0:
-        return "not met (better, but not by the bar)"
-    if hi < 0:
-        return "not met (worse)"
-    return "not met (not distinguishable)"
+def arm_difference(a: Arm, b: Arm, part: str) -> tuple[float, float, float]:
+    """Pooled accuracy of A minus B on `part` (points) and its 95% CI (export/paired.py)."""
+    return paired_difference(a.correct[part], b.correct[part], a.scored[part][0])
 
 
 def recipe_search(root: Path) -> list[dict]:
@@ -172,7 +148,7 @@ def report(root: Path, searches: list[Path] | None = None) -> dict:
     for label, rival, bar in rivals:
         if rival is None:
             continue
-        point, lo, hi = paired_difference(sa, rival, "test")
+        point, lo, hi = arm_difference(sa, rival, "test")
         out["targets"][f"{sa.name} - {rival.name}"] = {
             "difference_points": point,
             "ci95": [lo, hi],

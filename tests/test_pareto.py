@@ -119,6 +119,8 @@ def _row(config: str, family: str, macs: float, val: float, test: float) -> Row:
         test_streaming_ci_high=test,
         test_last_step_mean=test,
         test_last_step_sd=nan,
+        test_correct=[[round(1000 * test)] * 28] * 3,  # 3 seeds, 28 recordings of 1000 steps
+        test_scored=[1000] * 28,
     )
 
 
@@ -152,10 +154,12 @@ def test_target_check_compares_test_figures_of_validation_choices():
     ]
     lines = target_check(rows)
     assert "Chosen on validation: sa-half at 520" in lines[0]
-    assert lines[-1] == "Target met."
+    assert lines[-1].startswith("Target met:")
     assert [line.split(" |")[0] for line in lines[4:-2]] == ["| dense-mid", "| skip-half"]
+    assert "+2.0 [+2.0, +2.0] | met" in lines[4]
     rows.append(_row("random-half", "random", 510, 0.60, 0.845))
-    assert target_check(rows)[-1] == "Target not met."
+    assert target_check(rows)[-1].startswith("Target not met:")
+    assert "| not met (worse) |" in target_check(rows)[-3]
     assert "not trained yet" in target_check(rows[1:])[0]
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from export.stream_report import report, verdict
+from export.paired import verdict
+from export.stream_report import report
 
 RECORDINGS = 28
 
