@@ -4,7 +4,8 @@
     python -m export.sweep --lams 2.5 --seeds 0 1 2 --dense --name seeds  # SA-RNN vs dense
 
 Each run goes to runs/<tag>/ (skipped when its metrics.json exists); the table of every run
-asked for is printed as markdown and written to runs/<name>.md.
+asked for is printed as markdown and written to runs/<name>.md. The table gives validation
+figures, the data choices are made on; `--part test` reads the test figures, once, at the end.
 """
 
 import argparse
@@ -40,20 +41,21 @@ def _fmt(values: list[float], scale: float = 100.0) -> str:
     return f"{mean:.1f} ± {statistics.stdev(values) * scale:.1f}"
 
 
-def table(results: list[dict]) -> str:
-    """Markdown table grouped by (cell, H, lambda or dense), mean ± sd over seeds."""
+def table(results: list[dict], part: str = "validation") -> str:
+    """Markdown table grouped by (cell, H, lambda or dense), mean ± sd over seeds, of the
+    figures on `part` ("validation" or "test")."""
     groups: dict[tuple, list[dict]] = {}
     for m in results:
         c = m["config"]
         key = (c["cell"], c["hidden"], "dense" if c["dense"] else f"{c['lam']:g}")
         groups.setdefault(key, []).append(m)
     lines = [
-        "| cell | H | lambda | seeds | streaming acc % | last-step acc % | update rate % "
+        f"| cell | H | lambda | seeds | {part} streaming acc % | last-step acc % | update rate % "
         "| MACs/step dense | MACs/step selective |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for (cell, hidden, lam), ms in groups.items():
-        tests = [m["test"] for m in ms]
+        tests = [m[part] for m in ms]
         rate = [1.0 if lam == "dense" else t["update_rate"] for t in tests]
         macs_sel = statistics.mean(m["macs_per_step"]["selective"] for m in ms)
         lines.append(
@@ -80,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--root", default="runs")
     parser.add_argument("--name", default="sweep")
+    parser.add_argument(
+        "--part",
+        choices=["validation", "test"],
+        default="validation",
+        help="figures to tabulate: validation (to choose on) or test (read once, at the end)",
+    )
     args = parser.parse_args(argv)
     base = {
         "dataset": args.dataset,
@@ -97,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dense:
         configs += [TrainConfig(**base, dense=True, seed=seed) for seed in args.seeds]
     root = Path(args.root)
-    md = table(run_all(configs, root))
+    md = table(run_all(configs, root), args.part)
     print(md)
     root.mkdir(parents=True, exist_ok=True)
     (root / f"{args.name}.md").write_text(md + "\n")

@@ -72,3 +72,16 @@ def test_dense_models_cheaper_than_the_sa_rnn_are_not_its_rivals(tmp_path: Path)
     assert result["chosen_on_validation"]["best_dense"] is None
     arms = result["arms"]
     assert arms["dense-62"]["macs_per_step"] < arms["sa-energy"]["macs_per_step"]
+
+
+def test_the_sweep_table_reads_validation_unless_asked_for_test() -> None:
+    from export.sweep import table
+
+    run = {
+        "config": {"cell": "gru", "hidden": 8, "dense": False, "lam": 2.0, "seed": 0},
+        "validation": {"streaming_accuracy": 0.8, "last_step_accuracy": 0.8, "update_rate": 0.3},
+        "test": {"streaming_accuracy": 0.6, "last_step_accuracy": 0.6, "update_rate": 0.3},
+        "macs_per_step": {"dense": 100, "selective": 50},
+    }
+    assert "validation streaming" in table([run]) and "| 80.0 |" in table([run])
+    assert "| 60.0 |" in table([run], "test")
