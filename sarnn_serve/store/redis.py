@@ -37,8 +37,9 @@ and uses the Redis server's clock (TIME), never the replicas' clocks.
 
 Needs Redis >= 7 (script flags). Configure `maxmemory-policy noeviction`: a
 session key evicted by Redis under memory pressure would be reported as "expired". Scripts build
-the keys of evicted and swept sessions from the prefix, so on Redis Cluster the prefix must carry
-a hash tag (e.g. "{sarnn}") to keep every key in one slot.
+the keys of evicted and swept sessions from the prefix, so every key of one prefix must be in one
+slot: on Redis Cluster `store.redis_sharded` runs one RedisStore per shard, its prefix a hash tag.
+With `wait`, creates and compare-and-sets also wait for replicas (`store.redis_wait`).
 """
 
 import secrets
