@@ -4,8 +4,10 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sarnn_serve.store.redis_target import target
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models"
 
@@ -221,6 +223,13 @@ class Settings(BaseSettings):
         "least recently used), or with Redis the records it wrote last (kept to save a round "
         "trip).",
     )
+
+    @model_validator(mode="after")
+    def _redis_target(self) -> "Settings":
+        """With store=redis: the URL, the mode and the Sentinels fit together."""
+        if self.store == "redis":
+            target(self)
+        return self
 
     @field_validator("forwarded_allow_ips")
     @classmethod
