@@ -121,6 +121,16 @@ class ClusterSet:
         return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports[:2])
 
     def start(self, node_timeout_ms: int = 1000) -> "ClusterSet":
+        """Start the nodes, create the cluster, wait until it is ok (stopping every node if
+        any of that fails)."""
+        try:
+            self._start(node_timeout_ms)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self, node_timeout_ms: int) -> None:
         for port in self.ports:
             self.procs.start(
                 port,
@@ -139,7 +149,6 @@ class ClusterSet:
             check=True, capture_output=True, timeout=60,
         )  # fmt: skip
         self.wait_ok()
-        return self
 
     def wait_ok(self, timeout: float = 30) -> None:
         """Until every live node says cluster_state:ok, every slot has a live master (a dead
@@ -223,6 +232,16 @@ class SentinelSet:
         return ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
 
     def start(self) -> "SentinelSet":
+        """Start the master, its replicas and the Sentinels; wait until they agree (stopping
+        every process if any of that fails)."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
         first, *others = self.data_ports
         self.procs.start(first, "--maxmemory-policy", "noeviction")
         for port in others:
@@ -234,7 +253,6 @@ class SentinelSet:
             (home / "sentinel.conf").write_text(SENTINEL_CONF.format(name=self.name, port=first))
             self.procs.start(port, sentinel=True)
         self.wait_stable(first)
-        return self
 
     def master(self) -> int:
         """The master's port as the first live Sentinel names it."""
