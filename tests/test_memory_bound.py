@@ -24,8 +24,7 @@ from sarnn_serve.service import DataPlane
 from sarnn_serve.settings import Settings
 from sarnn_serve.store import SessionStore
 from sarnn_serve.store.memory import MemoryStore
-from tests.test_unit_batcher import FakeEngine
-from tests.test_unit_plane import CARD, MODEL, anonymous
+from tests.fixtures import CARD, MODEL, FakeEngine, anonymous
 
 HIDDEN = 512
 WIDE = CARD.model_copy(update={"hidden": HIDDEN})

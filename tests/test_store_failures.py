@@ -30,6 +30,7 @@ from sarnn_serve.registry import LoadedModel, Registry
 from sarnn_serve.schemas import ChunkRequest, SessionCreate
 from sarnn_serve.service import DataPlane
 from sarnn_serve.settings import Settings
+from tests.fixtures import CARD, MODEL, FakeEngine, anonymous
 from tests.service_fixtures import (
     TINY_MODEL,
     UNLIMITED,
@@ -40,8 +41,6 @@ from tests.service_fixtures import (
     stop_process,
     stop_server,
 )
-from tests.test_unit_batcher import FakeEngine
-from tests.test_unit_plane import CARD, MODEL, anonymous
 
 pytestmark = pytest.mark.slow
 ROW = [0.1, 0.9, -0.2, 0.0, 0.1, 0.0]
