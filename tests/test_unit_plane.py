@@ -16,6 +16,7 @@ from sarnn_serve.errors import (
     Forbidden,
     RetryMismatch,
     SeqConflict,
+    SessionRolledBack,
     SessionNotFound,
     TooManyRequests,
 )
@@ -136,21 +137,26 @@ async def test_a_retry_with_other_inputs_or_options_changes_nothing(
 
 
 async def test_a_seq_gap_is_a_conflict(make_plane: MakePlane) -> None:
+    """A seq ahead of the session's next one is a rollback to resend from (the store may have
+    lost acknowledged chunks); a stale one that is not the last is a conflict. Neither changes
+    the session."""
     plane = await make_plane()
     me = anonymous()
     sid = (await plane.create_session(me, SessionCreate()))["id"]
     x = history(4)
-    for bad, expected in ((1, 0), (5, 0)):
-        with pytest.raises(SeqConflict) as info:
+    for bad in (1, 5):
+        with pytest.raises(SessionRolledBack) as ahead:
             await plane.advance(me, sid, chunk(bad, x))
-        assert info.value.detail == {"expected_seq": expected, "got_seq": bad}
+        assert ahead.value.detail["expected_seq"] == 0
     await plane.advance(me, sid, chunk(0, x))
     await plane.advance(me, sid, chunk(1, x))
     summary = await plane.get_session(me, sid)
-    for bad in (0, 3):  # neither the next seq nor a retry of the last one
-        with pytest.raises(SeqConflict) as info:
-            await plane.advance(me, sid, chunk(bad, x))
-        assert info.value.detail == {"expected_seq": 2, "got_seq": bad}
+    with pytest.raises(SeqConflict) as info:  # neither the next seq nor a retry of the last
+        await plane.advance(me, sid, chunk(0, x))
+    assert info.value.detail == {"expected_seq": 2, "got_seq": 0}
+    with pytest.raises(SessionRolledBack) as ahead:
+        await plane.advance(me, sid, chunk(3, x))
+    assert ahead.value.detail["expected_seq"] == 2
     assert await plane.get_session(me, sid) == summary
 
 
