@@ -16,8 +16,8 @@ from sarnn_serve.errors import (
     Forbidden,
     RetryMismatch,
     SeqConflict,
-    SessionRolledBack,
     SessionNotFound,
+    SessionRolledBack,
     TooManyRequests,
 )
 from sarnn_serve.results import ChunkResult
