@@ -3,6 +3,10 @@ session of the large model (models/watch-gru-1024), so that the picture shows me
 next to the multiply-adds saved.
 
     .venv/bin/python scripts/dashboard_screenshot.py [--model NAME] [--out PNG] [--seconds S]
+        [--csv STREAM.csv --start ROW]
+
+With --csv it streams that file (e.g. a stream of `python -m export streams --csv`) from row
+--start instead, to show the update rate falling when a bout ends and the sensor rests.
 
 Starts its own sarnn-serve on a free loopback port with the shipped models, streams one
 recording (1 sample per message at 50 Hz) and takes the screenshot in headless Debian chromium
@@ -46,8 +50,16 @@ def main() -> int:
     p.add_argument("--model", default="watch-gru-1024")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "dashboard.png")
     p.add_argument("--seconds", type=float, default=25.0)
+    p.add_argument("--csv", type=Path, help="stream this CSV file instead (feature columns)")
+    p.add_argument("--start", type=int, default=0, help="with --csv: the first row to send")
     args = p.parse_args()
-    rows = load_watch().test[3].x.tolist()
+    if args.csv:
+        from sarnn_serve.client.recordings import read_csv
+
+        features = ["ax", "ay", "az", "wx", "wy", "wz"]
+        rows = read_csv(args.csv, features=features).x[args.start :].tolist()
+    else:
+        rows = load_watch().test[3].x.tolist()
     tmp = Path("/tmp")
     # routing by measurement, as a real server (the test servers' default is dense)
     env = {"SARNN_DEFAULT_MODEL": args.model, "SARNN_ENGINE_PATH": "auto"}
@@ -62,6 +74,8 @@ def main() -> int:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.goto(f"{server.url}/dashboard?session={sid}")
             time.sleep(args.seconds)
+            if args.csv:  # the session's raster and strips, below the model cards
+                page.locator("#raster").scroll_into_view_if_needed()
             page.screenshot(path=str(args.out))
             browser.close()
         stop.set()
