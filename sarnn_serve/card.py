@@ -122,6 +122,7 @@ class ModelCard(BaseModel):
     )
     coordinator_energy: bool = Field(
         default=False,
+        exclude_if=lambda energy: not energy,  # cards without it stay readable by older readers
         description="The coordinator also weighs the squared normalised inputs, W_e (x * x).",
     )
     training: TrainingInfo

@@ -1,0 +1,25 @@
+"""Model cards stay readable by the previous release: a field added this round is written only
+when it says something the previous reader would have to know."""
+
+import json
+
+from sarnn_serve.card import ModelCard
+from sarnn_serve.settings import DEFAULT_MODEL_DIR
+
+
+def _card(name: str) -> dict:
+    return json.loads((DEFAULT_MODEL_DIR / name / "model.json").read_text())
+
+
+def test_a_card_without_energy_features_does_not_mention_them() -> None:
+    card = ModelCard.model_validate(_card("watch-stream-dense96"))
+    assert not card.coordinator_energy
+    assert "coordinator_energy" not in json.loads(card.model_dump_json())
+    assert "coordinator_energy" not in _card("watch-stream-dense96")
+
+
+def test_a_card_with_energy_features_says_so() -> None:
+    card = ModelCard.model_validate(_card("watch-stream-sa"))
+    assert card.coordinator_energy
+    assert json.loads(card.model_dump_json())["coordinator_energy"] is True
+    assert card.cost.coordinator == 128 * 7 + 6 * 129  # W_x x, w_d h, and W_e (x * x)
