@@ -3,13 +3,15 @@ dense graph, a forced path on that path) and switches to routing by measurement 
 calibration ends.
 
 One thread calibrates the models one after another (timing two paths at once would measure each
-other); each result is handed to the event loop, which swaps the model's router. Calibration
+other), including models loaded later (`add`); each result is handed to the event loop, which
+swaps the model version's router. Calibration
 shares the CPU with whatever is served meanwhile, which the router's running correction of its
 predictions absorbs. `stop` ends it within one engine call.
 """
 
 import asyncio
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -23,13 +25,15 @@ log = logging.getLogger("sarnn.calibration")
 
 @dataclass(frozen=True)
 class CalibrationJob:
-    """One model to calibrate: its engine, sizes and the path weighed against the dense graph."""
+    """One model version to calibrate: its engine, sizes and the path weighed against the
+    dense graph."""
 
     model: str
     engine: Engine
     n_features: int
     state_size: int
     path: str
+    version: str = ""
 
 
 class _Stopped(Exception):
@@ -50,31 +54,43 @@ class _StoppableEngine:
 
 
 class BackgroundCalibration:
-    """Calibrates `jobs` in a daemon thread; `on_done(model, calibration)` runs on the event loop
-    for each one that finishes."""
+    """Calibrates `jobs`, and those `add`ed later, in a daemon thread; `on_done(job,
+    calibration)` runs on the event loop for each one that finishes."""
 
     def __init__(
-        self, jobs: list[CalibrationJob], on_done: Callable[[str, Calibration], None]
+        self,
+        jobs: list[CalibrationJob],
+        on_done: Callable[[CalibrationJob, Calibration], None],
     ) -> None:
-        self.jobs = jobs
         self.on_done = on_done
-        self.pending = [job.model for job in jobs]
+        self.pending: list[str] = []
+        self._queue: queue.SimpleQueue[CalibrationJob | None] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        for job in jobs:
+            self._enqueue(job)
+
+    def _enqueue(self, job: CalibrationJob) -> None:
+        self.pending.append(job.model)
+        self._queue.put(job)
 
     def start(self) -> None:
         """Start calibrating (from the event loop that is to receive the results)."""
-        if not self.jobs:
-            return
         self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._run, name="calibration", daemon=True)
         self._thread.start()
+
+    def add(self, job: CalibrationJob) -> None:
+        """Calibrate one more model version after those queued."""
+        if not self._stop.is_set():
+            self._enqueue(job)
 
     def stop(self) -> None:
         """Stop: the calibration under way ends at its next engine call, no result is handed
         on."""
         self._stop.set()
+        self._queue.put(None)  # wakes a thread waiting for work
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the thread to end; whether it has."""
@@ -84,7 +100,10 @@ class BackgroundCalibration:
         return True
 
     def _run(self) -> None:
-        for job in self.jobs:
+        while not self._stop.is_set():
+            job = self._queue.get()
+            if job is None or self._stop.is_set():
+                return
             started = time.perf_counter()
             engine = _StoppableEngine(job.engine, self._stop)
             try:
@@ -93,10 +112,10 @@ class BackgroundCalibration:
                 return
             except Exception:
                 log.exception("calibration failed", extra={"model": job.model, "path": job.path})
-                self._hand_over(self._failed, job.model)
+                self._hand_over(self._failed, job)
                 continue
             seconds = time.perf_counter() - started
-            self._hand_over(self._finish, job.model, calibration, seconds)
+            self._hand_over(self._finish, job, calibration, seconds)
 
     def _hand_over(self, callback: Callable, *args) -> None:
         if self._stop.is_set():
@@ -106,15 +125,16 @@ class BackgroundCalibration:
         except RuntimeError:  # the loop has closed: the app is gone
             self._stop.set()
 
-    def _finish(self, model: str, calibration: Calibration, seconds: float) -> None:
+    def _finish(self, job: CalibrationJob, calibration: Calibration, seconds: float) -> None:
         if self._stop.is_set():
             return
-        self.pending.remove(model)
-        self.on_done(model, calibration)
+        self.pending.remove(job.model)
+        self.on_done(job, calibration)
         log.info(
             "routing calibrated",
             extra={
-                "model": model,
+                "model": job.model,
+                "version": job.version,
                 "path": calibration.graph,
                 "seconds": round(seconds, 2),
                 "batch_sizes": calibration.batches,
@@ -122,5 +142,5 @@ class BackgroundCalibration:
             },
         )
 
-    def _failed(self, model: str) -> None:
-        self.pending.remove(model)
+    def _failed(self, job: CalibrationJob) -> None:
+        self.pending.remove(job.model)

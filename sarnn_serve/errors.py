@@ -218,6 +218,13 @@ class OtherWorker(ServiceError):
         )
 
 
+class ModelLoadFailed(ServiceError):
+    """A model load asked through the repository API failed; what was served before still is."""
+
+    status = 400
+    code = "model_load_failed"
+
+
 class ModelUnavailable(ServiceError):
     """The session's model is no longer loaded (or changed version) on this server."""
 

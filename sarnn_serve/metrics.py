@@ -242,6 +242,15 @@ class Monitor:
             n: OrderedDict() for n in hidden_sizes
         }
 
+    def add_model(self, model: str, hidden: int) -> None:
+        """Account for a model loaded after start (or a new version of one): its statistics
+        start afresh if its hidden size changed."""
+        if model not in self.stats or self.stats[model].hidden != hidden:
+            self.stats[model] = ModelStats(hidden)
+        self.active.setdefault(model, 0)
+        self._thresholds.setdefault(model, self.prom.effective_threshold.labels(model))
+        self._degraded.setdefault(model, OrderedDict())
+
     def record_usage(self, model: str, u: Usage) -> None:
         self.stats[model].add(u)
 

@@ -1,5 +1,9 @@
-"""Load every model directory under the model dir and check each card against its graph."""
+"""Load every model directory under the model dir and check each card against its graph; the
+served versions of each model: the current one, which new work gets, and older ones that still
+serve the sessions started on them (draining) until they are released."""
 
+import dataclasses
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +23,20 @@ class LoadedModel:
     card: ModelCard
     engine: Engine
     native: str = "not loaded"  # "loaded", or why not (see `load_model`)
+    directory: Path | None = None
+    last_used: float = dataclasses.field(default_factory=time.monotonic)
 
     @property
     def name(self) -> str:
         return self.card.name
+
+    @property
+    def key(self) -> "ModelKey":
+        """(name, version): what sessions and batchers know a served version by."""
+        return self.card.name, self.card.version
+
+
+ModelKey = tuple[str, str]
 
 
 # binary WebSocket answers (frames.py) carry C and H, each step's class and its update count as
@@ -30,7 +44,7 @@ class LoadedModel:
 MAX_WIRE_SIZE = 2**16 - 1
 
 
-def _read_card(path: Path) -> ModelCard:
+def read_card(path: Path) -> ModelCard:
     try:
         card = ModelCard.model_validate_json(path.read_text())
     except FileNotFoundError as exc:
@@ -107,7 +121,7 @@ def load_model(
 ) -> LoadedModel:
     """Load one model directory (with the native kernel where it was built, unless
     `native_kernel` is off); ModelLoadError names the bad file."""
-    card = _read_card(directory / "model.json")
+    card = read_card(directory / "model.json")
     graph = directory / "model.onnx"
     sparse = directory / card.sparse_graph if card.sparse_graph else None
     if not graph.is_file():
@@ -125,7 +139,7 @@ def load_model(
             raise ModelLoadError(f"{sparse}: onnxruntime cannot load it: {exc}") from exc
     status = _load_native(engine) if native_kernel else "off (SARNN_NATIVE_KERNEL=false)"
     _check_graph(card, engine, graph)
-    return LoadedModel(card, engine, status)
+    return LoadedModel(card, engine, status, directory)
 
 
 def _load_native(engine: Engine) -> str:
@@ -145,11 +159,51 @@ def _load_native(engine: Engine) -> str:
     return "loaded"
 
 
+def model_directories(model_dir: Path) -> list[Path]:
+    """The model folders (holding a model.json) of a model dir, by name; ModelLoadError for a
+    missing dir, a file, or one model's own folder."""
+    if not model_dir.exists():
+        raise ModelLoadError(f"{model_dir}: model directory does not exist")
+    if not model_dir.is_dir():
+        raise ModelLoadError(
+            f"{model_dir}: not a directory; the model dir holds one folder per model"
+        )
+    if any((model_dir / name).exists() for name in ("model.json", "model.onnx")):
+        raise ModelLoadError(
+            f"{model_dir}: this looks like one model's folder (it holds model.json or "
+            "model.onnx); point --model-dir (SARNN_MODEL_DIR) at its parent, "
+            f"{model_dir.resolve().parent}"
+        )
+    return sorted(p for p in model_dir.iterdir() if (p / "model.json").exists())
+
+
+def find_model(model_dir: Path, name: str) -> tuple[Path, ModelCard]:
+    """The folder under `model_dir` whose card names model `name`, and that card (only the
+    cards are read); ModelNotFound lists the names the folders hold, ModelLoadError names a
+    folder whose card is unreadable or a name two folders claim."""
+    found: dict[str, tuple[Path, ModelCard]] = {}
+    for directory in model_directories(model_dir):
+        try:
+            card = read_card(directory / "model.json")
+        except ModelLoadError:
+            if directory.name != name:
+                continue
+            raise
+        if card.name in found:
+            raise ModelLoadError(f"{directory}: model name {card.name!r} used twice")
+        found[card.name] = (directory, card)
+    if name not in found:
+        raise ModelNotFound(name, sorted(found))
+    return found[name]
+
+
 class Registry:
-    """The models this process serves, by name."""
+    """The models this process serves: the current version of each, by name (`models`), and
+    the versions replaced or unloaded that still serve their sessions (`draining`)."""
 
     def __init__(self, models: dict[str, LoadedModel]) -> None:
         self.models = models
+        self.draining: dict[ModelKey, LoadedModel] = {}
 
     @classmethod
     def load(
@@ -160,20 +214,8 @@ class Registry:
         native_kernel: bool = True,
     ):
         """Every subdirectory holding a model.json; refuse an empty or missing model dir."""
-        if not model_dir.exists():
-            raise ModelLoadError(f"{model_dir}: model directory does not exist")
-        if not model_dir.is_dir():
-            raise ModelLoadError(
-                f"{model_dir}: not a directory; the model dir holds one folder per model"
-            )
-        if any((model_dir / name).exists() for name in ("model.json", "model.onnx")):
-            raise ModelLoadError(
-                f"{model_dir}: this looks like one model's folder (it holds model.json or "
-                "model.onnx); point --model-dir (SARNN_MODEL_DIR) at its parent, "
-                f"{model_dir.resolve().parent}"
-            )
         models: dict[str, LoadedModel] = {}
-        for directory in sorted(p for p in model_dir.iterdir() if (p / "model.json").exists()):
+        for directory in model_directories(model_dir):
             model = load_model(directory, intra_op_threads, inter_op_threads, native_kernel)
             if model.name in models:
                 raise ModelLoadError(f"{directory}: model name {model.name!r} used twice")
@@ -181,6 +223,45 @@ class Registry:
         if not models:
             raise ModelLoadError(f"{model_dir}: no model directories (with model.json) found")
         return cls(models)
+
+    def lookup(self, name: str, version: str) -> LoadedModel | None:
+        """The served version `version` of model `name`, current or draining (None: not
+        served), marked as used now."""
+        model = self.models.get(name)
+        if model is None or model.card.version != version:
+            model = self.draining.get((name, version))
+        if model is not None:
+            model.last_used = time.monotonic()
+        return model
+
+    def install(self, model: LoadedModel) -> LoadedModel | None:
+        """Make `model` the current version of its name; the version it replaces, if any,
+        drains (returned)."""
+        old = self.models.get(model.name)
+        self.draining.pop(model.key, None)
+        self.models[model.name] = model
+        if old is None or old.key == model.key:
+            return None
+        old.last_used = time.monotonic()
+        self.draining[old.key] = old
+        return old
+
+    def retire(self, name: str) -> LoadedModel:
+        """Stop serving `name` to new work (ModelNotFound if it is not served); its version
+        drains."""
+        model = self.get(name)
+        del self.models[name]
+        model.last_used = time.monotonic()
+        self.draining[model.key] = model
+        return model
+
+    def release(self, idle_s: float) -> list[LoadedModel]:
+        """The draining versions no session has used for `idle_s` seconds, no longer served."""
+        cutoff = time.monotonic() - idle_s
+        done = [m for m in self.draining.values() if m.last_used <= cutoff]
+        for model in done:
+            del self.draining[model.key]
+        return done
 
     def get(self, name: str) -> LoadedModel:
         try:

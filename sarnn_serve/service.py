@@ -163,7 +163,7 @@ class DataPlane(Serving):
             "session deleted",
             extra={"session": session_id, "model": record.model, "steps": record.steps},
         )
-        model = self.registry.models.get(record.model)
+        model = self.registry.lookup(record.model, record.model_version)
         if model is None:
             note = f"its model {record.model} is not served here, so no summary"
             return {"id": session_id, "deleted": True, "note": note}
@@ -191,11 +191,12 @@ class DataPlane(Serving):
             record = (
                 None if known is None else self.access.decode(session_id, known[1], trusted=True)
             )
+            model = None
             if record is not None and record.next_seq == chunk.seq:
                 version = known[0]
                 self.access.check_owner(record, caller)
-                model = self.registry.models[record.model]
-            else:
+                model = self.registry.lookup(record.model, record.model_version)
+            if model is None:
                 record, version, model = await self.access.record(session_id, caller)
             card = model.card
             x = parse_inputs(chunk.inputs, card.n_features, self.settings.max_chunk_steps)
@@ -217,7 +218,7 @@ class DataPlane(Serving):
                 if seq != record.next_seq:
                     raise SeqConflict(seq, record.next_seq)
                 own, threshold = record.threshold, self.thresholds.now(record)
-                result = await self.batchers[card.name].run(
+                result = await self.batcher(card).run(
                     x, record.state, threshold, record.recent_rate, arrived
                 )
                 if not result.finite:
@@ -286,7 +287,7 @@ class DataPlane(Serving):
             card.hidden,
             None if lean else record.summary(card.cost),
             threshold,
-            None if lean else self.thresholds.accuracy_at(card.name, threshold),
+            None if lean else self.thresholds.accuracy_at(card, threshold),
         )
 
     def _replay(

@@ -9,12 +9,14 @@ from contextlib import contextmanager
 
 from sarnn_serve import model_info
 from sarnn_serve.auth import KeyRing, Principal
-from sarnn_serve.engines import make_batchers
-from sarnn_serve.errors import InvalidInput, ModelNotFound, ServiceError
+from sarnn_serve.batcher import MicroBatcher
+from sarnn_serve.card import ModelCard
+from sarnn_serve.engines import make_batcher
+from sarnn_serve.errors import Forbidden, InvalidInput, ModelNotFound, ServiceError
 from sarnn_serve.metrics import Monitor
 from sarnn_serve.predict import run_sequences
 from sarnn_serve.quotas import ConnectionLimit
-from sarnn_serve.registry import LoadedModel, Registry
+from sarnn_serve.registry import LoadedModel, ModelKey, Registry
 from sarnn_serve.results import PredictResult
 from sarnn_serve.routing import Router
 from sarnn_serve.schemas import PredictRequest
@@ -42,7 +44,9 @@ class Serving:
         keyring: KeyRing | None = None,
         routers: dict[str, Router] | None = None,
     ) -> None:
+        """`routers`: the router of each model at start, by name (default: auto routing)."""
         self.settings = settings
+        self.executor = executor
         self.registry = registry
         self.store = store
         self.monitor = monitor
@@ -54,9 +58,9 @@ class Serving:
         self.sweeper = Sweeper(store, registry, monitor, self.activity)
         self.thresholds = Thresholds(settings, registry)
         self.degraders = self.thresholds.degraders
-        self.batchers = make_batchers(
-            settings, registry, executor, monitor, routers or {}, self.degraders
-        )
+        self.batchers: dict[ModelKey, MicroBatcher] = {}
+        for model in registry.models.values():
+            self._add_batcher(model, (routers or {}).get(model.name))
 
     async def start(self) -> None:
         """Start the batchers and the expiry sweep. A session store that does not answer yet
@@ -80,6 +84,36 @@ class Serving:
 
     # models ---------------------------------------------------------------------------
 
+    def _add_batcher(self, model: LoadedModel, router: Router | None) -> MicroBatcher:
+        degrader = self.thresholds.add(model.card)
+        self.monitor.add_model(model.name, model.card.hidden)
+        batcher = make_batcher(self.settings, model, self.executor, self.monitor, router, degrader)
+        self.batchers[model.key] = batcher
+        return batcher
+
+    def add_model(self, model: LoadedModel, router: Router) -> LoadedModel | None:
+        """Serve a model version loaded after start as its model's current version, from the
+        running event loop; the version it replaces, if any, drains (returned)."""
+        self._add_batcher(model, router).start()
+        return self.registry.install(model)
+
+    async def release_drained(self, idle_s: float) -> list[LoadedModel]:
+        """Stop serving the draining versions no session has used for `idle_s` seconds."""
+        released = self.registry.release(idle_s)
+        for model in released:
+            await self.batchers.pop(model.key).stop()
+            self.thresholds.drop(model.card)
+        return released
+
+    def batcher(self, card: ModelCard) -> MicroBatcher:
+        """The micro-batcher of a served model version."""
+        return self.batchers[card.name, card.version]
+
+    def check_admin(self, caller: Principal, action: str) -> None:
+        """Forbidden unless keys are off or the caller's key has the admin role."""
+        if self.keyring.enabled and not caller.admin:
+            raise Forbidden(f"{action} needs an admin key")
+
     def model(self, name: str | None) -> LoadedModel:
         """The named model; with no name, the default model or the only one."""
         if name is None:
@@ -102,9 +136,12 @@ class Serving:
         """The row lengths (features per step) of the served models."""
         return {model.card.n_features for model in self.registry.models.values()}
 
-    def set_router(self, name: str, router: Router) -> None:
-        """Route a model's batches with `router` from now on (once calibrated)."""
-        self.batchers[name].router = router
+    def set_router(self, key: ModelKey, router: Router) -> None:
+        """Route a model version's batches with `router` from now on (once calibrated); a
+        version released meanwhile is skipped."""
+        batcher = self.batchers.get(key)
+        if batcher is not None:
+            batcher.router = router
 
     def list_models(self) -> list[dict]:
         """Every served model's card."""
@@ -121,7 +158,7 @@ class Serving:
     def model_stats(self, name: str) -> dict:
         """A model's live statistics on this replica (`stats.model_stats`)."""
         model = self.registry.get(name)
-        return model_stats(model, self.batchers[name], self.monitor, self.degraders.get(name))
+        return model_stats(model, self.batcher(model.card), self.monitor, self.degraders.get(name))
 
     # callers --------------------------------------------------------------------------
 
@@ -161,7 +198,7 @@ class Serving:
     async def predict(self, model_name: str, request: PredictRequest) -> PredictResult:
         """Run whole sequences from a zero state, batched together; nothing is stored."""
         card = self.registry.get(model_name).card
-        result = await run_sequences(card, self.batchers[card.name], self.settings, request)
+        result = await run_sequences(card, self.batcher(card), self.settings, request)
         self.monitor.record_usage(card.name, result.usage)
         return result
 

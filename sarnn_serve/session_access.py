@@ -71,8 +71,8 @@ class SessionAccess:
         server does not serve that model at that version)."""
         stored = await self.load(session_id, caller)
         record = self.decode(session_id, stored.data, trusted=self.store.local)
-        model = self.registry.models.get(record.model)
-        if model is None or model.card.version != record.model_version:
+        model = self.registry.lookup(record.model, record.model_version)
+        if model is None:
             raise ModelUnavailable(
                 f"session {session_id} belongs to model {record.model} version "
                 f"{record.model_version}, which this server does not serve",

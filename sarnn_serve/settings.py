@@ -92,6 +92,18 @@ class Settings(BaseSettings):
         100_000, ge=1, description="Live sessions; past it the least recently used is evicted."
     )
     sweep_interval_s: float = Field(5.0, gt=0, description="How often expired sessions are swept.")
+    model_poll_s: float = Field(
+        0.0,
+        ge=0,
+        description="How often the model dir is scanned for models added, changed or removed "
+        "(0: never; load and unload through the repository API instead).",
+    )
+    model_drain_s: float = Field(
+        900.0,
+        gt=0,
+        description="A replaced or unloaded model version serves the sessions started on it "
+        "until none has used it for this long, then is released.",
+    )
 
     max_chunk_steps: int = Field(4096, ge=1, description="Steps per chunk or sequence.")
     max_predict_sequences: int = Field(256, ge=1, description="Sequences per predict request.")

@@ -9,7 +9,7 @@ from sarnn_serve.budget import RateControl, ThresholdCurve
 from sarnn_serve.card import ModelCard
 from sarnn_serve.degrade import Degrader
 from sarnn_serve.errors import InvalidInput
-from sarnn_serve.registry import Registry
+from sarnn_serve.registry import ModelKey, Registry
 from sarnn_serve.schemas import SessionCreate
 from sarnn_serve.sessions import SessionRecord
 from sarnn_serve.settings import Settings
@@ -24,20 +24,35 @@ def prior_rate(card: ModelCard) -> float:
 
 
 class Thresholds:
-    """Per model, its threshold curve (None if not measured) and, with degradation on
-    (SARNN_DEGRADE_QUEUE_MS), its degrader."""
+    """Per model version, its threshold curve (None if not measured) and, per model with
+    degradation on (SARNN_DEGRADE_QUEUE_MS), its degrader."""
 
     def __init__(self, settings: Settings, registry: Registry) -> None:
-        self.curves = {name: ThresholdCurve.of(m.card) for name, m in registry.models.items()}
-        self.degraders = {
-            name: Degrader(
-                settings.degrade_queue_ms / 1000,
+        self.settings = settings
+        self.curves: dict[ModelKey, ThresholdCurve | None] = {}
+        self.degraders: dict[str, Degrader] = {}
+        for model in registry.models.values():
+            self.add(model.card)
+
+    def add(self, card: ModelCard) -> Degrader | None:
+        """Take in a model version's curve; its model's degrader (None: degradation off),
+        made for its first version."""
+        curve = ThresholdCurve.of(card)
+        self.curves[card.name, card.version] = curve
+        if not self.settings.degrade_queue_ms:
+            return None
+        return self.degraders.setdefault(
+            card.name,
+            Degrader(
+                self.settings.degrade_queue_ms / 1000,
                 ceiling=curve.high if curve else DEGRADE_CEILING,
-                step=settings.degrade_step,
-            )
-            for name, curve in self.curves.items()
-            if settings.degrade_queue_ms
-        }
+                step=self.settings.degrade_step,
+            ),
+        )
+
+    def drop(self, card: ModelCard) -> None:
+        """Forget a released model version's curve."""
+        self.curves.pop((card.name, card.version), None)
 
     def first(self, card: ModelCard, request: SessionCreate) -> float:
         """The threshold a new session starts at: the one asked for, the one its target update
@@ -48,7 +63,7 @@ class Thresholds:
             raise InvalidInput(
                 "target_update_rate", "give threshold or target_update_rate, not both"
             )
-        curve = self.curves[card.name]
+        curve = self.curves[card.name, card.version]
         if curve is None:
             raise InvalidInput(
                 "target_update_rate",
@@ -72,11 +87,11 @@ class Thresholds:
         if record.target_rate is None or threshold != record.threshold:
             return
         control = RateControl(record.target_rate, record.control_offset)
-        curve = self.curves[card.name]
+        curve = self.curves[card.name, card.version]
         record.threshold = control.after_chunk(curve, used.steps, used.updates, card.hidden)
         record.control_offset = control.offset
 
-    def accuracy_at(self, model: str, threshold: float) -> float | None:
-        """The accuracy the model's curve expects at `threshold` (None: no curve)."""
-        curve = self.curves.get(model)
+    def accuracy_at(self, card: ModelCard, threshold: float) -> float | None:
+        """The accuracy the model version's curve expects at `threshold` (None: no curve)."""
+        curve = self.curves.get((card.name, card.version))
         return curve.accuracy_at(threshold) if curve else None

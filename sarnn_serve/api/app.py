@@ -21,16 +21,17 @@ from sarnn_serve.api import (
     sessions,
     stream,
     v2,
+    v2_repository,
 )
 from sarnn_serve.api.body_rate import BodyRate
 from sarnn_serve.api.fast_chunks import FastChunks
 from sarnn_serve.api.limits import BodyLimit, RequestMetrics
 from sarnn_serve.auth import KeyRing
 from sarnn_serve.background_calibration import BackgroundCalibration, CalibrationJob
-from sarnn_serve.engine import DENSE, NATIVE, SPARSE
-from sarnn_serve.errors import ModelLoadError
 from sarnn_serve.metrics import Monitor, PromMetrics
+from sarnn_serve.model_routing import make_routers
 from sarnn_serve.registry import Registry
+from sarnn_serve.repository import ModelRepository
 from sarnn_serve.routing import Calibration, Router
 from sarnn_serve.service import DataPlane
 from sarnn_serve.settings import Settings
@@ -49,44 +50,6 @@ def make_store(settings: Settings) -> SessionStore:
 
         return make_redis_store(settings)
     return MemoryStore(settings.max_sessions, settings.max_store_bytes)
-
-
-def make_routers(
-    settings: Settings, registry: Registry
-) -> tuple[dict[str, Router], list[CalibrationJob]]:
-    """Per model, the router between the dense graph and the path that skips work (the native
-    kernel where built, else the sparse graph), uncalibrated: auto routing runs dense until the
-    model's calibration job (returned beside) has timed both paths on this machine. Logs one line
-    per model: what it can run, how batches are routed, and the native kernel (or why not)."""
-    routers, jobs = {}, []
-    for name, model in registry.models.items():
-        mode = settings.engine_path
-        if mode in (SPARSE, NATIVE) and mode not in model.engine.paths:
-            what = "sparse graph" if mode == SPARSE else "native kernel (built and loaded)"
-            raise ModelLoadError(f"{name}: SARNN_ENGINE_PATH={mode} but it has no {what}")
-        skipping = mode if mode in (SPARSE, NATIVE) else None
-        skipping = skipping or next((p for p in (NATIVE, SPARSE) if p in model.engine.paths), None)
-        if mode != DENSE and skipping is not None:
-            card = model.card
-            jobs.append(
-                CalibrationJob(name, model.engine, card.n_features, card.state_size, skipping)
-            )
-            calibration = f"{skipping} against dense, in the background"
-        else:
-            calibration = "none (nothing to weigh against the dense graph)"
-        routers[name] = Router(mode, None)
-        log.info(
-            "model ready",
-            extra={
-                "model": name,
-                "version": model.card.version,
-                "paths": model.engine.paths,
-                "routing": mode,
-                "calibration": calibration,
-                "native_kernel": model.native,
-            },
-        )
-    return routers, jobs
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -113,18 +76,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         plane = DataPlane(settings, registry, store, monitor, executor, keyring, routers)
         await plane.start()
 
-        def calibrated(name: str, calibration: Calibration) -> None:
-            plane.set_router(name, Router(settings.engine_path, calibration))
+        def calibrated(job: CalibrationJob, calibration: Calibration) -> None:
+            plane.set_router((job.model, job.version), Router(settings.engine_path, calibration))
             crossover = calibration.crossover()
-            monitor.set_crossover(name, dict(zip(calibration.batches, crossover, strict=True)))
+            monitor.set_crossover(job.model, dict(zip(calibration.batches, crossover, strict=True)))
 
         calibrating = BackgroundCalibration(jobs, calibrated)
         calibrating.start()
+        repository = ModelRepository(settings, plane, calibrating)
+        repository.start()
         app.state.plane = plane
         app.state.calibrating = calibrating
+        app.state.repository = repository
         grpc = None
         if settings.grpc_enabled:
-            grpc = await grpc_server.start(settings, plane, app.title, app.version)
+            grpc = await grpc_server.start(settings, plane, repository, app.title, app.version)
         default, because = registry.default(settings.default_model)
         log.info(
             "ready",
@@ -141,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if grpc is not None:
                 await grpc.stop()
+            await repository.stop()
             calibrating.stop()
             # a daemon thread still inside onnxruntime when the interpreter exits aborts it
             await asyncio.to_thread(calibrating.join, CALIBRATION_JOIN_S)
@@ -160,7 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     errors.install(app)
     openapi.install(app)
-    for module in (sessions, models, stream, health, dashboard, docs, v2):
+    for module in (sessions, models, stream, health, dashboard, docs, v2_repository, v2):
         app.include_router(module.router)
     app.add_middleware(RequestMetrics, metrics=prom)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

@@ -8,6 +8,7 @@ import grpc
 
 from sarnn_serve.api import grpc_predict_v2_pb2_grpc as pb_grpc
 from sarnn_serve.api.grpc_service import InferenceService
+from sarnn_serve.repository import ModelRepository
 from sarnn_serve.service import DataPlane
 from sarnn_serve.settings import Settings
 
@@ -29,7 +30,9 @@ class GrpcServer:
             await asyncio.wait(list(self.service.running), timeout=STOP_GRACE_S)
 
 
-async def start(settings: Settings, plane: DataPlane, name: str, version: str) -> GrpcServer:
+async def start(
+    settings: Settings, plane: DataPlane, repository: ModelRepository, name: str, version: str
+) -> GrpcServer:
     """Serve `inference.GRPCInferenceService` on settings.host:settings.grpc_port (TLS when a
     certificate is set); OSError if the address cannot be bound."""
     server = grpc.aio.server(
@@ -39,7 +42,7 @@ async def start(settings: Settings, plane: DataPlane, name: str, version: str) -
             ("grpc.so_reuseport", int(settings.workers > 1)),
         ]
     )
-    service = InferenceService(plane, name, version)
+    service = InferenceService(plane, repository, name, version)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(service, server)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     address = f"{host}:{settings.grpc_port}"

@@ -1,6 +1,6 @@
 """The Open Inference Protocol's `inference.GRPCInferenceService` over the data plane: health,
-metadata, ModelInfer and Triton's ModelStreamInfer, with the logic, checks and error messages of
-the /v2 HTTP routes (`api/v2_protocol.py`).
+metadata, ModelInfer, Triton's ModelStreamInfer and its model repository extension, with the
+logic, checks and error messages of the /v2 HTTP routes (`api/v2_protocol.py`).
 
 The caller is the API key in the `authorization` metadata ("Bearer <key>"), or with keys off the
 peer's address, as on HTTP; a stream authenticates once, when it opens. Typed errors become gRPC
@@ -24,6 +24,7 @@ from sarnn_serve.api import v2_protocol
 from sarnn_serve.api.grpc_codec import infer_request, infer_response, model_metadata_response
 from sarnn_serve.auth import Principal
 from sarnn_serve.errors import ModelNotFound, ServiceError
+from sarnn_serve.repository import ModelRepository
 from sarnn_serve.service import DataPlane
 
 log = logging.getLogger("sarnn.grpc")
@@ -76,8 +77,11 @@ def sequence_key(msg: pb.ModelInferRequest) -> Hashable | None:
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     """The served methods; any other method of the protocol answers UNIMPLEMENTED."""
 
-    def __init__(self, plane: DataPlane, name: str, version: str) -> None:
+    def __init__(
+        self, plane: DataPlane, repository: ModelRepository, name: str, version: str
+    ) -> None:
         self.dp = plane
+        self.repository = repository
         self.name, self.version = name, version
         self.running: set[asyncio.Task] = set()  # stream requests in flight (a stream may end)
 
@@ -253,3 +257,39 @@ async def in_sequence_order(
         await reader
     finally:
         reader.cancel()
+
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        """Every model version served or draining, and every model in the model dir not
+        served."""
+
+        async def index() -> pb.RepositoryIndexResponse:
+            self._caller(context)
+            entries = self.repository.index(ready_only=request.ready)
+            models = [pb.RepositoryIndexResponse.ModelIndex(**entry) for entry in entries]
+            return pb.RepositoryIndexResponse(models=models)
+
+        return await self._answer(context, "RepositoryIndex", index)
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
+        """Load or reload a model from its folder in the model dir."""
+
+        async def load() -> pb.RepositoryModelLoadResponse:
+            await self.repository.load(self._caller(context), request.model_name)
+            return pb.RepositoryModelLoadResponse()
+
+        return await self._answer(context, "RepositoryModelLoad", load)
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        """Stop serving a model to new work; its sessions drain."""
+
+        async def unload() -> pb.RepositoryModelUnloadResponse:
+            await self.repository.unload(self._caller(context), request.model_name)
+            return pb.RepositoryModelUnloadResponse()
+
+        return await self._answer(context, "RepositoryModelUnload", unload)

@@ -40,7 +40,7 @@ from sarnn_serve.validation import parse_inputs
 INPUT = "x"
 OUTPUTS = {"probabilities": "FP32", "class": "INT64", "updates": "INT32", "mask": "BOOL"}
 DEFAULT_OUTPUTS = ("probabilities", "class", "updates")
-EXTENSIONS = ["binary_tensor_data", "sequence", "sequence(string_id)"]
+EXTENSIONS = ["binary_tensor_data", "sequence", "sequence(string_id)", "model_repository"]
 PLATFORM = "onnx_onnxv1"
 SEQUENCE_GONE = {
     "unknown": "is not open: start it with sequence_start=true",

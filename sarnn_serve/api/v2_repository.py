@@ -1,0 +1,67 @@
+"""The Open Inference Protocol's model repository extension (as Triton and KServe write it):
+index, load and unload under /v2/repository, with the protocol's error body. Loading and
+unloading need an admin key when keys are on."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Request, Response
+from pydantic import BaseModel, ConfigDict
+
+from sarnn_serve.api.deps import Caller
+from sarnn_serve.api.v2 import V2Route
+from sarnn_serve.repository import ModelRepository
+
+router = APIRouter(prefix="/v2/repository", route_class=V2Route, include_in_schema=False)
+
+
+class IndexRequest(BaseModel):
+    """`ready`: list only the model versions ready for new work."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    repository_name: str = ""
+    ready: bool = False
+
+
+class ControlRequest(BaseModel):
+    """Load and unload take optional parameters; none changes what sarnn-serve does."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    parameters: dict = {}
+
+
+def _repository(request: Request) -> ModelRepository:
+    return request.app.state.repository
+
+
+@router.post("/index")
+async def index(
+    request: Request, caller: Caller, body: Annotated[IndexRequest | None, Body()] = None
+) -> list[dict[str, str]]:
+    """Every model version served or draining and every model in the model dir not served."""
+    return _repository(request).index(ready_only=bool(body and body.ready))
+
+
+@router.post("/models/{name}/load")
+async def load(
+    request: Request,
+    name: str,
+    caller: Caller,
+    _: Annotated[ControlRequest | None, Body()] = None,
+) -> Response:
+    """Load or reload the model from its folder in the model dir."""
+    await _repository(request).load(caller, name)
+    return Response()
+
+
+@router.post("/models/{name}/unload")
+async def unload(
+    request: Request,
+    name: str,
+    caller: Caller,
+    _: Annotated[ControlRequest | None, Body()] = None,
+) -> Response:
+    """Stop serving the model to new work; its sessions drain."""
+    await _repository(request).unload(caller, name)
+    return Response()
