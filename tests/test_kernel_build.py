@@ -32,8 +32,8 @@ import torch
 from export.model import CELLS, SARNN, ModelConfig
 from export.onnx_export import build_model
 from sarnn_serve import native
-from sarnn_serve.model_routing import make_routers
 from sarnn_serve.engine import NATIVE
+from sarnn_serve.model_routing import make_routers
 from sarnn_serve.native import NativeKernel, NativeKernelError, load_library
 from sarnn_serve.onnx_initializers import read_initializers
 from sarnn_serve.registry import Registry, load_model
