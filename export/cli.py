@@ -292,6 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=d.batch_size)
     t.add_argument("--window", type=int, default=d.window)
     t.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (one-cycle)")
+    t.add_argument(
+        "--coord-lr-scale",
+        type=float,
+        default=d.coord_lr_scale,
+        help="the coordinator's peak learning rate is --lr times this (it learns only through "
+        "the gate's surrogate, so its gradients are small)",
+    )
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--threads", type=int, default=d.threads)
     t.add_argument("--quiet", action="store_true")

@@ -247,7 +247,7 @@ def markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
-    parser.add_argument("--root", type=Path, default=Path("runs/stream-study"))
+    parser.add_argument("--root", type=Path, default=Path("runs/stream-study-r3"))
     parser.add_argument(
         "--search", type=Path, nargs="*", default=[], help="folders of the recipe search's logs"
     )

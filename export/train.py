@@ -93,6 +93,7 @@ class TrainConfig:
     batch_size: int = 32
     window: int = 256
     lr: float = 3e-3
+    coord_lr_scale: float = 1.0
     seed: int = 0
     warmup_steps: int = 50
     eval_skip_seconds: float = 2.0
@@ -138,6 +139,8 @@ class TrainConfig:
             raise ValueError("coord_energy feeds the coordinator; a baseline has none")
         if self.streams is not None:
             StreamSpec(self.streams, self.idle_min_s, self.idle_max_s)
+        if self.coord_lr_scale <= 0:
+            raise ValueError(f"coord_lr_scale must be positive, got {self.coord_lr_scale:g}")
         for name in ("epochs", "batches_per_epoch", "batch_size", "window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -231,6 +234,8 @@ class TrainConfig:
             f"--lr {self.lr:g}",
             f"--seed {self.seed}",
         ]
+        if self.coord_lr_scale != 1.0:
+            flags.append(f"--coord-lr-scale {self.coord_lr_scale:g}")
         if self.dense:
             flags.append("--dense")
         if self.skip_every > 1:
@@ -461,6 +466,21 @@ def _step_loss(
     return loss, float(task.detach()), float(out.updates.detach().mean()), out.state.detach()
 
 
+def parameter_groups(model: SARNN, cfg: TrainConfig) -> list[dict]:
+    """Adam's parameter groups: the coordinator's weights (W_x, b, w_d, W_e) at peak rate
+    `lr * coord_lr_scale`, the rest at `lr`. The coordinator learns only through the gate's
+    surrogate, which is nonzero near the cut alone, so its gradients are small beside the
+    cell's; a larger rate lets the budget move it within the run."""
+    coordinator = {"coord_x.weight", "coord_x.bias", "coord_d", "coord_e.weight"}
+    named = dict(model.named_parameters())
+    own = [p for n, p in named.items() if n in coordinator]
+    rest = [p for n, p in named.items() if n not in coordinator]
+    groups = [{"params": rest, "lr": cfg.lr}]
+    if own:
+        groups.append({"params": own, "lr": cfg.lr * cfg.coord_lr_scale})
+    return groups
+
+
 def optimiser_step(model: SARNN, opt: torch.optim.Optimizer, loss: torch.Tensor) -> bool:
     """Backpropagate and step, unless the loss or the gradient norm is not finite: then nothing
     changes. Gradients are clipped to norm 1. True when the step was taken."""
@@ -538,9 +558,11 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict:
 
     if cfg.target_rate is not None and cfg.calibrate:
         calibrate_gates(model, windows(0)[0], cfg.target_rate)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    groups = parameter_groups(model, cfg)
+    opt = torch.optim.Adam(groups)
     total = cfg.epochs * cfg.batches_per_epoch
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total)
+    peaks = [group["lr"] for group in groups]
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=peaks, total_steps=total)
     history, skipped, step = [], 0, 0
     started = time.perf_counter()
     label = cfg.baseline or f"lam={cfg.lam:g}"

@@ -10,6 +10,7 @@ from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.routing import Match
 
@@ -18,6 +19,7 @@ from sarnn_serve.api.codec import HEADER_LENGTH, encode_response, parse_request
 from sarnn_serve.api.deps import Caller, Plane
 from sarnn_serve.errors import NoRoute, ServiceError
 from sarnn_serve.registry import LoadedModel
+from sarnn_serve.validation import error_from
 
 
 def error_response(request: Request, exc: ServiceError) -> Response:
@@ -42,6 +44,8 @@ class V2Route(APIRoute):
                 return await handler(request)
             except ServiceError as exc:
                 return error_response(request, exc)
+            except RequestValidationError as exc:  # a malformed body or parameter
+                return error_response(request, error_from(exc.errors()))
 
         return answer
 
