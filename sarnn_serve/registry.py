@@ -272,13 +272,15 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self.models)
 
-    def default(self, named: str | None = None) -> tuple[str, str]:
+    def default(self, named: str | None = None) -> tuple[str | None, str]:
         """The model of requests that name none, and why it is: `named` (SARNN_DEFAULT_MODEL)
         if set, else the only model, else the first by name that skips work (a dense baseline
-        only when every model is one)."""
+        only when every model is one); None when every model was unloaded."""
         if named:
             return named, "SARNN_DEFAULT_MODEL"
         names = self.names()
+        if not names:
+            return None, "no model is served"
         if len(names) == 1:
             return names[0], "the only model"
         selective = [name for name in names if self.models[name].card.selective]

@@ -99,7 +99,7 @@ class ModelRepository:
             except ModelLoadError as exc:
                 entries.append(IndexEntry(directory.name, "", UNAVAILABLE, str(exc)))
                 continue
-            if card.name in served:
+            if card.name in served or (card.name, card.version) in self.plane.registry.draining:
                 continue
             why = self.failed.get(card.name) or (
                 "unloaded" if card.name in self.unloaded else "not loaded"
@@ -171,7 +171,7 @@ class ModelRepository:
         """Load the folders whose model is not served at their version (unless unloaded at
         that version on request); unload served models whose folder is gone."""
         async with self._lock:
-            cards = await asyncio.to_thread(_folder_cards, self.settings.model_dir)
+            cards, unreadable = await asyncio.to_thread(_folder_cards, self.settings.model_dir)
             registry = self.plane.registry
             for name, version in cards.items():
                 current = registry.models.get(name)
@@ -186,6 +186,8 @@ class ModelRepository:
                 except (ModelLoadFailed, ModelNotFound) as exc:
                     self.failed[name] = f"{version}: {exc.message}"
             for name in set(registry.models) - set(cards):
+                if registry.models[name].directory in unreadable:
+                    continue  # its folder is there, its card half written: keep what was loaded
                 model = registry.retire(name)
                 log.info(
                     "model unloaded",
@@ -208,13 +210,15 @@ class ModelRepository:
                 log.exception("model repository task failed", extra={"task": job.__name__})
 
 
-def _folder_cards(model_dir: Path) -> dict[str, str]:
-    """Model name -> version of every readable card in the model dir."""
-    cards = {}
+def _folder_cards(model_dir: Path) -> tuple[dict[str, str], set[Path]]:
+    """Model name -> version of every readable card in the model dir, and the folders whose
+    card cannot be read."""
+    cards, unreadable = {}, set()
     for directory in model_directories(model_dir):
         try:
             card = read_card(directory / "model.json")
         except ModelLoadError:
+            unreadable.add(directory)
             continue
         cards.setdefault(card.name, card.version)
-    return cards
+    return cards, unreadable

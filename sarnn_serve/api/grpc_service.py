@@ -203,6 +203,42 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         async for response in in_sequence_order(requests, answer, self.running):
             yield response
 
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        """Every model version served or draining, and every model in the model dir not
+        served."""
+
+        async def index() -> pb.RepositoryIndexResponse:
+            self._caller(context)
+            entries = self.repository.index(ready_only=request.ready)
+            models = [pb.RepositoryIndexResponse.ModelIndex(**entry) for entry in entries]
+            return pb.RepositoryIndexResponse(models=models)
+
+        return await self._answer(context, "RepositoryIndex", index)
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
+        """Load or reload a model from its folder in the model dir."""
+
+        async def load() -> pb.RepositoryModelLoadResponse:
+            await self.repository.load(self._caller(context), request.model_name)
+            return pb.RepositoryModelLoadResponse()
+
+        return await self._answer(context, "RepositoryModelLoad", load)
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        """Stop serving a model to new work; its sessions drain."""
+
+        async def unload() -> pb.RepositoryModelUnloadResponse:
+            await self.repository.unload(self._caller(context), request.model_name)
+            return pb.RepositoryModelUnloadResponse()
+
+        return await self._answer(context, "RepositoryModelUnload", unload)
+
 
 async def in_sequence_order(
     requests: AsyncIterator[pb.ModelInferRequest],
@@ -257,39 +293,3 @@ async def in_sequence_order(
         await reader
     finally:
         reader.cancel()
-
-    async def RepositoryIndex(
-        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
-    ) -> pb.RepositoryIndexResponse:
-        """Every model version served or draining, and every model in the model dir not
-        served."""
-
-        async def index() -> pb.RepositoryIndexResponse:
-            self._caller(context)
-            entries = self.repository.index(ready_only=request.ready)
-            models = [pb.RepositoryIndexResponse.ModelIndex(**entry) for entry in entries]
-            return pb.RepositoryIndexResponse(models=models)
-
-        return await self._answer(context, "RepositoryIndex", index)
-
-    async def RepositoryModelLoad(
-        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
-    ) -> pb.RepositoryModelLoadResponse:
-        """Load or reload a model from its folder in the model dir."""
-
-        async def load() -> pb.RepositoryModelLoadResponse:
-            await self.repository.load(self._caller(context), request.model_name)
-            return pb.RepositoryModelLoadResponse()
-
-        return await self._answer(context, "RepositoryModelLoad", load)
-
-    async def RepositoryModelUnload(
-        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
-    ) -> pb.RepositoryModelUnloadResponse:
-        """Stop serving a model to new work; its sessions drain."""
-
-        async def unload() -> pb.RepositoryModelUnloadResponse:
-            await self.repository.unload(self._caller(context), request.model_name)
-            return pb.RepositoryModelUnloadResponse()
-
-        return await self._answer(context, "RepositoryModelUnload", unload)
