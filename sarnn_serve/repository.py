@@ -23,6 +23,8 @@ from sarnn_serve.settings import Settings
 
 log = logging.getLogger("sarnn.repository")
 READY, UNAVAILABLE = "READY", "UNAVAILABLE"
+# a model folder as a scan saw it: its card's version, its time, its files' names, sizes, times
+FolderState = tuple[str, int, tuple[tuple[str, int, int], ...]]
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class ModelRepository:
         self.calibrating = calibrating
         self.unloaded: dict[str, str] = {}  # name -> version unloaded on request
         self.failed: dict[str, str] = {}  # name -> why its last load failed
+        self._scanned: dict[str, FolderState] = {}  # name -> its folder when a scan's load failed
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
 
@@ -173,17 +176,18 @@ class ModelRepository:
         async with self._lock:
             cards, unreadable = await asyncio.to_thread(_folder_cards, self.settings.model_dir)
             registry = self.plane.registry
-            for name, version in cards.items():
+            for name, (version, folder) in cards.items():
                 current = registry.models.get(name)
                 if (current and current.card.version == version) or self.unloaded.get(
                     name
                 ) == version:
                     continue
-                if self.failed.get(name, "").startswith(f"{version}:"):
+                if self._scanned.get(name) == folder:  # failed as it is: wait for a change
                     continue
                 try:
                     await self._load(name, "model dir scan")
                 except (ModelLoadFailed, ModelNotFound) as exc:
+                    self._scanned[name] = folder
                     self.failed[name] = f"{version}: {exc.message}"
             for name in set(registry.models) - set(cards):
                 if registry.models[name].directory in unreadable:
@@ -210,9 +214,16 @@ class ModelRepository:
                 log.exception("model repository task failed", extra={"task": job.__name__})
 
 
-def _folder_cards(model_dir: Path) -> tuple[dict[str, str], set[Path]]:
-    """Model name -> version of every readable card in the model dir, and the folders whose
-    card cannot be read."""
+def _folder_state(directory: Path, version: str) -> FolderState:
+    """A model folder as it is now: a folder still being copied in changes."""
+    stats = [(p.name, p.stat()) for p in directory.iterdir()]
+    files = tuple(sorted((name, s.st_size, s.st_mtime_ns) for name, s in stats))
+    return version, directory.stat().st_mtime_ns, files
+
+
+def _folder_cards(model_dir: Path) -> tuple[dict[str, tuple[str, FolderState]], set[Path]]:
+    """Model name -> version and folder state of every readable card in the model dir, and the
+    folders whose card cannot be read."""
     cards, unreadable = {}, set()
     for directory in model_directories(model_dir):
         try:
@@ -220,5 +231,5 @@ def _folder_cards(model_dir: Path) -> tuple[dict[str, str], set[Path]]:
         except ModelLoadError:
             unreadable.add(directory)
             continue
-        cards.setdefault(card.name, card.version)
+        cards.setdefault(card.name, (card.version, _folder_state(directory, card.version)))
     return cards, unreadable

@@ -418,3 +418,20 @@ def test_with_every_model_unloaded_requests_say_so(server: LiveServer, models: P
             if (models / name).exists():
                 assert load(server, name).status_code == 200
     assert open_session(server, TINY_MODEL).status_code == 201
+
+
+def test_the_scan_tries_again_a_folder_that_changed_after_failing(
+    keys_server: LiveServer, keyed_models: Path
+) -> None:
+    """A folder caught half copied (its card first) fails to load, then loads once complete."""
+    name = "late-f"
+    source = put_model(keyed_models.parent, name)  # complete, outside the model dir
+    (keyed_models / name).mkdir()
+    shutil.copy2(source / "model.json", keyed_models / name)
+    wait_for(lambda: "graph missing" in str(entries(keys_server, name, USER)), "failed")
+    time.sleep(3 * POLL_S)  # failed as it is, it is not tried at every scan
+    failures = [line for line in keys_server.log().splitlines() if "model load failed" in line]
+    assert len([line for line in failures if name in line]) == 1
+    for graph in ("model.onnx", "model.sparse.onnx"):
+        shutil.copy2(source / graph, keyed_models / name)
+    wait_for(lambda: entries(keys_server, name, USER) == [(V1, "READY", "")], "loaded")
