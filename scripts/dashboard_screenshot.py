@@ -25,8 +25,8 @@ from websockets.sync.client import connect
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from tests.browser_fixtures import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from tests.service_fixtures import start_server, stop_server  # noqa: E402
-from tests.test_dashboard import CHROMIUM_ARGS  # noqa: E402
 
 
 def stream(url: str, session_id: str, rows: list, stop: threading.Event) -> None:
@@ -70,7 +70,7 @@ def main() -> int:
         streamer = threading.Thread(target=stream, args=(server.ws_url, sid, rows, stop))
         streamer.start()
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.goto(f"{server.url}/dashboard?session={sid}")
             time.sleep(args.seconds)

@@ -17,6 +17,10 @@ pytest_plugins = [
     "tests.fixtures",
     *(["tests.tiny_models"] if HAS_TORCH else []),
 ]
+# helpers (and the store's suite) shared by test modules: their asserts explain failures too
+pytest.register_assert_rewrite(
+    "tests.auth_fixtures", "tests.cli_fixtures", "tests.deploy_fixtures", "tests.store_contract"
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

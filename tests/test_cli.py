@@ -8,10 +8,7 @@ default and SARNN_ variable, taken from the Settings fields; --version prints th
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -20,33 +17,11 @@ import pytest
 
 from sarnn_serve.cli import SERVE_OPTIONS, build_parser, env_var, option
 from sarnn_serve.settings import Settings
+from tests.cli_fixtures import REPO, assert_one_line_error, run_cli
 from tests.service_fixtures import free_port
 
-REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "models"
 SHIPPED = MODELS / "watch-gru"
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """`python -m sarnn_serve.cli ARGS` with no SARNN_ variables but those in `env`."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("SARNN_")}
-    return subprocess.run(
-        [sys.executable, "-m", "sarnn_serve.cli", *args],
-        env={**clean, "SARNN_GRPC_PORT": "0", **(env or {})},  # any free gRPC port
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,  # a check that lets a bad case through starts a server: fail, don't hang
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("sarnn-serve: error: "), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def flat(text: str) -> str:

@@ -23,19 +23,9 @@ import numpy as np
 import pytest
 from websockets.sync.client import connect
 
+from tests.browser_fixtures import CHROMIUM, CHROMIUM_ARGS
 from tests.service_fixtures import TINY_MODEL, LiveServer, start_server, stop_server, watch_steps
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 # The tiny test model (2 epochs) updates ~95% of its neurons at tau = 0.5, which costs more than
 # the dense cell; at tau = 0.9 it skips about a third of them, so multiply-adds saved grow.

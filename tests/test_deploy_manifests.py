@@ -22,12 +22,10 @@ import yaml
 
 from sarnn_serve.auth import parse_key_file
 from sarnn_serve.settings import Settings
+from tests.deploy_fixtures import DOCKER, ROOT, SETTINGS, redis_flags, schema_versions
 
-ROOT = Path(__file__).resolve().parent.parent
-DOCKER = ROOT / "docker"
 K8S = ROOT / "deploy" / "k8s"
 MANIFESTS = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
-SETTINGS = {f"SARNN_{name.upper()}" for name in Settings.model_fields}
 GRPC_PORT = Settings.model_fields["grpc_port"].default
 
 
@@ -57,18 +55,12 @@ def _env_list(container: dict) -> dict[str, dict]:
 # --- Kubernetes ---------------------------------------------------------------------------------
 
 
-def _schema_versions() -> list[str]:
-    kv = pytest.importorskip("kubernetes_validate.utils", reason="kubernetes-validate (dev extra)")
-    versions = kv.all_versions()
-    return sorted({versions[0], versions[-1]})
-
-
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
 def test_manifest_validates_against_kubernetes_schemas(path: Path) -> None:
     kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (dev extra)")
     docs = _docs(path)
     assert docs, f"{path.name} holds no object"
-    for version in _schema_versions():
+    for version in schema_versions():
         for doc in docs:
             try:
                 kv.validate(doc, version, strict=True)
@@ -167,16 +159,11 @@ def test_the_grpc_port_is_served_everywhere_http_is() -> None:
     assert len(published) == 1 and published[0].startswith("${SARNN_PUBLISH_GRPC:-127.0.0.1:")
 
 
-def _redis_flags(args: list[str]) -> dict[str, str]:
-    flags = [a for a in args if a != "redis-server"]
-    return {flags[i].lstrip("-"): flags[i + 1] for i in range(0, len(flags), 2)}
-
-
 def test_redis_statefulset_persists_with_aof_and_never_evicts() -> None:
     objects = _k8s()
     sts = objects[("StatefulSet", "sarnn-redis")]["spec"]
     (container,) = sts["template"]["spec"]["containers"]
-    flags = _redis_flags(container["args"])
+    flags = redis_flags(container["args"])
     assert flags["appendonly"] == "yes" and flags["appendfsync"] == "everysec"
     assert flags["maxmemory-policy"] == "noeviction"
     (claim,) = sts["volumeClaimTemplates"]
@@ -208,7 +195,7 @@ def test_compose_stack_structure() -> None:
     assert sarnn["depends_on"]["redis"]["condition"] == "service_healthy"
 
     redis = services["redis"]
-    flags = _redis_flags(redis["command"])
+    flags = redis_flags(redis["command"])
     assert flags["appendonly"] == "yes" and flags["appendfsync"] == "everysec"
     assert flags["maxmemory-policy"] == "noeviction"
     volume, target = redis["volumes"][0].split(":")[:2]

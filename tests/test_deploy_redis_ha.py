@@ -21,23 +21,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_deploy_manifests import DOCKER, ROOT, SETTINGS, _schema_versions
+from tests.deploy_fixtures import DOCKER, ROOT, SETTINGS, redis_flags, schema_versions
 
 OVERLAY = ROOT / "deploy" / "k8s-sentinel"
 COMPOSE_SENTINEL = DOCKER / "compose.sentinel.yaml"
 MONITOR = re.compile(r"^sentinel monitor (\S+) (\S+) 6379 (\d+)$", re.M)
-
-
-def _redis_flags(args: list[str]) -> dict[str, str]:
-    """redis-server's --options and their values (several words joined by a space)."""
-    flags: dict[str, list[str]] = {}
-    for arg in args:
-        if arg.startswith("--"):
-            name = arg[2:]
-            flags[name] = []
-        elif arg != "redis-server":
-            flags[name].append(arg)
-    return {name: " ".join(values) for name, values in flags.items()}
 
 
 # --- Kubernetes ---------------------------------------------------------------------------------
@@ -58,7 +46,7 @@ def rendered() -> dict[tuple[str, str], dict]:
 
 def test_the_overlay_validates_against_kubernetes_schemas(rendered: dict) -> None:
     kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (dev extra)")
-    for version in _schema_versions():
+    for version in schema_versions():
         for (kind, name), doc in rendered.items():
             try:
                 kv.validate(doc, version, strict=True)
@@ -104,7 +92,7 @@ def test_servers_find_the_master_through_the_sentinel_pods(rendered: dict) -> No
     assert {p["containerPort"] for p in sentinel["ports"]} == {26379}
     redis = containers["redis"]
     assert redis["args"][0] == "/conf/redis.conf"
-    flags = _redis_flags(redis["args"][1:])
+    flags = redis_flags(redis["args"][1:])
     assert flags["appendonly"] == "yes" and flags["maxmemory-policy"] == "noeviction"
     for container in (redis, sentinel):  # the config both read is the init container's
         assert {m["name"]: m["mountPath"] for m in container["volumeMounts"]}["conf"] == "/conf"
@@ -202,7 +190,7 @@ def test_compose_sentinel_stack_fits_together(stack: dict) -> None:
     data = [s for s in services if s == "redis" or s.startswith("redis-replica-")]
     assert len(data) == 3
     for service in data:
-        flags = _redis_flags(services[service]["command"])
+        flags = redis_flags(services[service]["command"])
         assert flags["appendonly"] == "yes" and flags["maxmemory-policy"] == "noeviction"
         assert flags["replica-announce-ip"] == service
         assert flags.get("replicaof") == (None if service == "redis" else "redis 6379")

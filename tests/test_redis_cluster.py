@@ -1,6 +1,6 @@
 """Sessions on a real Redis Cluster (3 masters, a replica each, on loopback).
 
-The store's behavioural suite (tests/test_store.py) runs again on the cluster, through the
+The store's behavioural suite (tests/store_contract.py) runs again on the cluster, through the
 cluster client and one shard (its exact single-Redis semantics); then what only the cluster
 has: shards spread evenly over the masters, the cap per shard and per key, WAIT, and sessions
 streamed over REST and WebSocket through 2 sarnn-serve replicas while masters are killed
@@ -25,8 +25,8 @@ from sarnn_serve.settings import Settings
 from sarnn_serve.store import SessionStore
 from sarnn_serve.store.redis_connect import connect, make_redis_store
 from sarnn_serve.store.redis_sharded import ShardedRedisStore, shard_tags
-from tests import test_store
 from tests.redis_topology import ClusterSet
+from tests.store_contract import LONG, Backend, contract_tests
 
 pytestmark = [
     pytest.mark.slow,
@@ -36,7 +36,6 @@ pytestmark = [
     ),
 ]
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "redis_failover.py"
-LONG = 600.0
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +52,8 @@ def _store(cluster: ClusterSet, max_sessions: int, shards: int, **kw) -> Sharded
     return ShardedRedisStore(client, f"t{uuid.uuid4().hex[:8]}", max_sessions, shards, **kw)
 
 
-class ClusterBackend(test_store.Backend):
-    """test_store's stores on the cluster: every open() a replica's client, one shard."""
+class ClusterBackend(Backend):
+    """The suite's stores on the cluster: every open() a replica's client, one shard."""
 
     kind = "cluster"
 
@@ -75,7 +74,7 @@ class ClusterBackend(test_store.Backend):
 
 @pytest.fixture
 async def backend(cluster: ClusterSet) -> AsyncIterator[ClusterBackend]:
-    """Overrides test_store's `backend` for its tests collected here."""
+    """The `backend` of the suite's tests collected here."""
     backend = ClusterBackend(cluster)
     try:
         yield backend
@@ -84,10 +83,8 @@ async def backend(cluster: ClusterSet) -> AsyncIterator[ClusterBackend]:
             await store.close()
 
 
-# the behavioural suite, on the cluster (its Redis-only tests read single-Redis keys)
-for _name in dir(test_store):
-    if _name.startswith("test_") and not _name.startswith("test_redis_"):
-        globals()[_name] = getattr(test_store, _name)
+# the behavioural suite, on the cluster
+globals().update(contract_tests())
 
 
 def test_settings_pick_the_cluster_store(cluster: ClusterSet) -> None:

@@ -1,6 +1,6 @@
 """Sessions behind Redis Sentinel (a master, 2 replicas, 3 Sentinels, on loopback).
 
-The store's behavioural suite (tests/test_store.py) runs again through the Sentinel client;
+The store's behavioural suite (tests/store_contract.py) runs again through the Sentinel client;
 then WAIT, a failover the client follows to the new master, and sessions streamed over REST
 and WebSocket through 2 sarnn-serve replicas while the master is killed twice
 (scripts/redis_failover.py): every answer equal to a clean run, every lost chunk reported as
@@ -23,15 +23,14 @@ from sarnn_serve.settings import Settings
 from sarnn_serve.store import SessionStore, Stored
 from sarnn_serve.store.redis import RedisStore
 from sarnn_serve.store.redis_connect import make_redis_store
-from tests import test_store
 from tests.redis_topology import SentinelSet
+from tests.store_contract import LONG, Backend, contract_tests
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not on PATH"),
 ]
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "redis_failover.py"
-LONG = 600.0
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +49,8 @@ def _settings(topo: SentinelSet, **kw) -> Settings:
     )
 
 
-class SentinelBackend(test_store.Backend):
-    """test_store's stores through the Sentinel client: every open() a replica's client."""
+class SentinelBackend(Backend):
+    """The suite's stores through the Sentinel client: every open() a replica's client."""
 
     kind = "sentinel"
 
@@ -72,7 +71,7 @@ class SentinelBackend(test_store.Backend):
 
 @pytest.fixture
 async def backend(sentinels: SentinelSet) -> AsyncIterator[SentinelBackend]:
-    """Overrides test_store's `backend` for its tests collected here."""
+    """The `backend` of the suite's tests collected here."""
     backend = SentinelBackend(sentinels)
     try:
         yield backend
@@ -82,9 +81,7 @@ async def backend(sentinels: SentinelSet) -> AsyncIterator[SentinelBackend]:
 
 
 # the behavioural suite, through the Sentinel client
-for _name in dir(test_store):
-    if _name.startswith("test_") and not _name.startswith("test_redis_"):
-        globals()[_name] = getattr(test_store, _name)
+globals().update(contract_tests())
 
 
 async def test_wait_confirms_each_write_or_counts_it(sentinels: SentinelSet) -> None:

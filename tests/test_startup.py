@@ -25,9 +25,9 @@ from sarnn_serve.background_calibration import BackgroundCalibration, Calibratio
 from sarnn_serve.engine import DENSE, NATIVE, SPARSE
 from sarnn_serve.registry import Registry, load_model
 from sarnn_serve.routing import Router
+from tests.cli_fixtures import assert_one_line_error, run_cli
 from tests.service_fixtures import SHIPPED_MODELS as DEFAULT_MODEL_DIR
 from tests.service_fixtures import free_port, stop_process
-from tests.test_cli import assert_one_line_error, run_cli
 
 HEALTHZ_WITHIN_S = 5.0
 READYZ_WITHIN_S = 15.0

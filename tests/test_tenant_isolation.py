@@ -14,10 +14,10 @@ import httpx
 import pytest
 
 from sarnn_serve.sessions import new_session_id
-from tests.service_fixtures import LiveServer, start_server, stop_server
-from tests.test_auth import (
+from tests.auth_fixtures import (
     ALICE,
     BOB,
+    FEATURES,
     SESSION_ROUTES,
     as_key,
     created,
@@ -25,10 +25,9 @@ from tests.test_auth import (
     masked,
     refused,
 )
+from tests.service_fixtures import LiveServer, start_server, stop_server
 
 pytestmark = pytest.mark.slow
-
-FEATURES = 6
 
 
 def serve(

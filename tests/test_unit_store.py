@@ -1,6 +1,6 @@
 """MemoryStore specifics on a fake clock: the byte budget (each session counted as its record
 plus ENTRY_BYTES), per-TTL expiry queues, a sweep that yields to the event loop, owner caps and
-the live counts. (test_store.py holds the behaviour MemoryStore shares with RedisStore.)"""
+the live counts. (store_contract.py holds the behaviour MemoryStore shares with RedisStore.)"""
 
 import asyncio
 
