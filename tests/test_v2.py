@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 
-from sarnn_serve.api import errors, models, sessions, v2
+from sarnn_serve.api import errors, models, sessions, v2, v2_repository, v2_route
 from sarnn_serve.api.limits import BodyLimit
 from sarnn_serve.auth import KeyRing
 from sarnn_serve.metrics import Monitor, PromMetrics
@@ -52,9 +52,13 @@ class Served:
         self.app = FastAPI(title="sarnn-serve", version="0.1.0")
         self.app.state.plane = plane
         errors.install(self.app)
-        for module in (sessions, models, v2):
+        for module in (sessions, models, v2_repository, v2):
             self.app.include_router(module.router)
-        self.app.add_middleware(BodyLimit, max_bytes=plane.settings.max_body_bytes)
+        self.app.add_middleware(
+            BodyLimit,
+            max_bytes=plane.settings.max_body_bytes,
+            formats={v2_route.PREFIX: v2_route.error_body},
+        )
 
     def client(self, host: str = "10.0.0.1", key: str | None = None) -> httpx.AsyncClient:
         headers = {"authorization": f"Bearer {key}"} if key else {}
@@ -735,6 +739,9 @@ async def test_native_routes_keep_their_error_format(client: httpx.AsyncClient) 
     assert r.headers["allow"] == "POST"
     r = await client.delete("/v2")
     assert r.status_code == 405 and r.headers["allow"] == "GET"
+    # the repository extension's routes are /v2 routes too
+    r = await client.get("/v2/repository/index")
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
 
 
 # --- a real server on the exported model ---------------------------------------------------------

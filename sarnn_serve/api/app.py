@@ -22,6 +22,7 @@ from sarnn_serve.api import (
     stream,
     v2,
     v2_repository,
+    v2_route,
 )
 from sarnn_serve.api.body_rate import BodyRate
 from sarnn_serve.api.fast_chunks import FastChunks
@@ -130,7 +131,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (sessions, models, stream, health, dashboard, docs, v2_repository, v2):
         app.include_router(module.router)
     app.add_middleware(RequestMetrics, metrics=prom)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_body_bytes, formats={v2_route.PREFIX: v2_route.error_body}
+    )
     app.add_middleware(FastChunks, max_bytes=settings.max_body_bytes)
     app.add_middleware(BodyRate, timeout_s=settings.body_timeout_s, min_rate=settings.body_min_rate)
     return app

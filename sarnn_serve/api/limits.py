@@ -1,12 +1,12 @@
 """Pure ASGI middleware: reject bodies over the size limit with 413, and time requests."""
 
 import time
+from collections.abc import Callable
 
-import orjson
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sarnn_serve.errors import PayloadTooLarge
+from sarnn_serve.errors import PayloadTooLarge, ServiceError
 from sarnn_serve.metrics import PromMetrics
 
 
@@ -22,19 +22,28 @@ class _TooLarge(PayloadTooLarge, HTTPException):
 
 
 class BodyLimit:
-    """413 for a Content-Length or a streamed body over `max_bytes` (HTTP only)."""
+    """413 for a Content-Length or a streamed body over `max_bytes` (HTTP only). It answers
+    before any route runs, so the error body is chosen by path: `formats` maps a path prefix to
+    the renderer of its protocol's error body (the /v2 routes'); other paths get the native
+    one."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        formats: dict[str, Callable[[ServiceError], bytes]] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.formats = formats or {}
 
     async def _reject(self, send: Send, path: str) -> None:
-        message = f"request body exceeds {self.max_bytes} bytes"
-        if path.startswith("/v2/"):  # the Open Inference Protocol's error body is a string
-            error: dict | str = f"payload_too_large: {message}"
-        else:
-            error = {"code": "payload_too_large", "message": message, "field": "body"}
-        body = orjson.dumps({"error": error})
+        error = PayloadTooLarge(f"request body exceeds {self.max_bytes} bytes", field="body")
+        render = next(
+            (f for prefix, f in self.formats.items() if path.startswith(prefix)),
+            lambda e: e.json().encode(),
+        )
+        body = render(error)
         await send(
             {
                 "type": "http.response.start",

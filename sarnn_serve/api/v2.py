@@ -2,52 +2,21 @@
 extensions, beside the native API and over the same data plane (the protocol's logic, shared with
 the gRPC service, is `api/v2_protocol.py`). Every answer under /v2, an unknown path or a
 method a path does not take included, has its errors as {"error": "<code>: <message>"} with the
-typed error's HTTP status, rendered in one place (`V2Route`).
+typed error's HTTP status, rendered in one place (`api/v2_route.py`). The repository
+extension's routes (`api/v2_repository.py`) are a router of their own, served before this one.
 """
 
-import json
-from collections.abc import Callable, Coroutine
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 from starlette.routing import Match
 
-from sarnn_serve.api import v2_protocol
+from sarnn_serve.api import v2_protocol, v2_repository
 from sarnn_serve.api.codec import HEADER_LENGTH, encode_response, parse_request
 from sarnn_serve.api.deps import Caller, Plane
+from sarnn_serve.api.v2_route import V2Route
 from sarnn_serve.errors import NoRoute, ServiceError
 from sarnn_serve.registry import LoadedModel
-from sarnn_serve.validation import error_from
-
-
-def error_response(request: Request, exc: ServiceError) -> Response:
-    """{"error": "<message>"} with the error's status and headers, counted once."""
-    request.app.state.plane.record_error(exc)
-    return Response(
-        json.dumps({"error": v2_protocol.error_message(exc)}, ensure_ascii=True),
-        status_code=exc.status,
-        headers=exc.http_headers(),
-        media_type="application/json",
-    )
-
-
-class V2Route(APIRoute):
-    """A route whose typed errors (its dependencies' too) get the protocol's error body."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def answer(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except ServiceError as exc:
-                return error_response(request, exc)
-            except RequestValidationError as exc:  # a malformed body or parameter
-                return error_response(request, error_from(exc.errors()))
-
-        return answer
 
 
 def served_model(request: Request) -> LoadedModel:
@@ -119,8 +88,10 @@ METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 @router.api_route("", methods=list(METHODS))
 @router.api_route("/{path:path}", methods=list(METHODS))
 async def no_route(request: Request) -> Response:
-    """Any other path or method under /v2: 404, or 405 naming the methods the path takes."""
+    """Any other path or method under /v2: 404, or 405 naming the methods the path takes (the
+    repository extension's routes included)."""
     routes = [r for r in router.routes if getattr(r, "endpoint", None) is not no_route]
+    routes += v2_repository.router.routes
     allowed = [
         method
         for method in METHODS

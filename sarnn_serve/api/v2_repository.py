@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict
 
 from sarnn_serve.api.deps import Caller
-from sarnn_serve.api.v2 import V2Route
+from sarnn_serve.api.v2_route import V2Route
 from sarnn_serve.errors import InvalidJson
 from sarnn_serve.repository import ModelRepository
 from sarnn_serve.validation import validate_request
