@@ -12,7 +12,13 @@ from sarnn_serve.auth import KeyRing, Principal
 from sarnn_serve.batcher import MicroBatcher
 from sarnn_serve.card import ModelCard
 from sarnn_serve.engines import make_batcher
-from sarnn_serve.errors import Forbidden, InvalidInput, ModelNotFound, ServiceError
+from sarnn_serve.errors import (
+    Forbidden,
+    InvalidInput,
+    ModelNotFound,
+    ModelUnavailable,
+    ServiceError,
+)
 from sarnn_serve.metrics import Monitor
 from sarnn_serve.predict import run_sequences
 from sarnn_serve.quotas import ConnectionLimit
@@ -106,8 +112,15 @@ class Serving:
         return released
 
     def batcher(self, card: ModelCard) -> MicroBatcher:
-        """The micro-batcher of a served model version."""
-        return self.batchers[card.name, card.version]
+        """The micro-batcher of a served model version (ModelUnavailable if it was released
+        since the request looked it up)."""
+        try:
+            return self.batchers[card.name, card.version]
+        except KeyError:
+            raise ModelUnavailable(
+                f"model {card.name} version {card.version} was released while this request "
+                "waited; it is no longer served here"
+            ) from None
 
     def check_admin(self, caller: Principal, action: str) -> None:
         """Forbidden unless keys are off or the caller's key has the admin role."""

@@ -14,17 +14,21 @@ from sarnn_serve.api import codec
 from sarnn_serve.auth import Principal
 from sarnn_serve.errors import (
     Forbidden,
+    ModelNotFound,
+    ModelUnavailable,
     RetryMismatch,
     SeqConflict,
     SessionNotFound,
     SessionRolledBack,
     TooManyRequests,
 )
+from sarnn_serve.registry import LoadedModel
 from sarnn_serve.results import ChunkResult
+from sarnn_serve.routing import Router
 from sarnn_serve.schemas import SessionCreate
 from sarnn_serve.service import DataPlane
 from sarnn_serve.settings import Settings
-from tests.fixtures import CARD, MODEL, MakePlane, anonymous, chunk, solo
+from tests.fixtures import CARD, MODEL, FakeEngine, MakePlane, anonymous, chunk, solo
 
 KEYS = "a,b,root:admin"
 
@@ -265,3 +269,44 @@ async def test_owner_cap_refuses_a_session_and_evicts_nothing(make_plane: MakePl
     assert plane.monitor.active[MODEL] == 3
     await plane.delete_session(me, mine[0])
     await plane.create_session(me, SessionCreate())
+
+
+# --- model versions -----------------------------------------------------------------------------
+
+
+async def test_sessions_stay_on_their_version_until_it_is_released(make_plane: MakePlane) -> None:
+    """A new version serves new sessions; a session opened before keeps its version (and its
+    engine) until the drained version is released, then it is told its model is gone."""
+    plane = await make_plane()
+    me = anonymous()
+    old = (await plane.create_session(me, SessionCreate()))["id"]
+    await plane.advance(me, old, chunk(0, history(3)))
+    v1 = plane.registry.get(MODEL)
+    v2 = LoadedModel(CARD.model_copy(update={"version": "v2"}), FakeEngine())
+    assert plane.add_model(v2, Router("dense", None)) is v1
+    new = await plane.create_session(me, SessionCreate())
+    assert new["model_version"] == "v2"
+    calls = len(v1.engine.calls), len(v2.engine.calls)
+    await plane.advance(me, old, chunk(1, history(2)))
+    assert (len(v1.engine.calls), len(v2.engine.calls)) == (calls[0] + 1, calls[1])
+    assert (await plane.get_session(me, old))["model_version"] == CARD.version
+    assert await plane.release_drained(idle_s=3600) == []  # used a moment ago: still draining
+    assert [m.key for m in await plane.release_drained(idle_s=0)] == [v1.key]
+    with pytest.raises(ModelUnavailable):
+        await plane.advance(me, old, chunk(2, history(1)))
+    with pytest.raises(ModelUnavailable):
+        plane.batcher(v1.card)  # a request that looked the version up before the release
+    await plane.advance(me, new["id"], chunk(0, history(2)))
+
+
+async def test_an_unloaded_model_takes_no_new_sessions_but_serves_its_own(
+    make_plane: MakePlane,
+) -> None:
+    plane = await make_plane()
+    me = anonymous()
+    sid = (await plane.create_session(me, SessionCreate()))["id"]
+    plane.registry.retire(MODEL)
+    with pytest.raises(ModelNotFound):
+        await plane.create_session(me, SessionCreate(model=MODEL))
+    answer = await plane.advance(me, sid, chunk(0, history(2)))
+    assert answer.outputs.first_index == 0
