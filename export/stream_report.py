@@ -10,6 +10,8 @@ each arm, seeds. A target reads "met" only when the CI's lower bound is above it
 
 Choices are made on validation: the SA-RNN variant (energy features or not) and the best dense
 GRU among those costing at least as much as the SA-RNN; test figures are read once, here.
+Trained dense models gated only at evaluation (export/eval_skipping.py) are listed and compared
+for information, never chosen as a rival.
 Multiply-adds per step include the coordinator and the output head.
 """
 
@@ -42,17 +44,25 @@ class Arm:
     def seeds(self) -> list[int]:
         return [c["seed"] for c in self.configs]
 
+    @property
+    def evaluated(self) -> bool:
+        """A trained model gated only at evaluation (export/eval_skipping.py), not trained so."""
+        return "eval_gating" in self.configs[0]
+
     def macs(self, part: str = "val") -> float:
         """Mean multiply-adds per step, coordinator and output head included, at the arm's
-        mean update rate on `part`."""
+        mean update rate on `part`. An arm gated at evaluation has no coordinator; its gate's
+        own multiply-adds (`eval_gate_macs`: the still gate's magnitude) are added."""
         cfg = self.configs[0]
         rate = float(np.mean([f["update_rate"] for f in self.figures[part]]))
         hidden = cfg["hidden"]
         cost = CellCost(
-            cfg["cell"], N_FEATURES, hidden, not cfg["dense"] and cfg["random_mask"] is None,
+            cfg["cell"], N_FEATURES, hidden,
+            not cfg["dense"] and cfg["random_mask"] is None and not self.evaluated,
             cfg.get("coord_energy", False),
         )  # fmt: skip
         step = cost.dense_step if cfg["dense"] else cost.per_step(rate)
+        step += cfg.get("eval_gate_macs", 0)
         return step + hidden * N_CLASSES
 
     def accuracy(self, part: str) -> float:
@@ -115,7 +125,7 @@ def report(root: Path, searches: list[Path] | None = None) -> dict:
     arms = load_arms(root)
     sa_names = [n for n in ("sa-energy", "sa-plain") if n in arms]
     sa = max((arms[n] for n in sa_names), key=lambda arm: arm.accuracy("val"))
-    all_dense = [a for n, a in arms.items() if n.startswith("dense")]
+    all_dense = [a for n, a in arms.items() if n.startswith("dense") and not a.evaluated]
     dense = [a for a in all_dense if a.macs() >= sa.macs()]
     best_dense = max(dense, key=lambda arm: arm.accuracy("val")) if dense else None
     if best_dense is None and all_dense:  # none costs as much: the dearest, flagged cheaper
@@ -174,6 +184,17 @@ def report(root: Path, searches: list[Path] | None = None) -> dict:
         "share": share,
         "verdict": "met" if share <= 0.25 else "not met",
     }
+    out["against_evaluated"] = {}  # informational: trained dense models gated at evaluation
+    for name, arm in sorted(arms.items()):
+        if arm.evaluated:
+            point, lo, hi = arm_difference(sa, arm, "test")
+            out["against_evaluated"][f"{sa.name} - {name}"] = {
+                "difference_points": point,
+                "ci95": [lo, hi],
+                "verdict": verdict(lo, hi),
+                "gating": arm.configs[0]["eval_gating"],
+                "macs_per_step": arm.macs(),
+            }
     return out
 
 
@@ -242,6 +263,22 @@ def markdown(result: dict) -> str:
             )
         else:
             lines.append(f"- {name}: {t['share']:.1%}: **{t['verdict']}**")
+    if result.get("against_evaluated"):
+        lines += [
+            "",
+            "## Against dense models skipping at evaluation (informational, not a target)",
+            "",
+            "Trained dense GRUs, not retrained, gated at evaluation at the SA-RNN's rate "
+            "(`python -m export.eval_skipping`); test, paired over recordings and seeds, 95% "
+            "bootstrap CI.",
+            "",
+        ]
+        lines += [
+            f"- {name}: {t['difference_points']:+.1f} points [{t['ci95'][0]:+.1f}, "
+            f"{t['ci95'][1]:+.1f}] ({t['gating']}, {t['macs_per_step'] / 1000:.1f}k "
+            f"multiply-adds / step): {t['verdict']}"
+            for name, t in result["against_evaluated"].items()
+        ]
     return "\n".join(lines) + "\n"
 
 
