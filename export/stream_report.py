@@ -191,7 +191,13 @@ def report(root: Path, searches: list[Path] | None = None) -> dict:
             out["against_evaluated"][f"{sa.name} - {name}"] = {
                 "difference_points": point,
                 "ci95": [lo, hi],
-                "verdict": verdict(lo, hi),
+                "reading": (
+                    "SA-RNN better"
+                    if lo > 0
+                    else "SA-RNN worse"
+                    if hi < 0
+                    else "not distinguishable"
+                ),
                 "gating": arm.configs[0]["eval_gating"],
                 "macs_per_step": arm.macs(),
             }
@@ -276,7 +282,7 @@ def markdown(result: dict) -> str:
         lines += [
             f"- {name}: {t['difference_points']:+.1f} points [{t['ci95'][0]:+.1f}, "
             f"{t['ci95'][1]:+.1f}] ({t['gating']}, {t['macs_per_step'] / 1000:.1f}k "
-            f"multiply-adds / step): {t['verdict']}"
+            f"multiply-adds / step): {t['reading']}"
             for name, t in result["against_evaluated"].items()
         ]
     return "\n".join(lines) + "\n"
