@@ -16,8 +16,8 @@ The budget is the plain penalty lambda * mean(u), not a target rate: a target |r
 every gate open again once the rate falls below R, idle ones included, so nothing rewards moving
 updates from idle to active steps (round 2 of the study: idle 18%, active 23%). lambda is chosen
 on validation (`--lam`: among the values whose mean multiply-adds stay within a quarter of a
-dense GRU-128's, the product goal, the most accurate; a tie goes to the cheaper); whether the coordinator gets
-energy features is chosen on validation too (the report prints the choice).
+dense GRU-128's, the product goal, the most accurate; a tie goes to the cheaper); whether the
+coordinator gets energy features is chosen on validation too (the report prints the choice).
 
 The coordinator learns only through the gate's surrogate gradient, which is nonzero near the cut
 alone; at the cell's learning rate its weights hardly move in a run of this length (round 2 of
