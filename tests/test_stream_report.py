@@ -5,6 +5,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+pytest.importorskip("export.stream_report")  # the training side: not in the runtime wheel
 
 from export.paired import verdict
 from export.stream_report import report
