@@ -4,11 +4,12 @@ when it says something the previous reader would have to know."""
 import json
 
 from sarnn_serve.card import ModelCard
-from sarnn_serve.settings import DEFAULT_MODEL_DIR
+from tests.service_fixtures import SHIPPED_MODELS
 
 
 def _card(name: str) -> dict:
-    return json.loads((DEFAULT_MODEL_DIR / name / "model.json").read_text())
+    """A shipped model's card, from the repository's models/ (an installed wheel has none)."""
+    return json.loads((SHIPPED_MODELS / name / "model.json").read_text())
 
 
 def test_a_card_without_energy_features_does_not_mention_them() -> None:

@@ -140,7 +140,9 @@ def test_redis_store_without_redis_package_is_one_line_and_exit_2(tmp_path: Path
 
 
 def test_serve_help_documents_each_option_with_default_and_variable() -> None:
-    result = run_cli("serve", "--help")
+    # wide enough that argparse wraps no line: it breaks long words at hyphens, which `flat`
+    # cannot undo (a default model dir under /tmp/sarnn-runtime-... in the runtime suite)
+    result = run_cli("serve", "--help", env={"COLUMNS": "100000"})
     assert result.returncode == 0, result.stderr
     text = flat(result.stdout)
     assert "SARNN_PORT" in text and "(default: 8000; env SARNN_PORT)" in text
