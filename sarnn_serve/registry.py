@@ -177,18 +177,28 @@ def model_directories(model_dir: Path) -> list[Path]:
     return sorted(p for p in model_dir.iterdir() if (p / "model.json").exists())
 
 
-def find_model(model_dir: Path, name: str) -> tuple[Path, ModelCard]:
-    """The folder under `model_dir` whose card names model `name`, and that card (only the
-    cards are read); ModelNotFound lists the names the folders hold, ModelLoadError names a
-    folder whose card is unreadable or a name two folders claim."""
-    found: dict[str, tuple[Path, ModelCard]] = {}
+def folder_cards(model_dir: Path) -> list[tuple[Path, ModelCard | ModelLoadError]]:
+    """Every model folder of the model dir (`model_directories`) with its card, or with why
+    the card cannot be read; only the cards are read."""
+    found: list[tuple[Path, ModelCard | ModelLoadError]] = []
     for directory in model_directories(model_dir):
         try:
-            card = read_card(directory / "model.json")
-        except ModelLoadError:
-            if directory.name != name:
-                continue
-            raise
+            found.append((directory, read_card(directory / "model.json")))
+        except ModelLoadError as exc:
+            found.append((directory, exc))
+    return found
+
+
+def find_model(model_dir: Path, name: str) -> tuple[Path, ModelCard]:
+    """The folder under `model_dir` whose card names model `name`, and that card;
+    ModelNotFound lists the names the folders hold, ModelLoadError names a folder whose card
+    is unreadable or a name two folders claim."""
+    found: dict[str, tuple[Path, ModelCard]] = {}
+    for directory, card in folder_cards(model_dir):
+        if isinstance(card, ModelLoadError):
+            if directory.name == name:
+                raise card
+            continue
         if card.name in found:
             raise ModelLoadError(f"{directory}: model name {card.name!r} used twice")
         found[card.name] = (directory, card)

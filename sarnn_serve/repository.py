@@ -10,14 +10,14 @@ models whose folder is gone are unloaded. Operations run one at a time.
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sarnn_serve.auth import Principal
 from sarnn_serve.background_calibration import BackgroundCalibration
 from sarnn_serve.errors import ModelLoadError, ModelLoadFailed, ModelNotFound
 from sarnn_serve.model_routing import model_router
-from sarnn_serve.registry import find_model, load_model, model_directories, read_card
+from sarnn_serve.registry import find_model, folder_cards, load_model
 from sarnn_serve.service import DataPlane
 from sarnn_serve.settings import Settings
 
@@ -35,14 +35,6 @@ class IndexEntry:
     version: str
     state: str
     reason: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {
-            "name": self.name,
-            "version": self.version,
-            "state": self.state,
-            "reason": self.reason,
-        }
 
 
 class ModelRepository:
@@ -87,20 +79,18 @@ class ModelRepository:
         if not ready_only:
             entries += self._not_served()
         entries.sort(key=lambda e: (e.name, e.state != READY, e.version))
-        return [e.to_dict() for e in entries]
+        return [asdict(e) for e in entries]
 
     def _not_served(self) -> list[IndexEntry]:
         served = set(self.plane.registry.models)
         entries = []
         try:
-            directories = model_directories(self.settings.model_dir)
+            cards = folder_cards(self.settings.model_dir)
         except ModelLoadError as exc:  # the dir went away: nothing more to list
             return [IndexEntry("", "", UNAVAILABLE, str(exc))]
-        for directory in directories:
-            try:
-                card = read_card(directory / "model.json")
-            except ModelLoadError as exc:
-                entries.append(IndexEntry(directory.name, "", UNAVAILABLE, str(exc)))
+        for directory, card in cards:
+            if isinstance(card, ModelLoadError):
+                entries.append(IndexEntry(directory.name, "", UNAVAILABLE, str(card)))
                 continue
             if card.name in served or (card.name, card.version) in self.plane.registry.draining:
                 continue
@@ -225,10 +215,8 @@ def _folder_cards(model_dir: Path) -> tuple[dict[str, tuple[str, FolderState]], 
     """Model name -> version and folder state of every readable card in the model dir, and the
     folders whose card cannot be read."""
     cards, unreadable = {}, set()
-    for directory in model_directories(model_dir):
-        try:
-            card = read_card(directory / "model.json")
-        except ModelLoadError:
+    for directory, card in folder_cards(model_dir):
+        if isinstance(card, ModelLoadError):
             unreadable.add(directory)
             continue
         cards.setdefault(card.name, (card.version, _folder_state(directory, card.version)))

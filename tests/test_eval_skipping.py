@@ -16,6 +16,7 @@ from export.data import Recording  # noqa: E402
 from export.model import SARNN, save_checkpoint  # noqa: E402
 from export.stream_report import load_arms, markdown, report  # noqa: E402
 from export.train import TrainConfig  # noqa: E402
+from tests.tiny_models import wrist_recordings  # noqa: E402
 
 pytestmark = pytest.mark.train
 RATE = 50.0
@@ -24,19 +25,8 @@ HIDDEN = 8
 RECORDINGS = 28
 
 
-def _recordings(n: int = 15, seed: int = 0) -> list[Recording]:
-    """Wrist recordings of three classes: gravity plus swinging accelerometer and gyroscope
-    after a still first second (where the rest model finds its quiet windows)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        t = np.arange(int(rng.integers(300, 500))) / RATE
-        swing = np.sin(2 * np.pi * (0.7 + i % 3) * t[:, None] + np.arange(6))
-        amplitude = np.r_[0.4, 0.4, 0.4, 1.5, 1.5, 1.5]
-        x = np.r_[0.0, 0.3, -0.95, 0, 0, 0] + (t >= 1.0)[:, None] * swing * amplitude
-        x = x + 0.02 * rng.standard_normal(x.shape)
-        out.append(Recording(x.astype(np.float32), i % 3, i))
-    return out
+def _recordings() -> list[Recording]:
+    return wrist_recordings(15, rate=RATE)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from export.data import Recording
 from export.model import CELLS, SARNN, ModelConfig
 
 torch.set_num_threads(1)
@@ -128,3 +129,18 @@ def run_chunk_graph(
         feeds["threshold"] = np.asarray(threshold, np.float32)
     logits, updates, state_out = sess.run(None, feeds)
     return logits, updates, state_out
+
+
+def wrist_recordings(n: int, seed: int = 0, rate: float = 50.0) -> list[Recording]:
+    """Wrist recordings of three classes at `rate` Hz: gravity plus swinging accelerometer and
+    gyroscope after a still first second (where the rest model finds its quiet windows)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        t = np.arange(int(rng.integers(300, 500))) / rate
+        swing = np.sin(2 * np.pi * (0.7 + i % 3) * t[:, None] + np.arange(6))
+        amplitude = np.r_[0.4, 0.4, 0.4, 1.5, 1.5, 1.5]
+        x = np.r_[0.0, 0.3, -0.95, 0, 0, 0] + (t >= 1.0)[:, None] * swing * amplitude
+        x = x + 0.02 * rng.standard_normal(x.shape)
+        out.append(Recording(x.astype(np.float32), i % 3, i))
+    return out
