@@ -287,6 +287,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="energy features for the coordinator: W_e (x * x) beside W_x x (H x F more "
         "multiply-adds per step), so a gate can tell rest from motion",
     )
+    t.add_argument(
+        "--coord-accumulate",
+        action="store_true",
+        help="an accumulating coordinator: each neuron adds the rate sigmoid(a) to an "
+        "accumulator and updates when it passes the neuron's level (then takes 1 off), so "
+        "its updates come evenly spaced at the rate it asks for (H more multiply-adds per "
+        "step, H more numbers of state)",
+    )
+    t.add_argument(
+        "--fixed-rate",
+        type=float,
+        metavar="R",
+        help="with --coord-accumulate: the periodic baseline, a frozen coordinator asking for "
+        "rate R at every step (each neuron updates every 1/R steps on its own phase)",
+    )
     t.add_argument("--epochs", type=int, default=d.epochs)
     t.add_argument("--batches-per-epoch", type=int, default=d.batches_per_epoch)
     t.add_argument("--batch-size", type=int, default=d.batch_size)

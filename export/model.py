@@ -11,6 +11,19 @@ The math follows docs/architecture.md, section "The model":
     s_t = s_{t-1} + u_t (cell(x_t, s_{t-1}) - s_{t-1})
     logits_t = W_o h_t + b_o
 
+The accumulating coordinator (`coord_accumulate`) asks instead for a rate and spreads the
+updates it asks for evenly over time, as Skip-RNN's accumulated update probability does per
+sequence, here per neuron:
+
+    p_t = sigmoid(a_t)                                the share of steps neuron j asks for
+    acc_t = acc_{t-1} + min(p_t (1 - tau) / tau, 1)   accumulator (tau = 0.5: + p_t)
+    u_t = [acc_t >= phi_j]; acc_t -= u_t              phi_j = frac((j + 1) x golden ratio)
+    training: u_t = [acc_t >= phi_j] + p_t - sg(p_t)  straight through: du/dp = 1
+
+so a neuron asking for p updates every 1/p steps, neurons on different phases; the budget
+lambda mean(u) reaches p through the straight-through gradient. The accumulator is part of the
+carried state (after h and c), so a chunked stream updates exactly as a whole one.
+
 Input projections of all T steps are computed before the time loop; the loop only does the
 recurrent part. The candidate uses the weights and gate order of torch.nn.GRUCell, LSTMCell and
 RNNCell, so a model with every gate open equals the plain torch cell.
@@ -60,6 +73,7 @@ class ModelConfig:
     skip_every: int = 1
     random_mask: float | None = None
     coord_energy: bool = False
+    coord_accumulate: bool = False
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -75,6 +89,8 @@ class ModelConfig:
             raise ValueError("a fixed update schedule replaces the coordinator; selective=False")
         if self.coord_energy and not self.selective:
             raise ValueError("coord_energy feeds the coordinator; a baseline has none")
+        if self.coord_accumulate and not self.selective:
+            raise ValueError("coord_accumulate is a coordinator; a baseline has none")
 
     @property
     def gating(self) -> str:
@@ -117,6 +133,25 @@ def slope(progress: float) -> float:
     return ALPHA_START + (ALPHA_END - ALPHA_START) * min(1.0, max(0.0, progress))
 
 
+GOLDEN = 0.6180339887498949
+
+
+def accumulator_phase(hidden: int) -> Tensor:
+    """Each neuron's firing level in (0, 1) for the accumulating coordinator: the fractional
+    parts of (i + 1) x the golden ratio, spread evenly, so neurons asking for the same rate
+    update on different steps instead of all at once."""
+    levels = np.modf((np.arange(hidden) + 1) * GOLDEN)[0]
+    return torch.from_numpy(levels.astype(np.float32))
+
+
+def accumulator_scale(tau: float | Tensor) -> float | Tensor:
+    """What the accumulating coordinator adds per unit of its rate at threshold tau: the odds
+    (1 - tau) / tau, 1 at tau = 0.5; the update rate scales with it, from 19x at tau = 0.05 to
+    1/19 at 0.95. An addition is capped at 1 (one update per step at most), so the accumulator
+    stays below the neuron's level after each step: a step that adds nothing never updates."""
+    return (1.0 - tau) / tau
+
+
 def gate_threshold(tau: float | Tensor, alpha: float) -> float | Tensor:
     """Coordinator value above which p = hard_sigmoid(alpha a) exceeds tau (elementwise)."""
     return (2.0 * tau - 1.0) / alpha
@@ -143,8 +178,15 @@ class SARNN(nn.Module):
         self.alpha = 1.0
 
     @property
-    def state_size(self) -> int:
+    def cell_state_size(self) -> int:
+        """Width of the cell's own state: h, and c for an LSTM."""
         return 2 * self.config.hidden if self.config.cell == "lstm" else self.config.hidden
+
+    @property
+    def state_size(self) -> int:
+        """Width of the carried state: the cell's, then the accumulator's with one."""
+        extra = self.config.hidden if self.config.coord_accumulate else 0
+        return self.cell_state_size + extra
 
     def set_normalisation(self, mean: Tensor, std: Tensor) -> None:
         """Store per-feature statistics of the training data; inputs are raw sensor units."""
@@ -201,7 +243,9 @@ class SARNN(nn.Module):
         hidden = self.config.hidden
         state = self.initial_state(batch) if state is None else state
         h = state[:, :hidden]
-        c = state[:, hidden:] if self.config.cell == "lstm" else None
+        c = state[:, hidden : self.cell_state_size] if self.config.cell == "lstm" else None
+        acc = state[:, self.cell_state_size :] if self.config.coord_accumulate else None
+        phase = accumulator_phase(hidden) if acc is not None else None
         xn = (x - self.mean) / self.std
         gx_all = (xn @ self.cell.weight_ih.T + self.cell.bias_ih).unbind(1)
         ax_all = self.coordinator_input(xn).unbind(1)
@@ -221,6 +265,12 @@ class SARNN(nn.Module):
             elif gating == "random":
                 draw = torch.rand_like(a) if pattern is None else pattern[t].expand_as(a)
                 u = (draw < self.config.random_mask).to(a.dtype)
+            elif acc is not None:
+                p = torch.sigmoid(a)  # the share of steps this neuron asks to update on
+                acc = acc + torch.clamp(accumulator_scale(threshold) * p.detach(), max=1.0)
+                fire = (acc >= phase).to(a.dtype)
+                acc = acc - fire
+                u = fire if deterministic else fire + p - p.detach()
             elif deterministic:
                 u = (a > cut).to(a.dtype)
             else:
@@ -242,7 +292,7 @@ class SARNN(nn.Module):
             us.append(u)
             as_.append(a)
         hseq = torch.stack(hs, 1)
-        final = h if c is None else torch.cat([h, c], 1)
+        final = torch.cat([part for part in (h, c, acc) if part is not None], 1)
         return Output(self.head(hseq), torch.stack(us, 1), torch.stack(as_, 1), final)
 
     def coordinator_input(self, xn: Tensor) -> Tensor:

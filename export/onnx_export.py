@@ -28,7 +28,7 @@ import onnx
 import torch
 
 from export.data import load_data
-from export.model import SARNN, load_checkpoint
+from export.model import SARNN, accumulator_phase, load_checkpoint
 from export.onnx_graph import OPSET, CellWeights, build_chunk_graph
 from export.onnx_sparse import build_sparse_chunk_graph
 from export.train import TrainConfig, stream_parts, threshold_curve
@@ -77,6 +77,9 @@ def cell_weights(model: SARNN) -> CellWeights:
         std=sd["std"],
         alpha=float(model.alpha),
         coord_e=sd.get("coord_e.weight"),
+        phase=accumulator_phase(model.config.hidden).numpy()
+        if model.config.coord_accumulate
+        else None,
     )
 
 
@@ -181,6 +184,7 @@ def make_card(
         alpha=float(model.alpha),
         selective=cfg.selective,
         coordinator_energy=cfg.coord_energy,
+        coordinator_accumulate=cfg.coord_accumulate,
         training=TrainingInfo(
             dataset=blob.get("dataset", "unknown"),
             recipe=metrics.get("recipe", ""),

@@ -49,10 +49,16 @@ class CellWeights:
     std: np.ndarray  # [F]
     alpha: float
     coord_e: np.ndarray | None = None  # [H, F]: energy features W_e (x * x), if the model has them
+    phase: np.ndarray | None = None  # [H]: the accumulating coordinator's levels, if it has one
 
     @property
     def hidden(self) -> int:
         return self.coord_d.shape[0]
+
+    @property
+    def state_parts(self) -> int:
+        """How many [B, H] parts the flat state holds: h, c of an LSTM, the accumulator."""
+        return 1 + (self.cell == "lstm") + (self.phase is not None)
 
 
 def _const(name: str, array: np.ndarray | float | int, dtype=np.float32) -> TensorProto:
@@ -106,11 +112,29 @@ def _blocks(w: CellWeights) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarra
     return [(n, a.T, b, r.T) for n, a, b, r in blocks]
 
 
-def _step(w: CellWeights, b: _Body, gx: dict[str, str]) -> None:
-    """Scan body nodes: inputs h (and c), gx_<block>, ax, thr; outputs h_next (c_next), h_t, u_t."""
-    pre = {k: b.op("Gemm", "h", f"R_{k}", v) for k, v in gx.items() if k != "n"}
-    gate = b.out("Greater", [b.op("Add", "ax", b.op("Mul", "wd", "h")), "thr"], "u_t")
+def gate_nodes(w: CellWeights, b: _Body) -> str:
+    """The scan body's gate u_t (bool) from ax, wd, h and the per-step cut: u = [a > thr], or
+    for an accumulating coordinator acc' = acc + min(rate p, 1) with p = sigmoid(a),
+    u = [acc' >= phase] and acc_next = acc' - u, where rate > 0 (past a row's length rate is
+    0 and nothing changes, whatever the padding's a). Returns u as float."""
+    a = b.op("Add", "ax", b.op("Mul", "wd", "h"))
+    if w.phase is None:
+        gate = b.out("Greater", [a, "thr"], "u_t")
+        return b.op("Cast", gate, to=TensorProto.FLOAT)
+    live = b.op("Greater", "rate", "zero")
+    added = b.op("Min", b.op("Mul", "rate", b.op("Sigmoid", a)), "one")
+    acc = b.op("Add", "acc", b.op("Where", live, added, "zero"))
+    gate = b.out("And", [b.op("GreaterOrEqual", acc, "phase"), live], "u_t")
     u = b.op("Cast", gate, to=TensorProto.FLOAT)
+    b.out("Sub", [acc, u], "acc_next")
+    return u
+
+
+def _step(w: CellWeights, b: _Body, gx: dict[str, str]) -> None:
+    """Scan body nodes: inputs h (c, acc), gx_<block>, ax and the cut (`gate_nodes`); outputs
+    h_next (c_next, acc_next), h_t, u_t."""
+    pre = {k: b.op("Gemm", "h", f"R_{k}", v) for k, v in gx.items() if k != "n"}
+    u = gate_nodes(w, b)
     if w.cell == "gru":
         r, zc = b.op("Sigmoid", pre["r"]), b.op("Sigmoid", pre["z"])
         hn = b.op("Gemm", "h", "R_n", "bh_n")
@@ -178,17 +202,16 @@ def build_chunk_graph(w: CellWeights, metadata: dict[str, str] | None = None) ->
         g.op("Unsqueeze", t_idx, "axes_t"),
         g.op("Unsqueeze", "lengths", "axes_l"),
     )  # [T,L,1]
-    thr = g.op("Where", valid, cut, "pos_inf")  # [T,L,1]: a > +inf never holds
+    cut_name, cuts = cut_inputs(w, g, init, valid, tau, cut)  # [T,L,1]
 
     b = _Body("b_")
     body_gx = {name: f"gx_{name}" for name, *_ in blocks}
     _step(w, b, body_gx)
-    state_in, state_out = [_vi("h", ["B", h])], [_vi("h_next", ["B", h])]
-    if w.cell == "lstm":
-        state_in.append(_vi("c", ["B", h]))
-        state_out.append(_vi("c_next", ["B", h]))
-        h0, c0 = g.op("Split", "state", outputs=2, axis=1, num_outputs=2)
-        state0 = [h0, c0]
+    parts = state_names(w)
+    state_in = [_vi(name, ["B", h]) for name in parts]
+    state_out = [_vi(f"{name}_next", ["B", h]) for name in parts]
+    if len(parts) > 1:
+        state0 = g.op("Split", "state", outputs=len(parts), axis=1, num_outputs=len(parts))
     else:
         state0 = ["state"]
     body = helper.make_graph(
@@ -198,11 +221,11 @@ def build_chunk_graph(w: CellWeights, metadata: dict[str, str] | None = None) ->
             *state_in,
             *[_vi(v, ["B", h]) for v in body_gx.values()],
             _vi("ax", ["B", h]),
-            _vi("thr", ["L", 1]),
+            _vi(cut_name, ["L", 1]),
         ],
         [*state_out, _vi("h_t", ["B", h]), _vi("u_t", ["B", h], TensorProto.BOOL)],
     )
-    scan_inputs = [*gx.values(), ax, thr]
+    scan_inputs = [*gx.values(), ax, cuts]
     hidden_names = [f"final_{i}" for i in range(len(state0))]
     g.nodes.append(
         helper.make_node(
@@ -216,11 +239,37 @@ def build_chunk_graph(w: CellWeights, metadata: dict[str, str] | None = None) ->
     logits_tb = g.op("Add", g.op("MatMul", "h_seq", "W_out"), "b_out")
     g.out("Transpose", [logits_tb], "logits", perm=[1, 0, 2])
     g.out("Transpose", ["u_seq"], "updates", perm=[1, 0, 2])
-    if w.cell == "lstm":
+    if len(hidden_names) > 1:
         g.out("Concat", hidden_names, "state_out", axis=1)
     else:
         g.out("Identity", hidden_names, "state_out")
     return chunk_model(w, g.nodes, init, f"sarnn_{w.cell}_chunk", metadata)
+
+
+def state_names(w: CellWeights) -> list[str]:
+    """The scan state's parts, in the flat state's order: h, then c (LSTM), then acc."""
+    return ["h", *(["c"] if w.cell == "lstm" else []), *(["acc"] if w.phase is not None else [])]
+
+
+def cut_inputs(
+    w: CellWeights,
+    g: _Body,
+    init: list[TensorProto],
+    valid: str,
+    tau: str,
+    cut: str,
+    neuron_major: bool = False,
+) -> tuple[str, str]:
+    """The per-step, per-row gate input scanned beside x, by body name: `thr` (the cut while
+    t < length, +inf after), or for an accumulating coordinator `rate` ((1 - tau) / tau while
+    t < length, 0 after), with the levels `phase` as an initializer: [H], or [H, 1] for a
+    `neuron_major` body (the sparse graph's [H, B] state)."""
+    if w.phase is None:
+        return "thr", g.op("Where", valid, cut, "pos_inf")  # a > +inf never holds
+    scale = g.op("Div", g.op("Sub", "one", tau), tau)
+    phase = w.phase[:, None] if neuron_major else w.phase
+    init += [_const("zero", 0.0), _const("phase", phase)]
+    return "rate", g.op("Where", valid, scale, "zero")
 
 
 def chunk_model(
@@ -233,7 +282,7 @@ def chunk_model(
     """A chunk graph's model: its nodes behind the interface every chunk graph shares."""
     h, f = w.hidden, w.mean.shape[0]
     c = w.head_b.shape[0]
-    s = 2 * h if w.cell == "lstm" else h
+    s = w.state_parts * h
     inputs = [
         _vi("x", ["B", "T", f]),
         _vi("state", ["B", s]),

@@ -31,6 +31,9 @@ from export.onnx_graph import (
     _const,
     _vi,
     chunk_model,
+    cut_inputs,
+    gate_nodes,
+    state_names,
 )
 
 
@@ -44,10 +47,9 @@ def _blend(b: _Body, old_rows: str, new_rows: str, mask_rows: str) -> str:
 
 
 def _sparse_step(w: CellWeights, b: _Body) -> None:
-    """Scan body: inputs h (c), gx_<block>, ax, thr; outputs h_next (c_next), h_t, u_t."""
-    a = b.op("Add", "ax", b.op("Mul", "wd", "h"))
-    gate = b.out("Greater", [a, "thr"], "u_t")  # [H,B]
-    u = b.op("Cast", gate, to=TensorProto.FLOAT)
+    """Scan body: inputs h (c, acc), gx_<block>, ax and the cut (`gate_nodes`); outputs
+    h_next (c_next, acc_next), h_t, u_t."""
+    u = gate_nodes(w, b)  # [H,B]
     any_row = b.op("ReduceMax", u, "axis_b", keepdims=0)  # [H]
     nz = b.op("NonZero", any_row)  # [1,K]
     idx = b.op("Reshape", nz, "flat")  # [K]
@@ -134,19 +136,19 @@ def build_sparse_chunk_graph(
         g.op("Unsqueeze", t_idx, "axes_t"),
         g.op("Unsqueeze", "lengths", "axes_l"),
     )  # [T,1,L]
-    thr = g.op("Where", valid, cut, "pos_inf")
+    cut_name, cuts = cut_inputs(w, g, init, valid, tau, cut, neuron_major=True)  # [T,1,L]
 
     b = _Body("b_")
     body_gx = [f"gx_{name}" for name, *_ in blocks]
     _sparse_step(w, b)
-    state_in, state_out = [_vi("h", [h, "B"])], [_vi("h_next", [h, "B"])]
-    if w.cell == "lstm":
-        state_in.append(_vi("c", [h, "B"]))
-        state_out.append(_vi("c_next", [h, "B"]))
-        h0, c0 = g.op("Split", "state", outputs=2, axis=1, num_outputs=2)
-        state0 = [g.op("Transpose", h0, perm=[1, 0]), g.op("Transpose", c0, perm=[1, 0])]
+    parts = state_names(w)
+    state_in = [_vi(name, [h, "B"]) for name in parts]
+    state_out = [_vi(f"{name}_next", [h, "B"]) for name in parts]
+    if len(parts) > 1:
+        split = g.op("Split", "state", outputs=len(parts), axis=1, num_outputs=len(parts))
     else:
-        state0 = [g.op("Transpose", "state", perm=[1, 0])]
+        split = ["state"]
+    state0 = [g.op("Transpose", part, perm=[1, 0]) for part in split]
     body = helper.make_graph(
         b.nodes,
         f"{w.cell}_sparse_step",
@@ -154,11 +156,11 @@ def build_sparse_chunk_graph(
             *state_in,
             *[_vi(v, [h, "B"]) for v in body_gx],
             _vi("ax", [h, "B"]),
-            _vi("thr", [1, "L"]),
+            _vi(cut_name, [1, "L"]),
         ],
         [*state_out, _vi("h_t", [h, "B"]), _vi("u_t", [h, "B"], TensorProto.BOOL)],
     )
-    scan_inputs = [*gx.values(), ax, thr]
+    scan_inputs = [*gx.values(), ax, cuts]
     finals = [f"final_{i}" for i in range(len(state0))]
     g.nodes.append(
         helper.make_node(
@@ -173,7 +175,7 @@ def build_sparse_chunk_graph(
     g.out("Transpose", [logits], "logits", perm=[2, 0, 1])
     g.out("Transpose", ["u_seq"], "updates", perm=[2, 0, 1])
     back = [g.op("Transpose", name, perm=[1, 0]) for name in finals]
-    if w.cell == "lstm":
+    if len(back) > 1:
         g.out("Concat", back, "state_out", axis=1)
     else:
         g.out("Identity", back, "state_out")

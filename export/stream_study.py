@@ -3,11 +3,19 @@
 Arms, all trained on watch streams (export/streams.py, variant "rest", state carried across
 training windows) with the same budget of batches, 5 seeds each:
 
+    sa-accumulate
+                SA-RNN H=128 whose coordinator asks for a rate per neuron and step,
+                p = sigmoid(a), accumulated until it reaches the neuron's level (export.model):
+                updates evenly spaced at the rate asked for; energy features, budget and
+                learning rates as sa-energy's
     sa-energy   SA-RNN H=128, coordinator with energy features, budget lambda * mean(u), the
                 coordinator's learning rate --coord-lr-scale times the cell's
     sa-plain    SA-RNN H=128, the coordinator of rounds 1-2 (x_t and its own h), same budget
     random      GRU H=128 whose neurons update at random with probability --random-rate
                 (trained so): the SA-RNN's mean update rate
+    periodic    GRU H=128 whose neurons update every 1 / --random-rate steps, each on its own
+                phase (an accumulating coordinator frozen at that rate, trained so): the even
+                spacing of sa-accumulate without its choice of when; servable as it is
     dense-40    dense GRU H=40: the narrowest whose step costs at least an SA-RNN's at 5% updates
     dense-62    dense GRU H=62: the width whose step costs what an SA-RNN at 20% updates does
     dense-96    dense GRU H=96: the width whose step costs what an SA-RNN at 55% updates does
@@ -38,10 +46,13 @@ COMMON = [
     "--dataset", "watch", "--streams", "rest", "--epochs", "12", "--batches-per-epoch", "40",
     "--window", "512", "--quiet",
 ]  # fmt: skip
-ARM_NAMES = ("sa-energy", "random", "dense-40", "dense-62", "dense-96", "sa-plain")
+ARM_NAMES = (
+    "sa-accumulate", "sa-energy", "random", "periodic", "dense-40", "dense-62", "dense-96",
+    "sa-plain",
+)  # fmt: skip
 SEEDS = (0, 1, 2, 3, 4)
-LAM = 16.0
-RANDOM_RATE = 0.053
+LAM = 4.0
+RANDOM_RATE = 0.047
 COORD_LR_SCALE = 10.0
 
 
@@ -49,9 +60,11 @@ def arm_flags(arm: str, lam: float, random_rate: float, coord_lr_scale: float) -
     """The training flags of one arm (beside COMMON)."""
     coordinator = ["--lam", f"{lam:g}", "--coord-lr-scale", f"{coord_lr_scale:g}"]
     return {
+        "sa-accumulate": ["--hidden", "128", "--coord-energy", "--coord-accumulate", *coordinator],
         "sa-energy": ["--hidden", "128", "--coord-energy", *coordinator],
         "sa-plain": ["--hidden", "128", *coordinator],
         "random": ["--hidden", "128", "--random-mask", f"{random_rate:g}"],
+        "periodic": ["--hidden", "128", "--coord-accumulate", "--fixed-rate", f"{random_rate:g}"],
         "dense-40": ["--hidden", "40", "--dense"],
         "dense-62": ["--hidden", "62", "--dense"],
         "dense-96": ["--hidden", "96", "--dense"],
@@ -74,7 +87,7 @@ def run_one(root: Path, arm: str, seed: int, flags: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
-    parser.add_argument("--root", type=Path, default=Path("runs/stream-study-r3"))
+    parser.add_argument("--root", type=Path, default=Path("runs/stream-study-r4"))
     parser.add_argument("--arms", nargs="+", default=list(ARM_NAMES), choices=ARM_NAMES)
     parser.add_argument("--lam", type=float, default=LAM, help="budget weight of the SA-RNNs")
     parser.add_argument(

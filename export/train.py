@@ -102,6 +102,8 @@ class TrainConfig:
     idle_min_s: float = StreamSpec.idle_min_s
     idle_max_s: float = StreamSpec.idle_max_s
     coord_energy: bool = False
+    coord_accumulate: bool = False
+    fixed_rate: float | None = None
     calibrate: bool = True
 
     def __post_init__(self) -> None:
@@ -137,6 +139,13 @@ class TrainConfig:
             raise ValueError("target_slope needs target_rate and threshold_range")
         if self.coord_energy and self.baseline is not None:
             raise ValueError("coord_energy feeds the coordinator; a baseline has none")
+        if self.coord_accumulate and self.baseline is not None:
+            raise ValueError("coord_accumulate is a coordinator; a baseline has none")
+        if self.fixed_rate is not None:
+            if not self.coord_accumulate or self.coord_energy:
+                raise ValueError("fixed_rate fixes an accumulating coordinator without energy")
+            if not 0 < self.fixed_rate < 1:
+                raise ValueError(f"fixed_rate must be in (0, 1), got {self.fixed_rate:g}")
         if self.streams is not None:
             StreamSpec(self.streams, self.idle_min_s, self.idle_max_s)
         if self.coord_lr_scale <= 0:
@@ -165,6 +174,7 @@ class TrainConfig:
             skip_every=self.skip_every,
             random_mask=self.random_mask,
             coord_energy=self.coord_energy,
+            coord_accumulate=self.coord_accumulate,
         )
 
     def stream_spec(self, data: Dataset) -> StreamSpec | None:
@@ -218,6 +228,10 @@ class TrainConfig:
             flags.append(f"--idle-seconds {self.idle_min_s:g} {self.idle_max_s:g}")
         if self.coord_energy:
             flags.append("--coord-energy")
+        if self.coord_accumulate:
+            flags.append("--coord-accumulate")
+        if self.fixed_rate is not None:
+            flags.append(f"--fixed-rate {self.fixed_rate:g}")
         if not self.calibrate:
             flags.append("--no-calibrate")
         if self.target_rate is not None:
@@ -305,6 +319,18 @@ def budget_weight(cfg: TrainConfig, epoch: int) -> float:
     if cfg.lam_warmup_epochs <= 0:
         return cfg.lam
     return cfg.lam * min(1.0, epoch / cfg.lam_warmup_epochs)
+
+
+@torch.no_grad()
+def fix_rate(model: SARNN, rate: float) -> None:
+    """Make an accumulating coordinator ask for `rate` at every step, whatever the input, and
+    freeze it: every neuron then updates every 1 / rate steps, each on its own phase (the
+    periodic baseline, trained and served as the SA-RNN is)."""
+    model.coord_x.weight.zero_()
+    model.coord_d.zero_()
+    model.coord_x.bias.fill_(float(np.log(rate / (1.0 - rate))))
+    for parameter in (model.coord_x.weight, model.coord_x.bias, model.coord_d):
+        parameter.requires_grad_(False)
 
 
 @torch.no_grad()
@@ -558,6 +584,8 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict:
 
     if cfg.target_rate is not None and cfg.calibrate:
         calibrate_gates(model, windows(0)[0], cfg.target_rate)
+    if cfg.fixed_rate is not None:
+        fix_rate(model, cfg.fixed_rate)
     groups = parameter_groups(model, cfg)
     opt = torch.optim.Adam(groups)
     total = cfg.epochs * cfg.batches_per_epoch
@@ -609,7 +637,14 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict:
             print(json.dumps(history[-1]), flush=True)
     bar.close()
     test = score("test")
-    cost = CellCost(cfg.cell, data.n_features, cfg.hidden, model.config.selective, cfg.coord_energy)
+    cost = CellCost(
+        cfg.cell,
+        data.n_features,
+        cfg.hidden,
+        model.config.selective,
+        cfg.coord_energy,
+        cfg.coord_accumulate,
+    )
     metrics = {
         "config": asdict(cfg),
         "recipe": cfg.recipe(str(out_dir)),

@@ -125,6 +125,13 @@ class ModelCard(BaseModel):
         exclude_if=lambda energy: not energy,  # cards without it stay readable by older readers
         description="The coordinator also weighs the squared normalised inputs, W_e (x * x).",
     )
+    coordinator_accumulate: bool = Field(
+        default=False,
+        exclude_if=lambda accumulate: not accumulate,  # older readers read cards without it
+        description="The coordinator asks for an update rate per neuron, which an accumulator "
+        "(H more numbers of state) turns into evenly spaced updates; the threshold tau scales "
+        "the rate by (1 - tau) / tau.",
+    )
     training: TrainingInfo
     evaluation: Evaluation
     validation: Evaluation | None = Field(
@@ -151,14 +158,21 @@ class ModelCard(BaseModel):
 
     @property
     def state_size(self) -> int:
-        """Length of the flat state vector: H, or 2H (h then c) for an LSTM."""
-        return 2 * self.hidden if self.cell == "lstm" else self.hidden
+        """Length of the flat state vector: H, or 2H (h then c) for an LSTM, and H more (the
+        accumulator, last) with an accumulating coordinator."""
+        parts = 1 + (self.cell == "lstm") + self.coordinator_accumulate
+        return parts * self.hidden
 
     @cached_property
     def cost(self) -> CellCost:
         """Per-step multiply-add model of this cell (no coordinator unless selective)."""
         return CellCost(
-            self.cell, self.n_features, self.hidden, self.selective, self.coordinator_energy
+            self.cell,
+            self.n_features,
+            self.hidden,
+            self.selective,
+            self.coordinator_energy,
+            self.coordinator_accumulate,
         )
 
     def cost_summary(self) -> CostPerStep:

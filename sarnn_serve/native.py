@@ -21,7 +21,7 @@ from sarnn_serve.onnx_initializers import OnnxFormatError, read_initializers
 LIBRARY = "sarnn_serve._step_kernel"
 CELL_BLOCKS = {"gru": ("r", "z", "n"), "lstm": ("i", "f", "g", "o"), "rnn": ("c",)}
 CELL_CODES = {"gru": 0, "lstm": 1, "rnn": 2}
-ABI_VERSION = 1  # SARNN_ABI_VERSION of csrc/step_kernel.c
+ABI_VERSION = 2  # SARNN_ABI_VERSION of csrc/step_kernel.c
 # `verify`'s probe: one row per threshold, with these lengths, and its tolerance (the kernel
 # matches the graph to about 1e-6; a head or cell with other weights differs by far more)
 PROBE_THRESHOLDS = (0.5, 0.3, 0.7, 0.5, 0.1)
@@ -54,6 +54,7 @@ class _Weights(ctypes.Structure):
                 "w_out",
                 "b_out",
                 "w_energy",
+                "phase",
             )
         ],
     ]
@@ -133,6 +134,8 @@ def _check_shapes(t: dict[str, np.ndarray], blocks: tuple[str, ...], cell: str) 
         want["bh_n"] = (h,)
     if "W_e" in t:
         want["W_e"] = (f, h)
+    if "phase" in t:
+        want["phase"] = (h,)
     for name, shape in want.items():
         got = t[name].shape if name in t else None
         if got != shape:
@@ -195,10 +198,13 @@ class NativeKernel:
         }
         if "W_e" in t:
             self._arrays["w_energy"] = _rows(t["W_e"])
+        if "phase" in t:
+            self._arrays["phase"] = _rows(t["phase"])
         self.hidden = int(t["wd"].shape[0])
         self.features = int(t["mean"].shape[0])
         self.classes = int(t["b_out"].shape[0])
-        self.state_size = 2 * self.hidden if self.cell == "lstm" else self.hidden
+        parts = 1 + (self.cell == "lstm") + ("phase" in t)
+        self.state_size = parts * self.hidden
         self._weights = _Weights(  # by name: the struct's field order is the C header's
             cell=CELL_CODES[self.cell],
             hidden=self.hidden,

@@ -84,11 +84,16 @@ def cpu_flags() -> set[str]:
 
 
 @cache
-def tiny(cell: str, hidden: int, energy: bool = False) -> bytes:
+def tiny(cell: str, hidden: int, energy: bool = False, accumulate: bool = False) -> bytes:
     """A seeded SA-RNN's dense chunk graph (its gates mixed: random coordinator, bias 0)."""
     torch.manual_seed(hidden)
     config = ModelConfig(
-        cell=cell, n_features=FEATURES, hidden=hidden, n_classes=4, coord_energy=energy
+        cell=cell,
+        n_features=FEATURES,
+        hidden=hidden,
+        n_classes=4,
+        coord_energy=energy,
+        coord_accumulate=accumulate,
     )
     model = SARNN(config)
     with torch.no_grad():
@@ -101,7 +106,12 @@ def tiny(cell: str, hidden: int, energy: bool = False) -> bytes:
     return build_model(model).SerializeToString()
 
 
-CASES = [(cell, hidden, False) for cell in CELLS for hidden in (1, 5, 37)] + [("gru", 20, True)]
+CASES = [(cell, hidden, False, False) for cell in CELLS for hidden in (1, 5, 37)]
+CASES += [("gru", 20, True, False), ("lstm", 37, True, True)]
+
+
+def state_size(cell: str, hidden: int, accumulate: bool) -> int:
+    return (1 + (cell == "lstm") + accumulate) * hidden
 
 
 def feeds(state_size: int, batch: int = 5, steps: int = 9, seed: int = 0) -> dict:
@@ -123,13 +133,12 @@ def feeds(state_size: int, batch: int = 5, steps: int = 9, seed: int = 0) -> dic
 def write_cases(directory: Path) -> list[Path]:
     """Each case's graph and inputs, with the dense graph's answers (onnxruntime) beside."""
     paths = []
-    for cell, hidden, energy in CASES:
-        name = f"{cell}-{hidden}{'-energy' if energy else ''}"
+    for cell, hidden, energy, accumulate in CASES:
+        name = f"{cell}-{hidden}{'-energy' if energy else ''}{'-accumulate' if accumulate else ''}"
         graph = directory / f"{name}.onnx"
-        graph.write_bytes(tiny(cell, hidden, energy))
+        graph.write_bytes(tiny(cell, hidden, energy, accumulate))
         sess = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
-        state_size = (2 if cell == "lstm" else 1) * hidden
-        feed = feeds(state_size)
+        feed = feeds(state_size(cell, hidden, accumulate))
         logits, updates, state = sess.run(None, feed)
         np.savez(directory / f"{name}.npz", **feed, want_logits=logits, want_updates=updates,
                  want_state=state)  # fmt: skip
@@ -144,15 +153,19 @@ def test_setup_builds_without_fused_multiply_add() -> None:
     assert "-ffp-contract=off" in compile_flags()
 
 
-@pytest.mark.parametrize(("cell", "hidden", "energy"), CASES)
+@pytest.mark.parametrize(("cell", "hidden", "energy", "accumulate"), CASES)
 def test_every_target_answers_the_same_bits(
-    cell: str, hidden: int, energy: bool, tmp_path_factory: pytest.TempPathFactory
+    cell: str,
+    hidden: int,
+    energy: bool,
+    accumulate: bool,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     libraries = one_target_libraries(tmp_path_factory)
     graph = tmp_path_factory.mktemp("graph") / "model.onnx"
-    graph.write_bytes(tiny(cell, hidden, energy))
+    graph.write_bytes(tiny(cell, hidden, energy, accumulate))
     tensors = read_initializers(graph)
-    feed = feeds((2 if cell == "lstm" else 1) * hidden)
+    feed = feeds(state_size(cell, hidden, accumulate))
     want = NativeKernel(tensors).run(**feed)  # the package's library, its CPU's clone
     for target, library in libraries.items():
         got = NativeKernel(tensors, library=library).run(**feed)

@@ -39,6 +39,8 @@ def _run(root: Path, arm: str, seed: int, accuracy: float, hidden: int = 128, **
         "dense": arm.startswith("dense"),
         "random_mask": cfg.get("rate") if arm.startswith("random") else None,
         "coord_energy": arm.startswith("sa"),
+        "coord_accumulate": arm in ("sa-accumulate", "periodic"),
+        "fixed_rate": cfg.get("rate") if arm.startswith("periodic") else None,
     }
     out = root / f"{arm}-s{seed}"
     out.mkdir(parents=True)
@@ -77,6 +79,25 @@ def test_a_cheaper_dense_model_is_compared_only_when_none_costs_as_much(tmp_path
     assert result["targets"]["sa-energy - dense-62"]["verdict"] == "not met (worse)"
     arms = result["arms"]
     assert arms["dense-62"]["macs_per_step"] < arms["sa-energy"]["macs_per_step"]
+
+
+def test_rivals_are_the_sa_rnn_chosen_on_validation_and_masks_nearest_its_rate(
+    tmp_path: Path,
+) -> None:
+    for seed in range(2):
+        _run(tmp_path, "sa-energy", seed, 0.70, rate=0.05, idle=0.01, active=0.1)
+        _run(tmp_path, "sa-accumulate", seed, 0.85, rate=0.04, idle=0.01, active=0.08)
+        _run(tmp_path, "random", seed, 0.75, rate=0.045)
+        _run(tmp_path, "random-053", seed, 0.90, rate=0.053)
+        _run(tmp_path, "periodic", seed, 0.80, rate=0.045)
+    result = report(tmp_path)
+    chosen = result["chosen_on_validation"]
+    assert chosen["sa_rnn"] == "sa-accumulate"
+    assert (chosen["random"], chosen["periodic"]) == ("random", "periodic")
+    targets = result["targets"]
+    assert targets["sa-accumulate - random"]["verdict"] == "met"
+    assert targets["sa-accumulate - periodic"]["against"] == "periodic"
+    assert "sa-accumulate - random-053" not in targets
 
 
 def test_the_sweep_table_reads_validation_unless_asked_for_test() -> None:

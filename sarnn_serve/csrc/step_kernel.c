@@ -31,12 +31,13 @@ typedef struct {
     const float *w_out;        /* [C, H] */
     const float *b_out;        /* [C] */
     const float *w_energy;     /* [F, H] or NULL: the coordinator's energy term (x_n * x_n) W_e */
+    const float *phase;        /* [H] or NULL: the accumulating coordinator's levels */
 } sarnn_weights;
 
 /* The layout of sarnn_weights and the calling convention of sarnn_chunk: native.py checks both
  * (sarnn_abi_version, sarnn_weights_size) before it calls anything. Change the version with
  * either. */
-#define SARNN_ABI_VERSION 1
+#define SARNN_ABI_VERSION 2
 
 int sarnn_abi_version(void) { return SARNN_ABI_VERSION; }
 
@@ -251,11 +252,31 @@ static void prefetch_rows(const sarnn_weights *w, int j) {
     }
 }
 
-/* The coordinator of one row: u_j = (x_n W_a + b_a)_j [+ ((x_n * x_n) W_e)_j] + w_d,j h_j
- * > cut, for every j (each input part summed over the features in order, as a row of x_n [1,F]
- * times W [F,H], and added in the graph's order). `a` holds 2H floats. */
+/* The accumulating coordinator's gates from a_j (in `a`): acc_j += min(rate sigmoid(a_j), 1);
+ * u_j = [acc_j >= phase_j]; acc_j -= u_j. Sixteen lanes at a time, as the graph's Sigmoid. */
+VECTOR_CLONES static void accumulate(const sarnn_weights *w, const float *a, float rate,
+                                     float *acc, uint8_t *u) {
+    const int H = w->hidden;
+    for (int j = 0; j < H; j += 16) {
+        const int n = H - j < 16 ? H - j : 16;
+        float lanes[16] = {0}, added[16];
+        memcpy(lanes, a + j, sizeof(float) * (size_t)n);
+        const v16f p = sigmoid16(load16(lanes)) * rate;
+        memcpy(added, &p, sizeof added);
+        for (int i = 0; i < n; i++) {
+            const float next = acc[j + i] + (added[i] < 1.0f ? added[i] : 1.0f);
+            u[j + i] = next >= w->phase[j + i];
+            acc[j + i] = next - (float)u[j + i];
+        }
+    }
+}
+
+/* The coordinator of one row: a_j = (x_n W_a + b_a)_j [+ ((x_n * x_n) W_e)_j] + w_d,j h_j for
+ * every j (each input part summed over the features in order, as a row of x_n [1,F] times
+ * W [F,H], and added in the graph's order); u_j = [a_j > cut], or the accumulator's gate
+ * (`accumulate`, acc not NULL). `a` holds 2H floats. */
 VECTOR_CLONES static void coordinate(const sarnn_weights *w, const float *xn, const float *h,
-                                     float cut, float *a, uint8_t *u) {
+                                     float cut, float rate, float *acc, float *a, uint8_t *u) {
     const int H = w->hidden, F = w->features;
     float *e = a + H;
     for (int j = 0; j < H; j++) a[j] = 0.0f;
@@ -273,23 +294,30 @@ VECTOR_CLONES static void coordinate(const sarnn_weights *w, const float *xn, co
         }
         for (int j = 0; j < H; j++) a[j] += e[j];
     }
+    if (acc) {
+        for (int j = 0; j < H; j++) a[j] += w->w_diag[j] * h[j];
+        accumulate(w, a, rate, acc, u);
+        return;
+    }
     for (int j = 0; j < H; j++) u[j] = a[j] + w->w_diag[j] * h[j] > cut;
 }
 
 /* Advance `batch` rows by `steps` steps. x [B,T,F]; state_in and state_out [B,S] (S = H, or
- * 2H for the LSTM: h then c); lengths and threshold [B]; logits [B,T,C]; updates [B,T,H].
+ * 2H for the LSTM: h then c; H more with an accumulator, last); lengths and threshold [B];
+ * logits [B,T,C]; updates [B,T,H].
  * Returns 0, or -1 if scratch memory could not be had. */
 int sarnn_chunk(const sarnn_weights *w, int batch, int steps, const float *x,
                 const float *state_in, const int64_t *lengths, const float *threshold,
                 float *logits, uint8_t *updates, float *state_out) {
     const int H = w->hidden, F = w->features, C = w->classes;
     const int lstm = w->cell == CELL_LSTM;
-    const size_t S = (size_t)(lstm ? 2 : 1) * H;
+    const size_t cell_size = (size_t)(lstm ? 2 : 1) * H;
+    const size_t S = cell_size + (w->phase ? (size_t)H : 0);
     float *state = malloc(sizeof(float) * (size_t)batch * S);
     float *next = malloc(sizeof(float) * (size_t)batch * S);
     float *xn = malloc(sizeof(float) * (size_t)batch * (F > 0 ? F : 1));
     uint8_t *gate = malloc((size_t)batch * H);
-    float *cut = malloc(sizeof(float) * (size_t)batch);
+    float *cut = malloc(sizeof(float) * 2 * (size_t)batch), *rate = cut + batch;
     float *coord = malloc(sizeof(float) * 2 * (size_t)H);
     int *active = malloc(sizeof(int) * (size_t)H);
     pending_updates *pending = calloc(1, sizeof *pending);
@@ -299,11 +327,14 @@ int sarnn_chunk(const sarnn_weights *w, int batch, int steps, const float *x,
         return -1;
     }
     memcpy(state, state_in, sizeof(float) * (size_t)batch * S);
-    for (int b = 0; b < batch; b++) cut[b] = (threshold[b] * 2.0f - 1.0f) / w->alpha;
+    for (int b = 0; b < batch; b++) {
+        cut[b] = (threshold[b] * 2.0f - 1.0f) / w->alpha;
+        rate[b] = (1.0f - threshold[b]) / threshold[b];
+    }
 
     for (int t = 0; t < steps; t++) {
         for (int b = 0; b < batch; b++) {
-            const float *h = state + b * S;
+            float *h = state + b * S;
             const float *xt = x + ((size_t)b * steps + t) * F;
             float *xb = xn + (size_t)b * F;
             uint8_t *u = gate + (size_t)b * H;
@@ -312,7 +343,8 @@ int sarnn_chunk(const sarnn_weights *w, int batch, int steps, const float *x,
                 memset(u, 0, (size_t)H);
                 continue;
             }
-            coordinate(w, xb, h, cut[b], coord, u);
+            /* the accumulator changes in `state`, from which `next` is copied below */
+            coordinate(w, xb, h, cut[b], rate[b], w->phase ? h + cell_size : NULL, coord, u);
         }
         memcpy(next, state, sizeof(float) * (size_t)batch * S);
         /* neuron-major: a neuron's weight rows are read once per step for the rows updating

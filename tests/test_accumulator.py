@@ -1,0 +1,198 @@
+"""The accumulating coordinator: evenly spaced updates at the rate it asks for, the same in
+torch, both chunk graphs and the native kernel, its state carried across chunks, its knob, its
+cost and its card."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from export.model import (  # noqa: E402
+    CELLS,
+    SARNN,
+    ModelConfig,
+    accumulator_phase,
+    accumulator_scale,
+)
+from export.onnx_export import build_model  # noqa: E402
+from export.train import TrainConfig  # noqa: E402
+from sarnn_serve import native  # noqa: E402
+from sarnn_serve.accounting import CellCost  # noqa: E402
+from sarnn_serve.card import ModelCard  # noqa: E402
+from sarnn_serve.native import NativeKernel  # noqa: E402
+from sarnn_serve.onnx_initializers import read_initializers  # noqa: E402
+
+FEATURES = 6
+
+
+def _model(cell: str = "gru", hidden: int = 24, bias: float = -1.0, seed: int = 0) -> SARNN:
+    """A seeded accumulating SA-RNN with energy features; `bias` sets how often it updates."""
+    torch.manual_seed(seed)
+    config = ModelConfig(
+        cell=cell,
+        n_features=FEATURES,
+        hidden=hidden,
+        n_classes=3,
+        coord_energy=True,
+        coord_accumulate=True,
+    )
+    model = SARNN(config)
+    with torch.no_grad():
+        model.coord_x.weight.normal_(std=0.5)
+        model.coord_x.bias.fill_(bias)
+        model.coord_e.weight.normal_(std=0.3)
+        model.coord_d.normal_()
+    model.set_normalisation(torch.full((FEATURES,), 0.5), torch.full((FEATURES,), 2.0))
+    return model.eval()
+
+
+def _inputs(batch: int, steps: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(batch, steps, FEATURES)).astype(np.float32)
+
+
+def _session(model: SARNN, sparse: bool) -> ort.InferenceSession:
+    proto = build_model(model, sparse=sparse).SerializeToString()
+    return ort.InferenceSession(proto, providers=["CPUExecutionProvider"])
+
+
+def test_a_constant_rate_gives_evenly_spaced_updates_on_different_steps() -> None:
+    model = _model(hidden=16)
+    with torch.no_grad():
+        model.coord_x.weight.zero_()
+        model.coord_e.weight.zero_()
+        model.coord_d.zero_()
+        model.coord_x.bias.fill_(float(np.log(0.1 / 0.9)))  # sigmoid: 0.1, every 10th step
+    out = model(torch.from_numpy(_inputs(1, 200)), deterministic=True)
+    updates = out.updates[0].numpy()
+    for neuron in range(16):
+        steps = np.flatnonzero(updates[:, neuron])
+        assert set(np.diff(steps)) <= {9, 10, 11}
+        assert len(steps) in (19, 20)
+    assert updates.sum(axis=1).max() <= 3  # spread: never all 16 on one step
+
+
+def test_the_threshold_scales_the_rate_over_a_wide_range() -> None:
+    model = _model(bias=-3.0)
+    x = torch.from_numpy(_inputs(2, 400))
+    rates = {
+        tau: float(model(x, deterministic=True, threshold=tau).updates.mean())
+        for tau in (0.05, 0.5, 0.95)
+    }
+    assert rates[0.05] > 8 * rates[0.5] > 64 * rates[0.95] > 0
+    assert accumulator_scale(0.5) == 1.0
+
+
+def test_phases_lie_in_the_unit_interval_and_differ() -> None:
+    phase = accumulator_phase(128).numpy()
+    assert (phase > 0).all() and (phase < 1).all()
+    assert len(np.unique(phase)) == 128
+
+
+def test_the_gate_passes_gradient_to_the_coordinator() -> None:
+    model = _model().train()
+    out = model(torch.from_numpy(_inputs(2, 50)))
+    (out.logits.sum() + out.updates.mean()).backward()
+    assert model.coord_x.bias.grad.abs().sum() > 0
+    assert model.coord_e.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_the_state_carries_the_accumulator(cell: str) -> None:
+    model = _model(cell)
+    x = torch.from_numpy(_inputs(2, 60))
+    with torch.no_grad():
+        whole = model(x, deterministic=True)
+        first = model(x[:, :25], deterministic=True)
+        rest = model(x[:, 25:], first.state, deterministic=True)
+    assert model.state_size == (3 if cell == "lstm" else 2) * 24
+    assert torch.equal(torch.cat([first.updates, rest.updates], 1), whole.updates)
+    torch.testing.assert_close(rest.state, whole.state)
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_chunk_graphs_answer_as_torch(cell: str, sparse: bool) -> None:
+    model = _model(cell)
+    x = _inputs(3, 80)
+    taus = np.array([0.5, 0.2, 0.8], np.float32)
+    state = np.zeros((3, model.state_size), np.float32)
+    with torch.no_grad():
+        want = model(
+            torch.from_numpy(x), deterministic=True, threshold=torch.from_numpy(taus)[:, None]
+        )
+    logits, updates, state_out = _session(model, sparse).run(
+        None, {"x": x, "state": state, "threshold": taus, "lengths": np.array([80], np.int64)}
+    )
+    assert 0.05 < updates.mean() < 0.9
+    assert np.array_equal(updates, want.updates.numpy().astype(bool))
+    np.testing.assert_allclose(logits, want.logits.numpy(), atol=1e-5)
+    np.testing.assert_allclose(state_out, want.state.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_padding_past_a_length_changes_nothing(sparse: bool) -> None:
+    model = _model("lstm")
+    x = _inputs(3, 30)
+    lengths = np.array([30, 12, 0], np.int64)
+    for row, n in enumerate(lengths):
+        x[row, n:] = 1e30  # squares overflow to inf: the padding must not reach the state
+    state = np.random.default_rng(2).uniform(-1, 1, (3, model.state_size)).astype(np.float32)
+    feeds = {"x": x, "state": state, "lengths": lengths, "threshold": np.array([0.5], np.float32)}
+    _, updates, state_out = _session(model, sparse).run(None, feeds)
+    with torch.no_grad():
+        short = model(
+            torch.from_numpy(x[1:2, :12]), torch.from_numpy(state[1:2]), deterministic=True
+        )
+    assert not updates[1, 12:].any() and not updates[2].any()
+    np.testing.assert_array_equal(state_out[2], state[2])
+    np.testing.assert_allclose(state_out[1], short.state.numpy()[0], atol=1e-5)
+
+
+@pytest.mark.skipif(not native.available(), reason="the native kernel was not built")
+@pytest.mark.parametrize("hidden", [5, 40])
+@pytest.mark.parametrize("cell", CELLS)
+def test_the_kernel_answers_as_the_graph(cell: str, hidden: int, tmp_path: Path) -> None:
+    model = _model(cell, hidden)
+    graph = tmp_path / "model.onnx"
+    graph.write_bytes(build_model(model).SerializeToString())
+    kernel = NativeKernel(read_initializers(graph))
+    x = _inputs(5, 120)
+    feeds = {
+        "x": x,
+        "state": np.zeros((5, model.state_size), np.float32),
+        "lengths": np.array([120, 0, 7, 119, 60], np.int64),
+        "threshold": np.array([0.5, 0.3, 0.05, 0.95, 0.7], np.float32),
+    }
+    want = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"]).run(None, feeds)
+    got = kernel.run(**feeds)
+    assert kernel.state_size == model.state_size
+    assert np.array_equal(got[1], want[1])
+    np.testing.assert_allclose(got[0], want[0], atol=1e-5)
+    np.testing.assert_allclose(got[2], want[2], atol=1e-5)
+
+
+def test_the_accumulator_is_counted_and_carried_in_the_card() -> None:
+    plain = CellCost("gru", 6, 128, coordinator_energy=True)
+    accumulating = CellCost("gru", 6, 128, coordinator_energy=True, coordinator_accumulate=True)
+    assert accumulating.coordinator - plain.coordinator == 128
+    fields = {"cell": "gru", "n_features": 6, "hidden": 128, "n_classes": 7}
+    card = ModelCard.model_validate(_card_fields(**fields, coordinator_accumulate=True))
+    assert card.state_size == 256
+    assert card.cost == accumulating
+    old = ModelCard.model_validate(_card_fields(**fields))
+    assert old.state_size == 128 and "coordinator_accumulate" not in old.model_dump()
+
+
+def _card_fields(**fields: object) -> dict:
+    shipped = Path(__file__).parent.parent / "models" / "watch-stream-sa" / "model.json"
+    card = json.loads(shipped.read_text())
+    return {**card, **fields, "coordinator_energy": True}
+
+
+def test_a_baseline_has_no_accumulator() -> None:
+    with pytest.raises(ValueError, match="coord_accumulate"):
+        TrainConfig(random_mask=0.05, coord_accumulate=True)
