@@ -119,7 +119,9 @@ class ModelConfig:
 
 @dataclass
 class Output:
-    """What a forward pass returns: logits [B,T,C], gates u [B,T,H], coordinator a [B,T,H]."""
+    """What a forward pass returns: logits [B,T,C], gates u [B,T,H], and what each gate decided
+    on [B,T,H]: the coordinator's a, or an accumulating coordinator's margin acc - phi (it
+    updates where the margin is at least 0)."""
 
     logits: Tensor
     updates: Tensor
@@ -269,6 +271,7 @@ class SARNN(nn.Module):
                 p = torch.sigmoid(a)  # the share of steps this neuron asks to update on
                 acc = acc + torch.clamp(accumulator_scale(threshold) * p.detach(), max=1.0)
                 fire = (acc >= phase).to(a.dtype)
+                margin = acc - phase
                 acc = acc - fire
                 u = fire if deterministic else fire + p - p.detach()
             elif deterministic:
@@ -290,7 +293,7 @@ class SARNN(nn.Module):
                 h, c = h_new, c_new
             hs.append(h)
             us.append(u)
-            as_.append(a)
+            as_.append(a if acc is None else margin)
         hseq = torch.stack(hs, 1)
         final = torch.cat([part for part in (h, c, acc) if part is not None], 1)
         return Output(self.head(hseq), torch.stack(us, 1), torch.stack(as_, 1), final)
