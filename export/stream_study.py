@@ -36,6 +36,7 @@ missing (resumable: a finished run is skipped; each run logs one JSON line per e
 """
 
 import argparse
+import fcntl
 import subprocess
 import sys
 import time
@@ -72,14 +73,22 @@ def arm_flags(arm: str, lam: float, random_rate: float, coord_lr_scale: float) -
 
 
 def run_one(root: Path, arm: str, seed: int, flags: list[str]) -> str:
-    """Train one arm at one seed unless its metrics exist; a line saying what happened."""
+    """Train one arm at one seed unless its metrics exist or another driver is training it (it
+    holds a lock on the run's log); a line saying what happened."""
     out = root / f"{arm}-s{seed}"
     if (out / "metrics.json").exists():
         return f"{out.name}: done before"
     command = [sys.executable, "-m", "export", "train", *COMMON, *flags]
     command += ["--seed", str(seed), "--out", str(out)]
     started = time.perf_counter()
-    with (root / f"{out.name}.log").open("w") as log:
+    with (root / f"{out.name}.log").open("a") as log:
+        try:
+            fcntl.flock(log, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return f"{out.name}: being trained by another driver"
+        if (out / "metrics.json").exists():
+            return f"{out.name}: done meanwhile"
+        log.truncate(0)
         code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
     took = time.perf_counter() - started
     return f"{out.name}: exit {code} in {took:.0f} s"

@@ -1,6 +1,7 @@
 """The stream study's report (export/stream_report.py): paired bootstrap over recordings and
 seeds, choices on validation, and verdicts that say "met" only past the bar."""
 
+import fcntl
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ pytest.importorskip("export.stream_report")  # the training side: not in the run
 
 from export.paired import verdict
 from export.stream_report import report
+from export.stream_study import run_one
 
 RECORDINGS = 28
 
@@ -111,3 +113,13 @@ def test_the_sweep_table_reads_validation_unless_asked_for_test() -> None:
     }
     assert "validation streaming" in table([run]) and "| 80.0 |" in table([run])
     assert "| 60.0 |" in table([run], "test")
+
+
+def test_a_run_another_driver_holds_is_left_to_it(tmp_path: Path) -> None:
+    with (tmp_path / "sa-accumulate-s0.log").open("a") as log:
+        log.write("epoch lines of the other driver\n")
+        log.flush()
+        fcntl.flock(log, fcntl.LOCK_EX)
+        line = run_one(tmp_path, "sa-accumulate", 0, ["--no-such-flag"])
+    assert line == "sa-accumulate-s0: being trained by another driver"
+    assert (tmp_path / "sa-accumulate-s0.log").read_text().startswith("epoch lines")
