@@ -21,6 +21,7 @@ import json
 import shutil
 import statistics
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -119,9 +120,10 @@ def _evaluation(figures: dict) -> CardEvaluation:
 
 def seed_spread(records: list[Path]) -> SeedSpread:
     """Mean and spread over seeds from result records (export.pareto) or metrics.json files of
-    one recipe."""
+    one recipe. A record written before a setting existed has that setting's default."""
     runs = [json.loads(path.read_text()) for path in records]
-    recipes = {json.dumps({**r["config"], "seed": 0}, sort_keys=True) for r in runs}
+    defaults = asdict(TrainConfig())
+    recipes = {json.dumps({**defaults, **r["config"], "seed": 0}, sort_keys=True) for r in runs}
     if len(recipes) > 1:
         raise ValueError("--seed-records: the records hold different recipes")
 

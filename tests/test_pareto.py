@@ -270,3 +270,7 @@ def test_seed_spread_of_result_records(tmp_path):
     (tmp_path / "other.json").write_text(json.dumps(record(2, 0.5, 0.5, lam=9.0)))
     with pytest.raises(ValueError, match="different recipes"):
         seed_spread([*paths, tmp_path / "other.json"])
+    newer = record(3, 0.6, 0.6)
+    newer["config"]["fixed_rate"] = None  # a setting added later, at its default
+    (tmp_path / "newer.json").write_text(json.dumps(newer))
+    assert seed_spread([*paths, tmp_path / "newer.json"]).seeds == [0, 1, 3]

@@ -53,7 +53,7 @@ def _play(server: LiveServer, x: np.ndarray, chunk: int) -> tuple[list[int], lis
     """Classes and update counts per step of one session fed `chunk` rows at a time."""
     with httpx.Client(base_url=server.url, timeout=30) as client:
         opened = client.post("/v1/sessions", json={"model": MODEL})
-        assert opened.status_code == 200, opened.text
+        assert opened.status_code == 201, opened.text
         sid = opened.json()["id"]
         classes: list[int] = []
         updates: list[int] = []
