@@ -23,4 +23,14 @@ def test_a_card_with_energy_features_says_so() -> None:
     card = ModelCard.model_validate(_card("watch-stream-sa"))
     assert card.coordinator_energy
     assert json.loads(card.model_dump_json())["coordinator_energy"] is True
-    assert card.cost.coordinator == 128 * 7 + 6 * 129  # W_x x, w_d h, and W_e (x * x)
+    # W_x x, w_d h, W_e (x * x), and the accumulator's addition
+    assert card.cost.coordinator == 128 * 7 + 6 * 129 + 128
+
+
+def test_only_an_accumulating_card_mentions_the_accumulator() -> None:
+    card = ModelCard.model_validate(_card("watch-stream-sa"))
+    assert card.coordinator_accumulate and card.state_size == 2 * 128
+    plain = ModelCard.model_validate(_card("watch-gru"))
+    assert not plain.coordinator_accumulate and plain.state_size == 128
+    assert "coordinator_accumulate" not in json.loads(plain.model_dump_json())
+    assert "coordinator_accumulate" not in _card("watch-gru")
