@@ -4,7 +4,6 @@ state (any chunking answers the same), and it updates far fewer neurons while th
 import json
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
