@@ -257,6 +257,7 @@ class SARNN(nn.Module):
         hs, us, as_ = [], [], []
         for t in range(steps):
             a = ax_all[t] + self.coord_d * h
+            decided = a  # what the gate decides on (an accumulator's margin, below)
             if gating == "skip" and t % self.config.skip_every:
                 hs.append(h)  # a step without updates: nothing to compute
                 us.append(torch.zeros_like(a))
@@ -271,7 +272,7 @@ class SARNN(nn.Module):
                 p = torch.sigmoid(a)  # the share of steps this neuron asks to update on
                 acc = acc + torch.clamp(accumulator_scale(threshold) * p.detach(), max=1.0)
                 fire = (acc >= phase).to(a.dtype)
-                margin = acc - phase
+                decided = acc - phase
                 acc = acc - fire
                 u = fire if deterministic else fire + p - p.detach()
             elif deterministic:
@@ -293,7 +294,7 @@ class SARNN(nn.Module):
                 h, c = h_new, c_new
             hs.append(h)
             us.append(u)
-            as_.append(a if acc is None else margin)
+            as_.append(decided)
         hseq = torch.stack(hs, 1)
         final = torch.cat([part for part in (h, c, acc) if part is not None], 1)
         return Output(self.head(hseq), torch.stack(us, 1), torch.stack(as_, 1), final)

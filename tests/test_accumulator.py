@@ -92,6 +92,16 @@ def test_phases_lie_in_the_unit_interval_and_differ() -> None:
     assert len(np.unique(phase)) == 128
 
 
+@pytest.mark.parametrize("gate", [0.0, 1.0])
+def test_forced_gates_leave_the_accumulator_as_it_was(gate: float) -> None:
+    model = _model()
+    state = torch.rand(2, model.state_size)
+    with torch.no_grad():
+        out = model(torch.from_numpy(_inputs(2, 5)), state, force_gate=gate)
+    assert bool((out.updates == gate).all())
+    assert torch.equal(out.state[:, 24:], state[:, 24:])
+
+
 def test_the_gate_passes_gradient_to_the_coordinator() -> None:
     model = _model().train()
     out = model(torch.from_numpy(_inputs(2, 50)))
@@ -190,6 +200,7 @@ def test_the_accumulator_is_counted_and_carried_in_the_card() -> None:
 def _card_fields(**fields: object) -> dict:
     shipped = Path(__file__).parent.parent / "models" / "watch-stream-sa" / "model.json"
     card = json.loads(shipped.read_text())
+    card.pop("coordinator_accumulate", None)
     return {**card, **fields, "coordinator_energy": True}
 
 
