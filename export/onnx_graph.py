@@ -12,7 +12,9 @@ with a small body.
                      thr [T,L,1] = (2 tau - 1) / alpha while t < length, +inf after (so nothing
                      updates past a row's length) -- a tiny tensor, scanned alongside
     loop body:       each recurrent Gemm takes its step's input projection as C (the Add is
-                     fused), candidate, u = [a > thr_t], s + u (s~ - s)
+                     fused), candidate, u = [a > thr_t], s + u (s~ - s); an accumulating
+                     coordinator scans the rate (1 - tau) / tau instead of the cut and
+                     carries its accumulator as a third state (`gate_nodes`)
     after the loop:  the output head on all steps at once
     outputs:         logits [B,T,C], updates [B,T,H] bool, state_out [B,S]
 
@@ -54,11 +56,6 @@ class CellWeights:
     @property
     def hidden(self) -> int:
         return self.coord_d.shape[0]
-
-    @property
-    def state_parts(self) -> int:
-        """How many [B, H] parts the flat state holds: h, c of an LSTM, the accumulator."""
-        return 1 + (self.cell == "lstm") + (self.phase is not None)
 
 
 def _const(name: str, array: np.ndarray | float | int, dtype=np.float32) -> TensorProto:
@@ -282,7 +279,7 @@ def chunk_model(
     """A chunk graph's model: its nodes behind the interface every chunk graph shares."""
     h, f = w.hidden, w.mean.shape[0]
     c = w.head_b.shape[0]
-    s = w.state_parts * h
+    s = len(state_names(w)) * h
     inputs = [
         _vi("x", ["B", "T", f]),
         _vi("state", ["B", s]),
