@@ -14,7 +14,6 @@ torch = pytest.importorskip("torch")
 from export.model import (  # noqa: E402
     CELLS,
     SARNN,
-    ModelConfig,
     accumulator_phase,
     accumulator_scale,
 )
@@ -25,33 +24,23 @@ from sarnn_serve.accounting import CellCost  # noqa: E402
 from sarnn_serve.card import ModelCard  # noqa: E402
 from sarnn_serve.native import NativeKernel  # noqa: E402
 from sarnn_serve.onnx_initializers import read_initializers  # noqa: E402
-
-FEATURES = 6
+from tests.tiny_models import build_tiny_sarnn, tiny_inputs  # noqa: E402
 
 
 def _model(cell: str = "gru", hidden: int = 24, bias: float = -1.0, seed: int = 0) -> SARNN:
     """A seeded accumulating SA-RNN with energy features; `bias` sets how often it updates."""
-    torch.manual_seed(seed)
-    config = ModelConfig(
-        cell=cell,
-        n_features=FEATURES,
-        hidden=hidden,
-        n_classes=3,
-        coord_energy=True,
-        coord_accumulate=True,
+    model = build_tiny_sarnn(
+        cell, hidden=hidden, seed=seed, coord_energy=True, coord_accumulate=True
     )
-    model = SARNN(config)
     with torch.no_grad():
-        model.coord_x.weight.normal_(std=0.5)
+        model.coord_x.weight.mul_(0.5)
+        model.coord_e.weight.mul_(0.3)
         model.coord_x.bias.fill_(bias)
-        model.coord_e.weight.normal_(std=0.3)
-        model.coord_d.normal_()
-    model.set_normalisation(torch.full((FEATURES,), 0.5), torch.full((FEATURES,), 2.0))
-    return model.eval()
+    return model
 
 
 def _inputs(batch: int, steps: int, seed: int = 1) -> np.ndarray:
-    return np.random.default_rng(seed).normal(size=(batch, steps, FEATURES)).astype(np.float32)
+    return tiny_inputs(batch, steps, seed)
 
 
 def _session(model: SARNN, sparse: bool) -> ort.InferenceSession:

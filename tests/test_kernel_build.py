@@ -27,9 +27,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-import torch
 
-from export.model import CELLS, SARNN, ModelConfig
+from export.model import CELLS
 from export.onnx_export import build_model
 from sarnn_serve import native
 from sarnn_serve.engine import NATIVE
@@ -38,6 +37,7 @@ from sarnn_serve.native import NativeKernel, NativeKernelError, load_library
 from sarnn_serve.onnx_initializers import read_initializers
 from sarnn_serve.registry import Registry, load_model
 from sarnn_serve.settings import DEFAULT_MODEL_DIR, Settings
+from tests.tiny_models import build_tiny_sarnn
 
 pytestmark = pytest.mark.train  # tiny models built with torch (the training extra)
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,23 +86,9 @@ def cpu_flags() -> set[str]:
 @cache
 def tiny(cell: str, hidden: int, energy: bool = False, accumulate: bool = False) -> bytes:
     """A seeded SA-RNN's dense chunk graph (its gates mixed: random coordinator, bias 0)."""
-    torch.manual_seed(hidden)
-    config = ModelConfig(
-        cell=cell,
-        n_features=FEATURES,
-        hidden=hidden,
-        n_classes=4,
-        coord_energy=energy,
-        coord_accumulate=accumulate,
+    model = build_tiny_sarnn(
+        cell, hidden=hidden, seed=hidden, coord_energy=energy, coord_accumulate=accumulate
     )
-    model = SARNN(config)
-    with torch.no_grad():
-        model.coord_x.weight.normal_()
-        model.coord_x.bias.zero_()
-        model.coord_d.normal_()
-    model.set_normalisation(torch.tensor([0.5, -1.0, 2.0]), torch.tensor([2.0, 0.5, 1.5]))
-    model.alpha = 1.6
-    model.eval()
     return build_model(model).SerializeToString()
 
 

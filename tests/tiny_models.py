@@ -32,9 +32,11 @@ def build_tiny_sarnn(
     seed: int = 0,
     alpha: float = 1.6,
     selective: bool = True,
+    coord_energy: bool = False,
+    coord_accumulate: bool = False,
 ) -> SARNN:
-    """A seeded SA-RNN whose gates are mixed (coordinator bias 0, random W_x and w_d) and whose
-    normalisation is not the identity; in eval mode."""
+    """A seeded SA-RNN whose gates are mixed (coordinator bias 0, random W_x, w_d and W_e) and
+    whose normalisation is not the identity; in eval mode."""
     torch.manual_seed(seed)
     model = SARNN(
         ModelConfig(
@@ -43,6 +45,8 @@ def build_tiny_sarnn(
             hidden=hidden,
             n_classes=TINY_CLASSES,
             selective=selective,
+            coord_energy=coord_energy,
+            coord_accumulate=coord_accumulate,
         )
     )
     gen = torch.Generator().manual_seed(seed + 1)
@@ -50,6 +54,8 @@ def build_tiny_sarnn(
         model.coord_x.weight.copy_(torch.randn(hidden, TINY_FEATURES, generator=gen))
         model.coord_x.bias.zero_()
         model.coord_d.copy_(torch.randn(hidden, generator=gen))
+        if model.coord_e is not None:
+            model.coord_e.weight.copy_(torch.randn(hidden, TINY_FEATURES, generator=gen))
     model.set_normalisation(torch.tensor(TINY_MEAN), torch.tensor(TINY_STD))
     model.alpha = alpha
     model.eval()
