@@ -296,6 +296,20 @@ def build_parser() -> argparse.ArgumentParser:
         "step, H more numbers of state)",
     )
     t.add_argument(
+        "--coord-delta",
+        action="store_true",
+        help="with --coord-accumulate: motion features for the coordinator, W_v |x_t - x_{t-1}| "
+        "(H x F more multiply-adds per step, F more numbers of state: the last input), so a "
+        "gate can tell rest from motion whatever direction the sensor rests in",
+    )
+    t.add_argument(
+        "--varied-rest",
+        action="store_true",
+        help="with --streams: train on idle periods of varied rest (louder noise, a frozen "
+        "sensor, beside the measured rest; export/streams.py); validation and test streams "
+        "keep the measured rest",
+    )
+    t.add_argument(
         "--fixed-rate",
         type=float,
         metavar="R",

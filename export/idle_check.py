@@ -19,6 +19,15 @@ white noise level the rest model measured on the training recordings.
   sensor that stops moving; no gravity model).
 - `table`: a watch lying flat: gravity along +z or -z, gyroscope 0 plus a small bias, noise at
   the trained level (x0.25-2).
+- `shaky`: `trained` plus white noise at x8-x16 the measured level, beyond any training rest.
+- `tremor`: `trained` plus a physiological tremor, an 8-12 Hz sinusoid of 0.005-0.02 g on the
+  accelerometer and 0.02-0.08 rad/s on the gyroscope whose amplitude wanders by +-50% at
+  0.05-0.2 Hz.
+
+`louder` and `frozen` are kinds of rest that `--varied-rest` trains on (export/streams.py, with
+other draws and ranges: x2-x8 louder, frozen noise scaled x0.25-2); for a model trained so they
+are no longer held out, and `drift`, `fidget`, `table`, `shaky` and `tremor` are what tests
+generalisation.
 
 Generator k (its place in the list above) draws from numpy's `default_rng([seed, k])` (`--seed`,
 default 0). `drift`, `fidget` and `table` need the gravity and zero-at-rest features (the watch
@@ -70,8 +79,30 @@ def louder(
     steps: int, before: np.ndarray, rest: RestModel, rate: float, rng: np.random.Generator
 ) -> np.ndarray:
     """Trained rest plus white noise at x3-x6 the measured level."""
-    extra = rng.normal(size=(steps, len(rest.noise))) * rest.noise * _log_uniform(rng, 3, 6)
-    return (rest.idle(steps, before, rng) + extra).astype(np.float32)
+    return rest.louder(steps, before, rng, factors=(3.0, 6.0))
+
+
+def shaky(
+    steps: int, before: np.ndarray, rest: RestModel, rate: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Trained rest plus white noise at x8-x16 the measured level: louder than any training rest."""
+    return rest.louder(steps, before, rng, factors=(8.0, 16.0))
+
+
+def tremor(
+    steps: int, before: np.ndarray, rest: RestModel, rate: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Trained rest plus a physiological tremor: an 8-12 Hz sinusoid of 0.005-0.02 g on the
+    accelerometer and 0.02-0.08 rad/s on the gyroscope, its amplitude wandering slowly."""
+    x = rest.idle(steps, before, rng)
+    g, z = list(rest.gravity_index), list(rest.zero_index)
+    t = np.arange(steps) / rate
+    phase = rng.uniform(0, 2 * np.pi, len(g) + len(z))
+    wave = np.sin(2 * np.pi * rng.uniform(8, 12) * t[:, None] + phase)
+    wander = 1 + 0.5 * np.sin(2 * np.pi * rng.uniform(0.05, 0.2) * t + rng.uniform(0, 2 * np.pi))
+    amplitude = np.r_[rng.uniform(0.005, 0.02, len(g)), rng.uniform(0.02, 0.08, len(z))]
+    x[:, g + z] += wave * wander[:, None] * amplitude
+    return x.astype(np.float32)
 
 
 def drift(
@@ -110,8 +141,7 @@ def frozen(
     steps: int, before: np.ndarray, rest: RestModel, rate: float, rng: np.random.Generator
 ) -> np.ndarray:
     """Every feature holds the preceding bout's last mean, plus the measured noise."""
-    noise = rng.normal(size=(steps, len(rest.noise))) * rest.noise
-    return (before.mean(0) + noise).astype(np.float32)
+    return rest.frozen(steps, before, rng, scaled=False)
 
 
 def table(
@@ -133,8 +163,10 @@ GENERATORS: dict[str, IdleFn] = {
     "fidget": fidget,
     "frozen": frozen,
     "table": table,
+    "shaky": shaky,
+    "tremor": tremor,
 }
-NEEDS_SENSORS = ("drift", "fidget", "table")
+NEEDS_SENSORS = ("drift", "fidget", "table", "tremor")
 
 
 def idle_runs(stream: Stream) -> list[tuple[int, int]]:

@@ -4,6 +4,7 @@ The math follows docs/architecture.md, section "The model":
 
     a_t = W_x x_t + w_d * h_{t-1} + b                 coordinator (w_d: one weight per neuron)
           [+ W_e (x_t * x_t - 1)]                     energy features (`coord_energy`)
+          [+ W_v (|x_t - x_{t-1}| - m)]               motion features (`coord_delta`)
     p_t = clamp((alpha a_t + 1) / 2, 0, 1)            hard sigmoid, slope alpha annealed 1 -> 5
     u_t = round(p_t) = [a_t > 0], straight through    training gate (tie a = 0: no update;
                                                       a drawn tau moves the cut as below)
@@ -23,6 +24,13 @@ sequence, here per neuron:
 so a neuron asking for p updates every 1/p steps, neurons on different phases; the budget
 lambda mean(u) reaches p through the straight-through gradient. The accumulator is part of the
 carried state (after h and c), so a chunked stream updates exactly as a whole one.
+
+Motion features (`coord_delta`, with the accumulator) give the coordinator how far each input
+moved since the last step, |x_t - x_{t-1}| / std, centred by its mean m on the training
+recordings: a sensor at rest moves by its noise alone, whatever direction it rests in, so a
+coordinator can tell rest from motion without learning rest's orientations. The last input (raw
+sensor units) is carried in the state after the accumulator; a fresh state holds zeros, so the
+first step of a stream sees the input itself as its motion.
 
 Input projections of all T steps are computed before the time loop; the loop only does the
 recurrent part. The candidate uses the weights and gate order of torch.nn.GRUCell, LSTMCell and
@@ -74,6 +82,7 @@ class ModelConfig:
     random_mask: float | None = None
     coord_energy: bool = False
     coord_accumulate: bool = False
+    coord_delta: bool = False
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -91,6 +100,8 @@ class ModelConfig:
             raise ValueError("coord_energy feeds the coordinator; a baseline has none")
         if self.coord_accumulate and not self.selective:
             raise ValueError("coord_accumulate is a coordinator; a baseline has none")
+        if self.coord_delta and not self.coord_accumulate:
+            raise ValueError("coord_delta feeds the accumulating coordinator; add coord_accumulate")
 
     @property
     def gating(self) -> str:
@@ -174,6 +185,10 @@ class SARNN(nn.Module):
         self.coord_e = nn.Linear(f, h, bias=False) if config.coord_energy else None
         if self.coord_e is not None:
             nn.init.zeros_(self.coord_e.weight)
+        self.coord_v = nn.Linear(f, h, bias=False) if config.coord_delta else None
+        if self.coord_v is not None:
+            nn.init.zeros_(self.coord_v.weight)
+            self.register_buffer("motion_mean", torch.zeros(f))
         self.head = nn.Linear(h, config.n_classes)
         self.register_buffer("mean", torch.zeros(f))
         self.register_buffer("std", torch.ones(f))
@@ -186,14 +201,25 @@ class SARNN(nn.Module):
 
     @property
     def state_size(self) -> int:
-        """Width of the carried state: the cell's, then the accumulator's with one."""
+        """Width of the carried state: the cell's, then the accumulator's with one, then the
+        last input with motion features."""
         extra = self.config.hidden if self.config.coord_accumulate else 0
-        return self.cell_state_size + extra
+        last = self.config.n_features if self.config.coord_delta else 0
+        return self.cell_state_size + extra + last
 
     def set_normalisation(self, mean: Tensor, std: Tensor) -> None:
         """Store per-feature statistics of the training data; inputs are raw sensor units."""
         self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
         self.std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-6))
+
+    def set_motion_mean(self, recordings: list[np.ndarray]) -> None:
+        """Centre the motion features: the mean of |x_t - x_{t-1}| / std per feature over the
+        steps of `recordings` (each [T, F], raw units; call after `set_normalisation`)."""
+        if self.coord_v is None:
+            raise ValueError("the model has no motion features (coord_delta)")
+        steps = np.concatenate([np.abs(np.diff(r, axis=0)) for r in recordings if len(r) > 1])
+        mean = torch.as_tensor(steps.mean(0), dtype=torch.float32) / self.std
+        self.motion_mean.copy_(mean)
 
     def initial_state(self, batch: int) -> Tensor:
         return torch.zeros(batch, self.state_size)
@@ -246,11 +272,16 @@ class SARNN(nn.Module):
         state = self.initial_state(batch) if state is None else state
         h = state[:, :hidden]
         c = state[:, hidden : self.cell_state_size] if self.config.cell == "lstm" else None
-        acc = state[:, self.cell_state_size :] if self.config.coord_accumulate else None
+        acc_end = self.cell_state_size + hidden
+        acc = state[:, self.cell_state_size : acc_end] if self.config.coord_accumulate else None
         phase = accumulator_phase(hidden) if acc is not None else None
         xn = (x - self.mean) / self.std
         gx_all = (xn @ self.cell.weight_ih.T + self.cell.bias_ih).unbind(1)
-        ax_all = self.coordinator_input(xn).unbind(1)
+        motion = None
+        if self.coord_v is not None:
+            before = torch.cat([state[:, None, acc_end:], x[:, :-1]], 1)
+            motion = (x - before).abs() / self.std
+        ax_all = self.coordinator_input(xn, motion).unbind(1)
         cut = gate_threshold(threshold, self.alpha)
         gating = self.config.gating if force_gate is None else "forced"
         pattern = self._random_pattern(steps) if gating == "random" and deterministic else None
@@ -296,20 +327,26 @@ class SARNN(nn.Module):
             us.append(u)
             as_.append(decided)
         hseq = torch.stack(hs, 1)
-        final = torch.cat([part for part in (h, c, acc) if part is not None], 1)
+        last = x[:, -1] if self.coord_v is not None else None
+        final = torch.cat([part for part in (h, c, acc, last) if part is not None], 1)
         return Output(self.head(hseq), torch.stack(us, 1), torch.stack(as_, 1), final)
 
-    def coordinator_input(self, xn: Tensor) -> Tensor:
+    def coordinator_input(self, xn: Tensor, motion: Tensor | None = None) -> Tensor:
         """The coordinator's input part W_x x + b, plus W_e (x * x - 1) with energy features
         (x the normalised input): a gate can then open on motion and stay shut at rest, which a
-        linear function of x alone cannot tell apart when motion swings both ways.
+        linear function of x alone cannot tell apart when motion swings both ways. With motion
+        features, plus W_v (`motion` - m), `motion` = |x_t - x_{t-1}| / std [B, T, F].
 
         The energy is centred (x * x has mean 1 on the training data) so that the budget's
         gradient on W_e, which is proportional to the feature, points where the feature is off
         its mean: at rest (x * x - 1 near -1), not in motion (the uncentred x * x would have the
         budget shut gates where the input moves most). The -1 folds into the exported bias."""
         ax = self.coord_x(xn)
-        return ax if self.coord_e is None else ax + self.coord_e(xn * xn - 1.0)
+        if self.coord_e is not None:
+            ax = ax + self.coord_e(xn * xn - 1.0)
+        if self.coord_v is not None:
+            ax = ax + self.coord_v(motion - self.motion_mean)
+        return ax
 
     def _random_pattern(self, steps: int) -> Tensor:
         """The fixed uniform draws [T, H] of deterministic mode (seed RANDOM_MASK_SEED); a

@@ -49,10 +49,14 @@ DENSE_GATE_BIAS = 1e30
 
 
 def _coordinator_bias(sd: dict[str, np.ndarray]) -> np.ndarray:
-    """b, with the energy term's centring folded in: W_e (x * x - 1) = W_e (x * x) - W_e 1."""
-    energy = sd.get("coord_e.weight")
+    """b, with the centrings of the energy and motion terms folded in:
+    W_e (x * x - 1) = W_e (x * x) - W_e 1 and W_v (v - m) = W_v v - W_v m."""
     bias = sd["coord_x.bias"]
-    return bias if energy is None else (bias - energy.sum(axis=1)).astype(np.float32)
+    if "coord_e.weight" in sd:
+        bias = bias - sd["coord_e.weight"].sum(axis=1)
+    if "coord_v.weight" in sd:
+        bias = bias - sd["coord_v.weight"] @ sd["motion_mean"]
+    return bias.astype(np.float32)
 
 
 def cell_weights(model: SARNN) -> CellWeights:
@@ -78,6 +82,7 @@ def cell_weights(model: SARNN) -> CellWeights:
         std=sd["std"],
         alpha=float(model.alpha),
         coord_e=sd.get("coord_e.weight"),
+        coord_v=sd.get("coord_v.weight"),
         phase=accumulator_phase(model.config.hidden).numpy()
         if model.config.coord_accumulate
         else None,
@@ -187,6 +192,7 @@ def make_card(
         selective=cfg.selective,
         coordinator_energy=cfg.coord_energy,
         coordinator_accumulate=cfg.coord_accumulate,
+        coordinator_delta=cfg.coord_delta,
         training=TrainingInfo(
             dataset=blob.get("dataset", "unknown"),
             recipe=metrics.get("recipe", ""),

@@ -14,7 +14,9 @@ with a small body.
     loop body:       each recurrent Gemm takes its step's input projection as C (the Add is
                      fused), candidate, u = [a > thr_t], s + u (s~ - s); an accumulating
                      coordinator scans the rate (1 - tau) / tau instead of the cut and
-                     carries its accumulator as a third state (`gate_nodes`)
+                     carries its accumulator as a third state (`gate_nodes`); with motion
+                     features the last input (raw) is a fourth, scanned beside x, and
+                     |x_t - x_{t-1}| / std W_v joins the hoisted coordinator term
     after the loop:  the output head on all steps at once
     outputs:         logits [B,T,C], updates [B,T,H] bool, state_out [B,S]
 
@@ -52,6 +54,7 @@ class CellWeights:
     alpha: float
     coord_e: np.ndarray | None = None  # [H, F]: energy features W_e (x * x), if the model has them
     phase: np.ndarray | None = None  # [H]: the accumulating coordinator's levels, if it has one
+    coord_v: np.ndarray | None = None  # [H, F]: motion features W_v |x_t - x_{t-1}|, if it has them
 
     @property
     def hidden(self) -> int:
@@ -113,7 +116,8 @@ def gate_nodes(w: CellWeights, b: _Body) -> str:
     """The scan body's gate u_t (bool) from ax, wd, h and the per-step cut: u = [a > thr], or
     for an accumulating coordinator acc' = acc + min(rate p, 1) with p = sigmoid(a),
     u = [acc' >= phase] and acc_next = acc' - u, where rate > 0 (past a row's length rate is
-    0 and nothing changes, whatever the padding's a). Returns u as float."""
+    0 and nothing changes, whatever the padding's a); with motion features the last input
+    becomes x_t while t < length. Returns u as float."""
     a = b.op("Add", "ax", b.op("Mul", "wd", "h"))
     if w.phase is None:
         gate = b.out("Greater", [a, "thr"], "u_t")
@@ -124,12 +128,14 @@ def gate_nodes(w: CellWeights, b: _Body) -> str:
     gate = b.out("And", [b.op("GreaterOrEqual", acc, "phase"), live], "u_t")
     u = b.op("Cast", gate, to=TensorProto.FLOAT)
     b.out("Sub", [acc, u], "acc_next")
+    if w.coord_v is not None:
+        b.out("Where", [live, "x_t", "last"], "last_next")
     return u
 
 
 def _step(w: CellWeights, b: _Body, gx: dict[str, str]) -> None:
-    """Scan body nodes: inputs h (c, acc), gx_<block>, ax and the cut (`gate_nodes`); outputs
-    h_next (c_next, acc_next), h_t, u_t."""
+    """Scan body nodes: inputs h (c, acc, last), gx_<block>, ax, the cut (`gate_nodes`) and x_t
+    with motion features; outputs h_next (c_next, acc_next, last_next), h_t, u_t."""
     pre = {k: b.op("Gemm", "h", f"R_{k}", v) for k, v in gx.items() if k != "n"}
     u = gate_nodes(w, b)
     if w.cell == "gru":
@@ -190,6 +196,12 @@ def build_chunk_graph(w: CellWeights, metadata: dict[str, str] | None = None) ->
     if w.coord_e is not None:
         init.append(_const("W_e", w.coord_e.T))
         ax = g.op("Add", ax, g.op("MatMul", g.op("Mul", xn, xn), "W_e"))
+    parts = state_names(w)
+    state0 = split_state(w, g, init)
+    if w.coord_v is not None:
+        init += [_const("W_v", w.coord_v.T), _const("axis0", [0], np.int64)]
+        last = g.op("Unsqueeze", state0[-1], "axis0")  # [1,B,F]
+        ax = g.op("Add", ax, g.op("MatMul", motion(g, init, xt, last, "std"), "W_v"))
     tau = g.op("Unsqueeze", "threshold", "axis1")  # [L,1]: per row, broadcast over H
     cut = g.op("Div", g.op("Sub", g.op("Mul", tau, "two"), "one"), "alpha")
     steps = g.op("Gather", g.op("Shape", "x"), "i1")
@@ -204,13 +216,10 @@ def build_chunk_graph(w: CellWeights, metadata: dict[str, str] | None = None) ->
     b = _Body("b_")
     body_gx = {name: f"gx_{name}" for name, *_ in blocks}
     _step(w, b, body_gx)
-    parts = state_names(w)
-    state_in = [_vi(name, ["B", h]) for name in parts]
-    state_out = [_vi(f"{name}_next", ["B", h]) for name in parts]
-    if len(parts) > 1:
-        state0 = g.op("Split", "state", outputs=len(parts), axis=1, num_outputs=len(parts))
-    else:
-        state0 = ["state"]
+    widths = state_widths(w)
+    state_in = [_vi(name, ["B", n]) for name, n in zip(parts, widths, strict=True)]
+    state_out = [_vi(f"{name}_next", ["B", n]) for name, n in zip(parts, widths, strict=True)]
+    raw = [_vi("x_t", ["B", w.mean.shape[0]])] if w.coord_v is not None else []
     body = helper.make_graph(
         b.nodes,
         f"{w.cell}_step",
@@ -219,10 +228,11 @@ def build_chunk_graph(w: CellWeights, metadata: dict[str, str] | None = None) ->
             *[_vi(v, ["B", h]) for v in body_gx.values()],
             _vi("ax", ["B", h]),
             _vi(cut_name, ["L", 1]),
+            *raw,
         ],
         [*state_out, _vi("h_t", ["B", h]), _vi("u_t", ["B", h], TensorProto.BOOL)],
     )
-    scan_inputs = [*gx.values(), ax, cuts]
+    scan_inputs = [*gx.values(), ax, cuts, *([xt] if raw else [])]
     hidden_names = [f"final_{i}" for i in range(len(state0))]
     g.nodes.append(
         helper.make_node(
@@ -244,8 +254,38 @@ def build_chunk_graph(w: CellWeights, metadata: dict[str, str] | None = None) ->
 
 
 def state_names(w: CellWeights) -> list[str]:
-    """The scan state's parts, in the flat state's order: h, then c (LSTM), then acc."""
-    return ["h", *(["c"] if w.cell == "lstm" else []), *(["acc"] if w.phase is not None else [])]
+    """The scan state's parts, in the flat state's order: h, then c (LSTM), then acc, then the
+    last input (motion features)."""
+    return [
+        "h",
+        *(["c"] if w.cell == "lstm" else []),
+        *(["acc"] if w.phase is not None else []),
+        *(["last"] if w.coord_v is not None else []),
+    ]
+
+
+def state_widths(w: CellWeights) -> list[int]:
+    """The width of each part of `state_names`: H, and F for the last input."""
+    return [w.mean.shape[0] if name == "last" else w.hidden for name in state_names(w)]
+
+
+def split_state(w: CellWeights, g: _Body, init: list[TensorProto]) -> list[str]:
+    """The flat input `state` [B,S] split into its parts (`state_names`), each [B,width]."""
+    widths = state_widths(w)
+    if len(widths) == 1:
+        return ["state"]
+    init.append(_const("state_widths", widths, np.int64))
+    return g.op("Split", "state", "state_widths", outputs=len(widths), axis=1)
+
+
+def motion(g: _Body, init: list[TensorProto], raw: str, last: str, std: str) -> str:
+    """|x_t - x_{t-1}| / std for every step of `raw` (time first, [T,...]): x_{-1} is `last`
+    ([1,...], the carried last input), x_{t-1} = raw[t - 1] after it. Past a row's length the
+    values are padding's, which no gate then reads."""
+    init += [_const("t_from", [0], np.int64), _const("t_to", [-1], np.int64)]
+    earlier = g.op("Slice", raw, "t_from", "t_to", "t_from")
+    before = g.op("Concat", last, earlier, axis=0)
+    return g.op("Div", g.op("Abs", g.op("Sub", raw, before)), std)
 
 
 def cut_inputs(
@@ -279,7 +319,7 @@ def chunk_model(
     """A chunk graph's model: its nodes behind the interface every chunk graph shares."""
     h, f = w.hidden, w.mean.shape[0]
     c = w.head_b.shape[0]
-    s = len(state_names(w)) * h
+    s = sum(state_widths(w))
     inputs = [
         _vi("x", ["B", "T", f]),
         _vi("state", ["B", s]),

@@ -33,7 +33,10 @@ from export.onnx_graph import (
     chunk_model,
     cut_inputs,
     gate_nodes,
+    motion,
+    split_state,
     state_names,
+    state_widths,
 )
 
 
@@ -47,8 +50,8 @@ def _blend(b: _Body, old_rows: str, new_rows: str, mask_rows: str) -> str:
 
 
 def _sparse_step(w: CellWeights, b: _Body) -> None:
-    """Scan body: inputs h (c, acc), gx_<block>, ax and the cut (`gate_nodes`); outputs
-    h_next (c_next, acc_next), h_t, u_t."""
+    """Scan body: inputs h (c, acc, last), gx_<block>, ax, the cut (`gate_nodes`) and x_t with
+    motion features; outputs h_next (c_next, acc_next, last_next), h_t, u_t."""
     u = gate_nodes(w, b)  # [H,B]
     any_row = b.op("ReduceMax", u, "axis_b", keepdims=0)  # [H]
     nz = b.op("NonZero", any_row)  # [1,K]
@@ -127,6 +130,13 @@ def build_sparse_chunk_graph(
     if w.coord_e is not None:
         init.append(_const("Wt_e", w.coord_e))
         ax = g.op("Add", ax, g.op("MatMul", "Wt_e", g.op("Mul", xt, xt)))
+    parts = state_names(w)
+    state0 = [g.op("Transpose", part, perm=[1, 0]) for part in split_state(w, g, init)]
+    raw = g.op("Transpose", "x", perm=[1, 2, 0])  # [T,F,B]
+    if w.coord_v is not None:
+        init += [_const("Wt_v", w.coord_v), _const("std_col", w.std[:, None])]
+        last = g.op("Unsqueeze", state0[-1], "axis0")  # [1,F,B]
+        ax = g.op("Add", ax, g.op("MatMul", "Wt_v", motion(g, init, raw, last, "std_col")))
     tau = g.op("Unsqueeze", "threshold", "axis0")  # [1,L]
     cut = g.op("Div", g.op("Sub", g.op("Mul", tau, "two"), "one"), "alpha")
     steps = g.op("Gather", g.op("Shape", "x"), "i1")
@@ -141,14 +151,10 @@ def build_sparse_chunk_graph(
     b = _Body("b_")
     body_gx = [f"gx_{name}" for name, *_ in blocks]
     _sparse_step(w, b)
-    parts = state_names(w)
-    state_in = [_vi(name, [h, "B"]) for name in parts]
-    state_out = [_vi(f"{name}_next", [h, "B"]) for name in parts]
-    if len(parts) > 1:
-        split = g.op("Split", "state", outputs=len(parts), axis=1, num_outputs=len(parts))
-    else:
-        split = ["state"]
-    state0 = [g.op("Transpose", part, perm=[1, 0]) for part in split]
+    widths = state_widths(w)
+    state_in = [_vi(name, [n, "B"]) for name, n in zip(parts, widths, strict=True)]
+    state_out = [_vi(f"{name}_next", [n, "B"]) for name, n in zip(parts, widths, strict=True)]
+    raw_in = [_vi("x_t", [w.mean.shape[0], "B"])] if w.coord_v is not None else []
     body = helper.make_graph(
         b.nodes,
         f"{w.cell}_sparse_step",
@@ -157,10 +163,11 @@ def build_sparse_chunk_graph(
             *[_vi(v, [h, "B"]) for v in body_gx],
             _vi("ax", [h, "B"]),
             _vi(cut_name, [1, "L"]),
+            *raw_in,
         ],
         [*state_out, _vi("h_t", [h, "B"]), _vi("u_t", [h, "B"], TensorProto.BOOL)],
     )
-    scan_inputs = [*gx.values(), ax, cuts]
+    scan_inputs = [*gx.values(), ax, cuts, *([raw] if raw_in else [])]
     finals = [f"final_{i}" for i in range(len(state0))]
     g.nodes.append(
         helper.make_node(

@@ -1,8 +1,11 @@
 """The stream study: on information-sparse streams, does the coordinator learn what to skip?
 
 Arms, all trained on watch streams (export/streams.py, variant "rest", state carried across
-training windows) with the same budget of batches, 5 seeds each:
+training windows; with `--varied-rest`, idle periods of varied rest in training) with the same
+budget of batches, 5 seeds each:
 
+    sa-motion   sa-accumulate with motion features |x_t - x_{t-1}| for its coordinator (the last
+                input carried in the state), meant to be trained on varied rest
     sa-accumulate
                 SA-RNN H=128 whose coordinator asks for a rate per neuron and step,
                 p = sigmoid(a), accumulated until it reaches the neuron's level (export.model):
@@ -48,8 +51,8 @@ COMMON = [
     "--window", "512", "--quiet",
 ]  # fmt: skip
 ARM_NAMES = (
-    "sa-accumulate", "sa-energy", "random", "periodic", "dense-40", "dense-62", "dense-96",
-    "sa-plain",
+    "sa-motion", "sa-accumulate", "sa-energy", "random", "periodic", "dense-40", "dense-62",
+    "dense-96", "sa-plain",
 )  # fmt: skip
 SEEDS = (0, 1, 2, 3, 4)
 LAM = 4.0
@@ -61,6 +64,14 @@ def arm_flags(arm: str, lam: float, random_rate: float, coord_lr_scale: float) -
     """The training flags of one arm (beside COMMON)."""
     coordinator = ["--lam", f"{lam:g}", "--coord-lr-scale", f"{coord_lr_scale:g}"]
     return {
+        "sa-motion": [
+            "--hidden",
+            "128",
+            "--coord-energy",
+            "--coord-accumulate",
+            "--coord-delta",
+            *coordinator,
+        ],
         "sa-accumulate": ["--hidden", "128", "--coord-energy", "--coord-accumulate", *coordinator],
         "sa-energy": ["--hidden", "128", "--coord-energy", *coordinator],
         "sa-plain": ["--hidden", "128", *coordinator],
@@ -108,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         default=COORD_LR_SCALE,
         help="the SA-RNNs' coordinator learns at this multiple of the learning rate",
     )
+    parser.add_argument(
+        "--varied-rest", action="store_true", help="every arm trains on varied rest"
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
@@ -118,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             lambda job: run_one(
                 args.root,
                 *job,
-                arm_flags(job[0], args.lam, args.random_rate, args.coord_lr_scale),
+                arm_flags(job[0], args.lam, args.random_rate, args.coord_lr_scale)
+                + (["--varied-rest"] if args.varied_rest else []),
             ),
             jobs,
         ):

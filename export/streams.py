@@ -14,6 +14,13 @@ Rest is synthesised from a model of a still sensor, measured on the data (`RestM
 - every feature gets white sensor noise at the level measured in the data's quietest 0.5 s
   windows (the 1% with the least motion), scaled per period by a factor log-uniform in [0.25, 2].
 
+Varied rest (`build_streams(varied=True)`, training only: `--varied-rest`) draws each idle period
+from three kinds, so that a coordinator learns rest as "nothing moves" rather than as the measured
+rest's noise level or directions: the rest above (probability 1/2); louder rest, the rest above
+plus white noise at x2-x8 the measured level, log-uniform per period (1/4); a frozen sensor, every
+feature holding the preceding bout's last 0.5 s mean plus the measured noise x0.25-2, no gravity
+model (1/4). Validation and test streams keep the rest above.
+
 The "distractor" variant fills each idle period, with probability 1/2, with Gaussian noise of the
 signal's own per-feature mean and standard deviation instead (indistinguishable sample by sample
 from motion: a coordinator that sees x_t cannot spot it; docs/architecture.md says why).
@@ -140,6 +147,37 @@ class RestModel:
         noise = rng.normal(0.0, 1.0, (steps, len(level))) * self.noise * scale
         return (level + noise).astype(np.float32)
 
+    def louder(
+        self,
+        steps: int,
+        before: np.ndarray,
+        rng: np.random.Generator,
+        factors: tuple[float, float] = (2.0, 8.0),
+    ) -> np.ndarray:
+        """`idle` plus white noise at a multiple of the measured level, log-uniform in
+        `factors` per period."""
+        factor = np.exp(rng.uniform(np.log(factors[0]), np.log(factors[1])))
+        extra = rng.normal(size=(steps, len(self.noise))) * self.noise * factor
+        return (self.idle(steps, before, rng) + extra).astype(np.float32)
+
+    def frozen(
+        self, steps: int, before: np.ndarray, rng: np.random.Generator, scaled: bool = True
+    ) -> np.ndarray:
+        """A sensor that stops where the bout left it: every feature holds the mean of
+        `before` plus the measured noise (scaled x0.25-2 per period, log-uniform, if `scaled`)."""
+        scale = np.exp(rng.uniform(np.log(0.25), np.log(2.0))) if scaled else 1.0
+        noise = rng.normal(size=(steps, len(self.noise))) * self.noise * scale
+        return (before.mean(0) + noise).astype(np.float32)
+
+    def varied(self, steps: int, before: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One idle period of varied rest: `idle` (1/2), `louder` (1/4) or `frozen` (1/4)."""
+        draw = rng.random()
+        if draw < 0.5:
+            return self.idle(steps, before, rng)
+        if draw < 0.75:
+            return self.louder(steps, before, rng)
+        return self.frozen(steps, before, rng)
+
     def distractor(self, steps: int, rng: np.random.Generator) -> np.ndarray:
         """Gaussian noise with the signal's own per-feature mean and standard deviation."""
         draws = rng.normal(size=(steps, len(self.signal_mean)))
@@ -188,9 +226,11 @@ def build_streams(
     spec: StreamSpec,
     rate: float,
     seed: int,
+    varied: bool = False,
 ) -> list[Stream]:
     """Streams using every recording exactly once as a bout, `spec.bouts_per_stream` to a
-    stream (recordings shuffled, seeded), each bout preceded by an idle period."""
+    stream (recordings shuffled, seeded), each bout preceded by an idle period (of varied rest,
+    `RestModel.varied`, if `varied`)."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(recordings)).tolist()
     tail = max(1, round(QUIET_WINDOW_S * rate))
@@ -203,6 +243,8 @@ def build_streams(
             n_idle = idle_length(spec, rate, rng)
             if spec.variant == "distractor" and rng.random() < 0.5:
                 xs.append(rest.distractor(n_idle, rng))
+            elif varied:
+                xs.append(rest.varied(n_idle, previous, rng))
             else:
                 xs.append(rest.idle(n_idle, previous, rng))
             rec = recordings[i]

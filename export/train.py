@@ -103,6 +103,8 @@ class TrainConfig:
     idle_max_s: float = StreamSpec.idle_max_s
     coord_energy: bool = False
     coord_accumulate: bool = False
+    coord_delta: bool = False
+    varied_rest: bool = False
     fixed_rate: float | None = None
     calibrate: bool = True
 
@@ -141,8 +143,12 @@ class TrainConfig:
             raise ValueError("coord_energy feeds the coordinator; a baseline has none")
         if self.coord_accumulate and self.baseline is not None:
             raise ValueError("coord_accumulate is a coordinator; a baseline has none")
+        if self.coord_delta and not self.coord_accumulate:
+            raise ValueError("coord_delta feeds the accumulating coordinator; add coord_accumulate")
+        if self.varied_rest and self.streams is None:
+            raise ValueError("varied_rest varies the idle periods of streams; add streams")
         if self.fixed_rate is not None:
-            if not self.coord_accumulate or self.coord_energy:
+            if not self.coord_accumulate or self.coord_energy or self.coord_delta:
                 raise ValueError("fixed_rate fixes an accumulating coordinator without energy")
             if not 0 < self.fixed_rate < 1:
                 raise ValueError(f"fixed_rate must be in (0, 1), got {self.fixed_rate:g}")
@@ -175,6 +181,7 @@ class TrainConfig:
             random_mask=self.random_mask,
             coord_energy=self.coord_energy,
             coord_accumulate=self.coord_accumulate,
+            coord_delta=self.coord_delta,
         )
 
     def stream_spec(self, data: Dataset) -> StreamSpec | None:
@@ -230,6 +237,10 @@ class TrainConfig:
             flags.append("--coord-energy")
         if self.coord_accumulate:
             flags.append("--coord-accumulate")
+        if self.coord_delta:
+            flags.append("--coord-delta")
+        if self.varied_rest:
+            flags.append("--varied-rest")
         if self.fixed_rate is not None:
             flags.append(f"--fixed-rate {self.fixed_rate:g}")
         if not self.calibrate:
@@ -493,11 +504,11 @@ def _step_loss(
 
 
 def parameter_groups(model: SARNN, cfg: TrainConfig) -> list[dict]:
-    """Adam's parameter groups: the coordinator's weights (W_x, b, w_d, W_e) at peak rate
+    """Adam's parameter groups: the coordinator's weights (W_x, b, w_d, W_e, W_v) at peak rate
     `lr * coord_lr_scale`, the rest at `lr`. The coordinator learns only through the gate's
     surrogate, which is nonzero near the cut alone, so its gradients are small beside the
     cell's; a larger rate lets the budget move it within the run."""
-    coordinator = {"coord_x.weight", "coord_x.bias", "coord_d", "coord_e.weight"}
+    coordinator = {"coord_x.weight", "coord_x.bias", "coord_d", "coord_e.weight", "coord_v.weight"}
     named = dict(model.named_parameters())
     own = [p for n, p in named.items() if n in coordinator]
     rest = [p for n, p in named.items() if n not in coordinator]
@@ -556,6 +567,8 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict:
     data = load_training_data(cfg)
     model = SARNN(cfg.model_config(data.n_features, data.n_classes))
     model.set_normalisation(*data.normalisation())
+    if cfg.coord_delta:
+        model.set_motion_mean([r.x for r in data.train])
     spec = cfg.stream_spec(data)
     skip = int(cfg.eval_skip_seconds * (data.sample_rate_hz or 0))
     parts = stream_parts(cfg, data) if spec is not None else {}
@@ -573,7 +586,8 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict:
             return (*sample_windows(data.train, cfg.batch_size, cfg.window, rng), None)
         if not cursor or cursor[0] != epoch:  # new idle periods every epoch
             rate = data.sample_rate_hz or 1.0
-            built = build_streams(data.train, rest, spec, rate, cfg.seed * 100_003 + epoch)
+            seed = cfg.seed * 100_003 + epoch
+            built = build_streams(data.train, rest, spec, rate, seed, varied=cfg.varied_rest)
             cursor[:] = [epoch, StreamCursor(built, cfg.batch_size, cfg.window, rng)]
         return cursor[1].next()
 
@@ -644,6 +658,7 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict:
         model.config.selective,
         cfg.coord_energy,
         cfg.coord_accumulate,
+        cfg.coord_delta,
     )
     metrics = {
         "config": asdict(cfg),

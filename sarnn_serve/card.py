@@ -132,6 +132,13 @@ class ModelCard(BaseModel):
         "(H more numbers of state) turns into evenly spaced updates; the threshold tau scales "
         "the rate by (1 - tau) / tau.",
     )
+    coordinator_delta: bool = Field(
+        default=False,
+        exclude_if=lambda delta: not delta,  # older readers read cards without it
+        description="The accumulating coordinator also weighs how far each input moved since "
+        "the last step, W_v |x_t - x_{t-1}| / std; the last input (F more numbers of state, "
+        "after the accumulator) is carried.",
+    )
     training: TrainingInfo
     evaluation: Evaluation
     validation: Evaluation | None = Field(
@@ -158,10 +165,11 @@ class ModelCard(BaseModel):
 
     @property
     def state_size(self) -> int:
-        """Length of the flat state vector: H, or 2H (h then c) for an LSTM, and H more (the
-        accumulator, last) with an accumulating coordinator."""
+        """Length of the flat state vector: H, or 2H (h then c) for an LSTM, H more (the
+        accumulator) with an accumulating coordinator, and F more (the last input) with motion
+        features."""
         parts = 1 + (self.cell == "lstm") + self.coordinator_accumulate
-        return parts * self.hidden
+        return parts * self.hidden + self.n_features * self.coordinator_delta
 
     @cached_property
     def cost(self) -> CellCost:
@@ -173,6 +181,7 @@ class ModelCard(BaseModel):
             self.selective,
             self.coordinator_energy,
             self.coordinator_accumulate,
+            self.coordinator_delta,
         )
 
     def cost_summary(self) -> CostPerStep:

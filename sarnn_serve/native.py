@@ -21,7 +21,7 @@ from sarnn_serve.onnx_initializers import OnnxFormatError, read_initializers
 LIBRARY = "sarnn_serve._step_kernel"
 CELL_BLOCKS = {"gru": ("r", "z", "n"), "lstm": ("i", "f", "g", "o"), "rnn": ("c",)}
 CELL_CODES = {"gru": 0, "lstm": 1, "rnn": 2}
-ABI_VERSION = 2  # SARNN_ABI_VERSION of csrc/step_kernel.c
+ABI_VERSION = 3  # SARNN_ABI_VERSION of csrc/step_kernel.c
 # `verify`'s probe: one row per threshold, with these lengths, and its tolerance (the kernel
 # matches the graph to about 1e-6; a head or cell with other weights differs by far more)
 PROBE_THRESHOLDS = (0.5, 0.3, 0.7, 0.5, 0.1)
@@ -55,6 +55,7 @@ class _Weights(ctypes.Structure):
                 "b_out",
                 "w_energy",
                 "phase",
+                "w_motion",
             )
         ],
     ]
@@ -136,6 +137,10 @@ def _check_shapes(t: dict[str, np.ndarray], blocks: tuple[str, ...], cell: str) 
         want["W_e"] = (f, h)
     if "phase" in t:
         want["phase"] = (h,)
+    if "W_v" in t:
+        if "phase" not in t:
+            raise NativeKernelError("motion features (W_v) without an accumulator (phase)")
+        want["W_v"] = (f, h)
     for name, shape in want.items():
         got = t[name].shape if name in t else None
         if got != shape:
@@ -200,11 +205,13 @@ class NativeKernel:
             self._arrays["w_energy"] = _rows(t["W_e"])
         if "phase" in t:
             self._arrays["phase"] = _rows(t["phase"])
+        if "W_v" in t:
+            self._arrays["w_motion"] = _rows(t["W_v"])
         self.hidden = int(t["wd"].shape[0])
         self.features = int(t["mean"].shape[0])
         self.classes = int(t["b_out"].shape[0])
         parts = 1 + (self.cell == "lstm") + ("phase" in t)
-        self.state_size = parts * self.hidden
+        self.state_size = parts * self.hidden + (self.features if "W_v" in t else 0)
         self._weights = _Weights(  # by name: the struct's field order is the C header's
             cell=CELL_CODES[self.cell],
             hidden=self.hidden,

@@ -190,6 +190,7 @@ def _card_fields(**fields: object) -> dict:
     shipped = Path(__file__).parent.parent / "models" / "watch-stream-sa" / "model.json"
     card = json.loads(shipped.read_text())
     card.pop("coordinator_accumulate", None)
+    card.pop("coordinator_delta", None)
     return {**card, **fields, "coordinator_energy": True}
 
 

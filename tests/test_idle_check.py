@@ -52,6 +52,25 @@ def test_louder_adds_three_to_six_times_the_noise(rest: RestModel) -> None:
         assert np.all(base.std(0)[:3] / rest.noise[:3] < 2.2)  # the trained level, x0.25-2
 
 
+def test_shaky_is_louder_than_any_training_rest(rest: RestModel) -> None:
+    for seed in range(20):
+        shaken, base = _draw("shaky", rest, seed)
+        extra = (shaken - base).std(0) / rest.noise
+        assert np.all(extra > 7.2) and np.all(extra < 17.6)
+
+
+def test_tremor_is_a_small_fast_oscillation(rest: RestModel) -> None:
+    for seed in range(10):
+        shaking, base = _draw("tremor", rest, seed)
+        wave = shaking - rest.idle(PERIOD, BEFORE, np.random.default_rng(seed))
+        assert np.abs(wave[:, :3]).max() <= 0.03 and np.abs(wave[:, 3:]).max() <= 0.12
+        assert np.abs(wave[:, 3:]).max() > 0.01
+        spectrum = np.abs(np.fft.rfft(wave[:, 3], axis=0))
+        peak = np.fft.rfftfreq(PERIOD, 1 / RATE)[spectrum.argmax()]
+        assert 7.5 <= peak <= 12.5
+        assert base.shape == shaking.shape
+
+
 def test_drift_turns_gravity_and_the_gyroscope_reads_the_turn(rest: RestModel) -> None:
     turned = []
     for seed in range(20):
@@ -148,5 +167,5 @@ def test_command_reads_a_checkpoint_and_writes_the_report(tmp_path: Path) -> Non
     report = json.loads((out / "idle_check.json").read_text())
     assert report["format"] == idle_check.REPORT_FORMAT and report["part"] == "val"
     # data without named gravity and gyroscope features: the generators that need them are out
-    assert [r["generator"] for r in report["rows"]] == ["trained", "louder", "frozen"]
+    assert [r["generator"] for r in report["rows"]] == ["trained", "louder", "frozen", "shaky"]
     assert "| frozen |" in (out / "idle_check.md").read_text()

@@ -84,6 +84,26 @@ def test_idle_reads_gravity_and_a_still_gyroscope(rest: RestModel) -> None:
     assert rest.noise[3:].max() < 0.5  # measured on the quietest windows, far below motion
 
 
+def test_varied_rest_mixes_louder_and_frozen_periods(rest: RestModel) -> None:
+    """Varied rest keeps every bout as its recording; its idle periods are the measured rest
+    (1/2), louder rest (1/4: noise x2-x8) or a frozen sensor (1/4: the bout's last values)."""
+    spec = StreamSpec(idle_min_s=5.0, idle_max_s=20.0, bouts_per_stream=1)
+    recs = _recordings()
+    for s in build_streams(recs, rest, spec, RATE, seed=4, varied=True):
+        bout = int(s.bout[~s.idle_mask][0])
+        assert np.array_equal(s.x[~s.idle_mask], recs[bout].x)
+    before = np.tile(np.float32([0.6, 0.2, 0.7, 0.3, -0.2, 0.1]), (25, 1))
+    kinds = []
+    for seed in range(200):
+        idle = rest.varied(500, before, np.random.default_rng(seed))
+        loud = float((idle.std(0) / rest.noise)[3:].max())
+        frozen = np.allclose(idle[:, 3:].mean(0), before[0, 3:], atol=0.05)
+        kinds.append("frozen" if frozen else "louder" if loud > 2.2 else "rest")
+    shares = {k: kinds.count(k) / len(kinds) for k in ("rest", "louder", "frozen")}
+    assert abs(shares["rest"] - 0.5) < 0.1
+    assert abs(shares["louder"] - 0.25) < 0.1 and abs(shares["frozen"] - 0.25) < 0.1
+
+
 def test_idle_lengths_follow_the_spec(rest: RestModel) -> None:
     spec = StreamSpec(idle_min_s=2.0, idle_max_s=6.0, bouts_per_stream=1)
     streams = build_streams(_recordings(), rest, spec, RATE, seed=2)

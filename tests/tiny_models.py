@@ -34,9 +34,10 @@ def build_tiny_sarnn(
     selective: bool = True,
     coord_energy: bool = False,
     coord_accumulate: bool = False,
+    coord_delta: bool = False,
 ) -> SARNN:
-    """A seeded SA-RNN whose gates are mixed (coordinator bias 0, random W_x, w_d and W_e) and
-    whose normalisation is not the identity; in eval mode."""
+    """A seeded SA-RNN whose gates are mixed (coordinator bias 0, random W_x, w_d, W_e and W_v)
+    and whose normalisation is not the identity; in eval mode."""
     torch.manual_seed(seed)
     model = SARNN(
         ModelConfig(
@@ -47,6 +48,7 @@ def build_tiny_sarnn(
             selective=selective,
             coord_energy=coord_energy,
             coord_accumulate=coord_accumulate,
+            coord_delta=coord_delta,
         )
     )
     gen = torch.Generator().manual_seed(seed + 1)
@@ -56,6 +58,9 @@ def build_tiny_sarnn(
         model.coord_d.copy_(torch.randn(hidden, generator=gen))
         if model.coord_e is not None:
             model.coord_e.weight.copy_(torch.randn(hidden, TINY_FEATURES, generator=gen))
+        if model.coord_v is not None:
+            model.coord_v.weight.copy_(torch.randn(hidden, TINY_FEATURES, generator=gen))
+            model.motion_mean.copy_(torch.rand(TINY_FEATURES, generator=gen) + 0.5)
     model.set_normalisation(torch.tensor(TINY_MEAN), torch.tensor(TINY_STD))
     model.alpha = alpha
     model.eval()

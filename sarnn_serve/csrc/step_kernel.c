@@ -32,12 +32,14 @@ typedef struct {
     const float *b_out;        /* [C] */
     const float *w_energy;     /* [F, H] or NULL: the coordinator's energy term (x_n * x_n) W_e */
     const float *phase;        /* [H] or NULL: the accumulating coordinator's levels */
+    const float *w_motion;     /* [F, H] or NULL: the motion term (|x_t - x_{t-1}| / std) W_v,
+                                * only with phase */
 } sarnn_weights;
 
 /* The layout of sarnn_weights and the calling convention of sarnn_chunk: native.py checks both
  * (sarnn_abi_version, sarnn_weights_size) before it calls anything. Change the version with
  * either. */
-#define SARNN_ABI_VERSION 2
+#define SARNN_ABI_VERSION 3
 
 int sarnn_abi_version(void) { return SARNN_ABI_VERSION; }
 
@@ -271,12 +273,14 @@ VECTOR_CLONES static void accumulate(const sarnn_weights *w, const float *a, flo
     }
 }
 
-/* The coordinator of one row: a_j = (x_n W_a + b_a)_j [+ ((x_n * x_n) W_e)_j] + w_d,j h_j for
- * every j (each input part summed over the features in order, as a row of x_n [1,F] times
- * W [F,H], and added in the graph's order); u_j = [a_j > cut], or the accumulator's gate
- * (`accumulate`, acc not NULL). `a` holds 2H floats. */
-VECTOR_CLONES static void coordinate(const sarnn_weights *w, const float *xn, const float *h,
-                                     float cut, float rate, float *acc, float *a, uint8_t *u) {
+/* The coordinator of one row: a_j = (x_n W_a + b_a)_j [+ ((x_n * x_n) W_e)_j]
+ * [+ (v W_v)_j] + w_d,j h_j for every j (each input part summed over the features in order, as
+ * a row of x_n [1,F] times W [F,H], and added in the graph's order; v the row's motion
+ * |x_t - x_{t-1}| / std); u_j = [a_j > cut], or the accumulator's gate (`accumulate`, acc not
+ * NULL). `a` holds 2H floats. */
+VECTOR_CLONES static void coordinate(const sarnn_weights *w, const float *xn, const float *v,
+                                     const float *h, float cut, float rate, float *acc, float *a,
+                                     uint8_t *u) {
     const int H = w->hidden, F = w->features;
     float *e = a + H;
     for (int j = 0; j < H; j++) a[j] = 0.0f;
@@ -294,6 +298,14 @@ VECTOR_CLONES static void coordinate(const sarnn_weights *w, const float *xn, co
         }
         for (int j = 0; j < H; j++) a[j] += e[j];
     }
+    if (w->w_motion) {
+        for (int j = 0; j < H; j++) e[j] = 0.0f;
+        for (int f = 0; f < F; f++) {
+            const float *row = w->w_motion + (size_t)f * H;
+            for (int j = 0; j < H; j++) e[j] += v[f] * row[j];
+        }
+        for (int j = 0; j < H; j++) a[j] += e[j];
+    }
     if (acc) {
         for (int j = 0; j < H; j++) a[j] += w->w_diag[j] * h[j];
         accumulate(w, a, rate, acc, u);
@@ -303,7 +315,8 @@ VECTOR_CLONES static void coordinate(const sarnn_weights *w, const float *xn, co
 }
 
 /* Advance `batch` rows by `steps` steps. x [B,T,F]; state_in and state_out [B,S] (S = H, or
- * 2H for the LSTM: h then c; H more with an accumulator, last); lengths and threshold [B];
+ * 2H for the LSTM: h then c; H more with an accumulator; F more with motion features, the last
+ * input in raw units, last); lengths and threshold [B];
  * logits [B,T,C]; updates [B,T,H].
  * Returns 0, or -1 if scratch memory could not be had. */
 int sarnn_chunk(const sarnn_weights *w, int batch, int steps, const float *x,
@@ -312,10 +325,13 @@ int sarnn_chunk(const sarnn_weights *w, int batch, int steps, const float *x,
     const int H = w->hidden, F = w->features, C = w->classes;
     const int lstm = w->cell == CELL_LSTM;
     const size_t cell_size = (size_t)(lstm ? 2 : 1) * H;
-    const size_t S = cell_size + (w->phase ? (size_t)H : 0);
+    const size_t acc_size = w->phase ? (size_t)H : 0;
+    const size_t S = cell_size + acc_size + (w->w_motion ? (size_t)F : 0);
     float *state = malloc(sizeof(float) * (size_t)batch * S);
     float *next = malloc(sizeof(float) * (size_t)batch * S);
-    float *xn = malloc(sizeof(float) * (size_t)batch * (F > 0 ? F : 1));
+    /* the rows' normalised inputs [B,F], then one row's motion [F] */
+    float *xn = malloc(sizeof(float) * ((size_t)batch + 1) * (F > 0 ? F : 1));
+    float *v = xn + (size_t)batch * F;
     uint8_t *gate = malloc((size_t)batch * H);
     float *cut = malloc(sizeof(float) * 2 * (size_t)batch), *rate = cut + batch;
     float *coord = malloc(sizeof(float) * 2 * (size_t)H);
@@ -343,8 +359,16 @@ int sarnn_chunk(const sarnn_weights *w, int batch, int steps, const float *x,
                 memset(u, 0, (size_t)H);
                 continue;
             }
-            /* the accumulator changes in `state`, from which `next` is copied below */
-            coordinate(w, xb, h, cut[b], rate[b], w->phase ? h + cell_size : NULL, coord, u);
+            /* the accumulator and the last input change in `state`, from which `next` is
+             * copied below */
+            float *last = w->w_motion ? h + cell_size + acc_size : NULL;
+            if (last)
+                for (int f = 0; f < F; f++) {
+                    const float d = xt[f] - last[f];
+                    v[f] = (d < 0.0f ? -d : d) / w->std[f];
+                }
+            coordinate(w, xb, v, h, cut[b], rate[b], w->phase ? h + cell_size : NULL, coord, u);
+            if (last) memcpy(last, xt, sizeof(float) * (size_t)F);
         }
         memcpy(next, state, sizeof(float) * (size_t)batch * S);
         /* neuron-major: a neuron's weight rows are read once per step for the rows updating
