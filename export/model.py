@@ -4,7 +4,7 @@ The math follows docs/architecture.md, section "The model":
 
     a_t = W_x x_t + w_d * h_{t-1} + b                 coordinator (w_d: one weight per neuron)
           [+ W_e (x_t * x_t - 1)]                     energy features (`coord_energy`)
-          [+ W_v (|x_t - x_{t-1}| - m)]               motion features (`coord_delta`)
+          [+ W_v (|x_t - x_{t-1}| / m - 1)]           motion features (`coord_delta`)
     p_t = clamp((alpha a_t + 1) / 2, 0, 1)            hard sigmoid, slope alpha annealed 1 -> 5
     u_t = round(p_t) = [a_t > 0], straight through    training gate (tie a = 0: no update;
                                                       a drawn tau moves the cut as below)
@@ -26,9 +26,11 @@ lambda mean(u) reaches p through the straight-through gradient. The accumulator 
 carried state (after h and c), so a chunked stream updates exactly as a whole one.
 
 Motion features (`coord_delta`, with the accumulator) give the coordinator how far each input
-moved since the last step, |x_t - x_{t-1}| / std, centred by its mean m on the training
-recordings: a sensor at rest moves by its noise alone, whatever direction it rests in, so a
-coordinator can tell rest from motion without learning rest's orientations. The last input (raw
+moved since the last step, |x_t - x_{t-1}| in units of its mean m on the training recordings,
+centred (about 1 in motion, near -1 at rest): a sensor at rest moves by its noise alone,
+whatever direction it rests in, so a coordinator can tell rest from motion without learning
+rest's orientations. (Scaled by m, not by the input's std, the feature is of order 1, so its
+weights learn at the pace of the others.) The last input (raw
 sensor units) is carried in the state after the accumulator; a fresh state holds zeros, so the
 first step of a stream sees the input itself as its motion.
 
@@ -39,9 +41,11 @@ RNNCell, so a model with every gate open equals the plain torch cell.
 Baselines without a coordinator (`selective=False`): the dense cell updates every neuron at every
 step; `skip_every=k` updates every neuron at steps t = 0, k, 2k, ... and none in between;
 `random_mask=r` updates each neuron with probability r per step, independently of the input
-(fresh draws in training; in deterministic mode one fixed seeded [T, H] pattern, the same for
-every row). Both schedules count steps from the start of the sequence given to `forward`: they
-are evaluated on whole recordings, offline (the chunk graph carries no step counter).
+(fresh draws in training; in deterministic mode one fixed seeded pattern of RANDOM_MASK_PERIOD
+steps, repeated, `random_table`). The random mask carries its place in the pattern as one more
+number of state (after h and c), so it is exported and served like an SA-RNN: a stream updates
+the same neurons however it is chunked. Skip-every-k counts steps from the start of the sequence
+given to `forward`: it is evaluated on whole recordings, offline.
 
 The training gate's backward pass (`gate_grad`): "band" is the hard sigmoid's own derivative,
 alpha / 2 inside |a| < 1 / alpha and zero outside, so a neuron that leaves the band gets no
@@ -65,6 +69,7 @@ BUDGETS = ("mean", "sum")
 ALPHA_START = 1.0
 ALPHA_END = 5.0
 RANDOM_MASK_SEED = 0
+RANDOM_MASK_PERIOD = 2048
 
 
 @dataclass
@@ -115,7 +120,7 @@ class ModelConfig:
     @property
     def offline_only(self) -> str | None:
         """Why this model cannot be exported to the chunk graph, or None when it can."""
-        flag = {"skip": f"--skip-every {self.skip_every}", "random": "--random-mask"}
+        flag = {"skip": f"--skip-every {self.skip_every}"}
         if self.gating not in flag:
             return None
         return (
@@ -157,6 +162,14 @@ def accumulator_phase(hidden: int) -> Tensor:
     return torch.from_numpy(levels.astype(np.float32))
 
 
+def random_table(hidden: int, rate: float) -> Tensor:
+    """The deterministic random mask [RANDOM_MASK_PERIOD, H] (bool): neuron j updates at place
+    k of the pattern where a seeded uniform draw (seed RANDOM_MASK_SEED) is below `rate`."""
+    rng = np.random.default_rng(RANDOM_MASK_SEED)
+    draws = rng.random((RANDOM_MASK_PERIOD, hidden), dtype=np.float32)
+    return torch.from_numpy(draws < np.float32(rate))
+
+
 def accumulator_scale(tau: float | Tensor) -> float | Tensor:
     """What the accumulating coordinator adds per unit of its rate at threshold tau: the odds
     (1 - tau) / tau, 1 at tau = 0.5; the update rate scales with it, from 19x at tau = 0.05 to
@@ -188,7 +201,7 @@ class SARNN(nn.Module):
         self.coord_v = nn.Linear(f, h, bias=False) if config.coord_delta else None
         if self.coord_v is not None:
             nn.init.zeros_(self.coord_v.weight)
-            self.register_buffer("motion_mean", torch.zeros(f))
+            self.register_buffer("motion_gain", torch.ones(f))
         self.head = nn.Linear(h, config.n_classes)
         self.register_buffer("mean", torch.zeros(f))
         self.register_buffer("std", torch.ones(f))
@@ -202,24 +215,26 @@ class SARNN(nn.Module):
     @property
     def state_size(self) -> int:
         """Width of the carried state: the cell's, then the accumulator's with one, then the
-        last input with motion features."""
+        last input with motion features, or the place in the pattern of a random mask."""
         extra = self.config.hidden if self.config.coord_accumulate else 0
         last = self.config.n_features if self.config.coord_delta else 0
-        return self.cell_state_size + extra + last
+        place = 1 if self.config.gating == "random" else 0
+        return self.cell_state_size + extra + last + place
 
     def set_normalisation(self, mean: Tensor, std: Tensor) -> None:
         """Store per-feature statistics of the training data; inputs are raw sensor units."""
         self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
         self.std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-6))
 
-    def set_motion_mean(self, recordings: list[np.ndarray]) -> None:
-        """Centre the motion features: the mean of |x_t - x_{t-1}| / std per feature over the
-        steps of `recordings` (each [T, F], raw units; call after `set_normalisation`)."""
+    def set_motion_scale(self, recordings: list[np.ndarray]) -> None:
+        """Scale the motion features by the mean step m = mean |x_t - x_{t-1}| per feature over
+        the steps of `recordings` (each [T, F], raw units; call after `set_normalisation`):
+        `motion_gain` = std / m turns |x_t - x_{t-1}| / std into steps in units of m."""
         if self.coord_v is None:
             raise ValueError("the model has no motion features (coord_delta)")
         steps = np.concatenate([np.abs(np.diff(r, axis=0)) for r in recordings if len(r) > 1])
-        mean = torch.as_tensor(steps.mean(0), dtype=torch.float32) / self.std
-        self.motion_mean.copy_(mean)
+        scale = torch.as_tensor(steps.mean(0), dtype=torch.float32).clamp_min(1e-6)
+        self.motion_gain.copy_(self.std / scale)
 
     def initial_state(self, batch: int) -> Tensor:
         return torch.zeros(batch, self.state_size)
@@ -284,7 +299,9 @@ class SARNN(nn.Module):
         ax_all = self.coordinator_input(xn, motion).unbind(1)
         cut = gate_threshold(threshold, self.alpha)
         gating = self.config.gating if force_gate is None else "forced"
-        pattern = self._random_pattern(steps) if gating == "random" and deterministic else None
+        place = state[:, -1].long() if self.config.gating == "random" else None
+        random = place is not None and deterministic
+        table = random_table(hidden, self.config.random_mask) if random else None
         hs, us, as_ = [], [], []
         for t in range(steps):
             a = ax_all[t] + self.coord_d * h
@@ -296,9 +313,10 @@ class SARNN(nn.Module):
                 continue
             if gating in ("dense", "skip", "forced"):
                 u = torch.full_like(a, 1.0 if force_gate is None else float(force_gate))
+            elif gating == "random" and deterministic:
+                u = table[(place + t) % RANDOM_MASK_PERIOD].to(a.dtype)
             elif gating == "random":
-                draw = torch.rand_like(a) if pattern is None else pattern[t].expand_as(a)
-                u = (draw < self.config.random_mask).to(a.dtype)
+                u = (torch.rand_like(a) < self.config.random_mask).to(a.dtype)
             elif acc is not None:
                 p = torch.sigmoid(a)  # the share of steps this neuron asks to update on
                 acc = acc + torch.clamp(accumulator_scale(threshold) * p.detach(), max=1.0)
@@ -328,14 +346,17 @@ class SARNN(nn.Module):
             as_.append(decided)
         hseq = torch.stack(hs, 1)
         last = x[:, -1] if self.coord_v is not None else None
-        final = torch.cat([part for part in (h, c, acc, last) if part is not None], 1)
+        ahead = None if place is None else ((place + steps) % RANDOM_MASK_PERIOD)[:, None]
+        parts = (h, c, acc, last, None if ahead is None else ahead.to(h.dtype))
+        final = torch.cat([part for part in parts if part is not None], 1)
         return Output(self.head(hseq), torch.stack(us, 1), torch.stack(as_, 1), final)
 
     def coordinator_input(self, xn: Tensor, motion: Tensor | None = None) -> Tensor:
         """The coordinator's input part W_x x + b, plus W_e (x * x - 1) with energy features
         (x the normalised input): a gate can then open on motion and stay shut at rest, which a
         linear function of x alone cannot tell apart when motion swings both ways. With motion
-        features, plus W_v (`motion` - m), `motion` = |x_t - x_{t-1}| / std [B, T, F].
+        features, plus W_v (`motion` g - 1), `motion` = |x_t - x_{t-1}| / std [B, T, F] and g
+        the gain std / m (`set_motion_scale`).
 
         The energy is centred (x * x has mean 1 on the training data) so that the budget's
         gradient on W_e, which is proportional to the feature, points where the feature is off
@@ -345,14 +366,8 @@ class SARNN(nn.Module):
         if self.coord_e is not None:
             ax = ax + self.coord_e(xn * xn - 1.0)
         if self.coord_v is not None:
-            ax = ax + self.coord_v(motion - self.motion_mean)
+            ax = ax + self.coord_v(motion * self.motion_gain - 1.0)
         return ax
-
-    def _random_pattern(self, steps: int) -> Tensor:
-        """The fixed uniform draws [T, H] of deterministic mode (seed RANDOM_MASK_SEED); a
-        prefix of a longer sequence's draws."""
-        rng = np.random.default_rng(RANDOM_MASK_SEED)
-        return torch.from_numpy(rng.random((steps, self.config.hidden), dtype=np.float32))
 
 
 def budget_loss(

@@ -29,7 +29,7 @@ import onnx
 import torch
 
 from export.data import load_data
-from export.model import SARNN, accumulator_phase, load_checkpoint
+from export.model import SARNN, accumulator_phase, load_checkpoint, random_table
 from export.onnx_graph import OPSET, CellWeights, build_chunk_graph
 from export.onnx_sparse import build_sparse_chunk_graph
 from export.train import TrainConfig, stream_parts, threshold_curve
@@ -50,12 +50,12 @@ DENSE_GATE_BIAS = 1e30
 
 def _coordinator_bias(sd: dict[str, np.ndarray]) -> np.ndarray:
     """b, with the centrings of the energy and motion terms folded in:
-    W_e (x * x - 1) = W_e (x * x) - W_e 1 and W_v (v - m) = W_v v - W_v m."""
+    W_e (x * x - 1) = W_e (x * x) - W_e 1 and W_v (v g - 1) = (W_v g) v - W_v 1."""
     bias = sd["coord_x.bias"]
     if "coord_e.weight" in sd:
         bias = bias - sd["coord_e.weight"].sum(axis=1)
     if "coord_v.weight" in sd:
-        bias = bias - sd["coord_v.weight"] @ sd["motion_mean"]
+        bias = bias - sd["coord_v.weight"].sum(axis=1)
     return bias.astype(np.float32)
 
 
@@ -82,7 +82,10 @@ def cell_weights(model: SARNN) -> CellWeights:
         std=sd["std"],
         alpha=float(model.alpha),
         coord_e=sd.get("coord_e.weight"),
-        coord_v=sd.get("coord_v.weight"),
+        coord_v=sd["coord_v.weight"] * sd["motion_gain"] if "coord_v.weight" in sd else None,
+        mask_table=random_table(model.config.hidden, model.config.random_mask).numpy()
+        if model.config.gating == "random"
+        else None,
         phase=accumulator_phase(model.config.hidden).numpy()
         if model.config.coord_accumulate
         else None,
@@ -94,7 +97,7 @@ def build_model(model: SARNN, sparse: bool = False) -> onnx.ModelProto:
     checker. Refuses the offline-only baselines."""
     if model.config.offline_only:
         raise ValueError(model.config.offline_only)
-    if sparse and not model.config.selective:
+    if sparse and model.config.gating == "dense":
         raise ValueError("a dense baseline updates every neuron; it has no sparse twin")
     builder = build_sparse_chunk_graph if sparse else build_chunk_graph
     proto = builder(

@@ -55,6 +55,7 @@ class CellWeights:
     coord_e: np.ndarray | None = None  # [H, F]: energy features W_e (x * x), if the model has them
     phase: np.ndarray | None = None  # [H]: the accumulating coordinator's levels, if it has one
     coord_v: np.ndarray | None = None  # [H, F]: motion features W_v |x_t - x_{t-1}|, if it has them
+    mask_table: np.ndarray | None = None  # [P, H] bool: a random mask's pattern, for that baseline
 
     @property
     def hidden(self) -> int:
@@ -112,12 +113,32 @@ def _blocks(w: CellWeights) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarra
     return [(n, a.T, b, r.T) for n, a, b, r in blocks]
 
 
-def gate_nodes(w: CellWeights, b: _Body) -> str:
+def _random_gate(w: CellWeights, b: _Body, neuron_major: bool) -> str:
+    """A random mask's gate: row `place` of the pattern (a place outside [0, P), or not a
+    number, reads as 0), while t < length, when the place moves on by one, wrapping at P."""
+    live = b.op("Greater", "rate", "zero")
+    inside = b.op("And", b.op("GreaterOrEqual", "place", "zero"), b.op("Less", "place", "period"))
+    place = b.op("Where", inside, "place", "zero")
+    idx = b.op("Cast", b.op("Reshape", place, "flat"), to=TensorProto.INT64)  # [B]
+    row = b.op("Gather", "pattern", idx, axis=1 if neuron_major else 0)
+    gate = b.out("And", [row, live], "u_t")
+    ahead = b.op("Add", place, "one")
+    wrapped = b.op(
+        "Where", b.op("GreaterOrEqual", ahead, "period"), b.op("Sub", ahead, "period"), ahead
+    )
+    b.out("Where", [live, wrapped, "place"], "place_next")
+    return b.op("Cast", gate, to=TensorProto.FLOAT)
+
+
+def gate_nodes(w: CellWeights, b: _Body, neuron_major: bool = False) -> str:
     """The scan body's gate u_t (bool) from ax, wd, h and the per-step cut: u = [a > thr], or
     for an accumulating coordinator acc' = acc + min(rate p, 1) with p = sigmoid(a),
     u = [acc' >= phase] and acc_next = acc' - u, where rate > 0 (past a row's length rate is
     0 and nothing changes, whatever the padding's a); with motion features the last input
-    becomes x_t while t < length. Returns u as float."""
+    becomes x_t while t < length; a random mask reads its pattern (`_random_gate`). Returns u
+    as float."""
+    if w.mask_table is not None:
+        return _random_gate(w, b, neuron_major)
     a = b.op("Add", "ax", b.op("Mul", "wd", "h"))
     if w.phase is None:
         gate = b.out("Greater", [a, "thr"], "u_t")
@@ -261,12 +282,14 @@ def state_names(w: CellWeights) -> list[str]:
         *(["c"] if w.cell == "lstm" else []),
         *(["acc"] if w.phase is not None else []),
         *(["last"] if w.coord_v is not None else []),
+        *(["place"] if w.mask_table is not None else []),
     ]
 
 
 def state_widths(w: CellWeights) -> list[int]:
-    """The width of each part of `state_names`: H, and F for the last input."""
-    return [w.mean.shape[0] if name == "last" else w.hidden for name in state_names(w)]
+    """The width of each part of `state_names`: H, F for the last input, 1 for the place."""
+    widths = {"last": w.mean.shape[0], "place": 1}
+    return [widths.get(name, w.hidden) for name in state_names(w)]
 
 
 def split_state(w: CellWeights, g: _Body, init: list[TensorProto]) -> list[str]:
@@ -300,12 +323,22 @@ def cut_inputs(
     """The per-step, per-row gate input scanned beside x, by body name: `thr` (the cut while
     t < length, +inf after), or for an accumulating coordinator `rate` ((1 - tau) / tau while
     t < length, 0 after), with the levels `phase` as an initializer: [H], or [H, 1] for a
-    `neuron_major` body (the sparse graph's [H, B] state)."""
-    if w.phase is None:
+    `neuron_major` body (the sparse graph's [H, B] state); a random mask scans `rate` too (its
+    sign alone: whether t < length), with its pattern as an initializer ([P, H], or [H, P])."""
+    if w.phase is None and w.mask_table is None:
         return "thr", g.op("Where", valid, cut, "pos_inf")  # a > +inf never holds
     scale = g.op("Div", g.op("Sub", "one", tau), tau)
-    phase = w.phase[:, None] if neuron_major else w.phase
-    init += [_const("zero", 0.0), _const("phase", phase)]
+    init.append(_const("zero", 0.0))
+    if w.phase is not None:
+        init.append(_const("phase", w.phase[:, None] if neuron_major else w.phase))
+    else:
+        table = w.mask_table.T if neuron_major else w.mask_table
+        init += [
+            _const("pattern", np.ascontiguousarray(table), np.bool_),
+            _const("period", float(w.mask_table.shape[0])),
+        ]
+        if not neuron_major:
+            init.append(_const("flat", [-1], np.int64))
     return "rate", g.op("Where", valid, scale, "zero")
 
 

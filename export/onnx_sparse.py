@@ -52,7 +52,7 @@ def _blend(b: _Body, old_rows: str, new_rows: str, mask_rows: str) -> str:
 def _sparse_step(w: CellWeights, b: _Body) -> None:
     """Scan body: inputs h (c, acc, last), gx_<block>, ax, the cut (`gate_nodes`) and x_t with
     motion features; outputs h_next (c_next, acc_next, last_next), h_t, u_t."""
-    u = gate_nodes(w, b)  # [H,B]
+    u = gate_nodes(w, b, neuron_major=True)  # [H,B]
     any_row = b.op("ReduceMax", u, "axis_b", keepdims=0)  # [H]
     nz = b.op("NonZero", any_row)  # [1,K]
     idx = b.op("Reshape", nz, "flat")  # [K]

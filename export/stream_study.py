@@ -4,8 +4,11 @@ Arms, all trained on watch streams (export/streams.py, variant "rest", state car
 training windows; with `--varied-rest`, idle periods of varied rest in training) with the same
 budget of batches, 5 seeds each:
 
-    sa-motion   sa-accumulate with motion features |x_t - x_{t-1}| for its coordinator (the last
-                input carried in the state), meant to be trained on varied rest
+    sa-motion   SA-RNN H=128 with an accumulating coordinator that weighs motion features
+                |x_t - x_{t-1}| / std instead of energy features (the last input carried in the
+                state), meant to be trained on varied rest (`--varied-rest`)
+    sa-motion-energy
+                sa-motion with energy features too
     sa-accumulate
                 SA-RNN H=128 whose coordinator asks for a rate per neuron and step,
                 p = sigmoid(a), accumulated until it reaches the neuron's level (export.model):
@@ -51,8 +54,8 @@ COMMON = [
     "--window", "512", "--quiet",
 ]  # fmt: skip
 ARM_NAMES = (
-    "sa-motion", "sa-accumulate", "sa-energy", "random", "periodic", "dense-40", "dense-62",
-    "dense-96", "sa-plain",
+    "sa-motion", "sa-motion-energy", "sa-accumulate", "sa-energy", "random", "periodic",
+    "dense-40", "dense-62", "dense-96", "sa-plain",
 )  # fmt: skip
 SEEDS = (0, 1, 2, 3, 4)
 LAM = 4.0
@@ -64,7 +67,8 @@ def arm_flags(arm: str, lam: float, random_rate: float, coord_lr_scale: float) -
     """The training flags of one arm (beside COMMON)."""
     coordinator = ["--lam", f"{lam:g}", "--coord-lr-scale", f"{coord_lr_scale:g}"]
     return {
-        "sa-motion": [
+        "sa-motion": ["--hidden", "128", "--coord-accumulate", "--coord-delta", *coordinator],
+        "sa-motion-energy": [
             "--hidden",
             "128",
             "--coord-energy",

@@ -568,7 +568,7 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict:
     model = SARNN(cfg.model_config(data.n_features, data.n_classes))
     model.set_normalisation(*data.normalisation())
     if cfg.coord_delta:
-        model.set_motion_mean([r.x for r in data.train])
+        model.set_motion_scale([r.x for r in data.train])
     spec = cfg.stream_spec(data)
     skip = int(cfg.eval_skip_seconds * (data.sample_rate_hz or 0))
     parts = stream_parts(cfg, data) if spec is not None else {}

@@ -58,6 +58,8 @@ class _Weights(ctypes.Structure):
                 "w_motion",
             )
         ],
+        ("pattern", ctypes.POINTER(ctypes.c_uint8)),
+        ("period", ctypes.c_int32),
     ]
 
 
@@ -137,6 +139,10 @@ def _check_shapes(t: dict[str, np.ndarray], blocks: tuple[str, ...], cell: str) 
         want["W_e"] = (f, h)
     if "phase" in t:
         want["phase"] = (h,)
+    if "pattern" in t:
+        if t["pattern"].ndim != 2 or t["pattern"].shape[1] != h or t["pattern"].dtype != bool:
+            raise NativeKernelError(f"pattern: shape {t['pattern'].shape}, expected (P, {h}) bool")
+        want["period"] = ()
     if "W_v" in t:
         if "phase" not in t:
             raise NativeKernelError("motion features (W_v) without an accumulator (phase)")
@@ -212,6 +218,10 @@ class NativeKernel:
         self.classes = int(t["b_out"].shape[0])
         parts = 1 + (self.cell == "lstm") + ("phase" in t)
         self.state_size = parts * self.hidden + (self.features if "W_v" in t else 0)
+        self._pattern = None
+        if "pattern" in t:
+            self._pattern = np.ascontiguousarray(t["pattern"], dtype=np.uint8)
+            self.state_size += 1
         self._weights = _Weights(  # by name: the struct's field order is the C header's
             cell=CELL_CODES[self.cell],
             hidden=self.hidden,
@@ -221,6 +231,9 @@ class NativeKernel:
             alpha=float(t["alpha"]),
             **{name: a.ctypes.data_as(_FLOATS) for name, a in self._arrays.items()},
         )
+        if self._pattern is not None:
+            self._weights.pattern = self._pattern.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
+            self._weights.period = int(self._pattern.shape[0])
 
     @property
     def normalisation(self) -> tuple[np.ndarray, np.ndarray]:

@@ -2,7 +2,8 @@
 
 The serving runtime has onnxruntime, which runs a graph but does not hand out its weights; the
 native kernel needs them. An ONNX file is a protobuf `ModelProto`; this walks its wire format
-down to `graph.initializer` and decodes float32 and int64 tensors (raw or typed data).
+down to `graph.initializer` and decodes float32 and int64 tensors (raw or typed data) and bool
+tensors (raw data).
 """
 
 import math
@@ -12,7 +13,7 @@ import numpy as np
 
 MODEL_GRAPH, GRAPH_INITIALIZER = 7, 5
 TENSOR_DIMS, TENSOR_TYPE, TENSOR_FLOATS, TENSOR_INT64S, TENSOR_NAME, TENSOR_RAW = 1, 2, 4, 7, 8, 9
-DTYPES = {1: np.dtype("<f4"), 7: np.dtype("<i8")}
+DTYPES = {1: np.dtype("<f4"), 7: np.dtype("<i8"), 9: np.dtype("?")}
 VARINT, FIXED64, LENGTH, FIXED32 = 0, 1, 2, 5
 
 
@@ -96,7 +97,8 @@ def _tensor(buf: memoryview) -> tuple[str, np.ndarray | None]:
 
 
 def read_initializers(path: Path) -> dict[str, np.ndarray]:
-    """Float32 and int64 initializers of the ONNX model at `path`, by name (others are left out)."""
+    """Float32, int64 and bool initializers of the ONNX model at `path`, by name (others are
+    left out)."""
     model = memoryview(path.read_bytes())
     graphs = [
         value for number, wire, value in _fields(model) if (number, wire) == (MODEL_GRAPH, LENGTH)

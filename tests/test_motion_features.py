@@ -173,12 +173,12 @@ def test_motion_features_are_counted_and_carried_in_the_card() -> None:
     assert old.state_size == 256 and "coordinator_delta" not in old.model_dump()
 
 
-def test_the_motion_centre_is_the_mean_step_over_std() -> None:
+def test_motion_is_counted_in_mean_steps() -> None:
     model = _model()
     recordings = [np.array([[0.0, 0.0, 0.0], [2.0, 1.0, -3.0], [2.0, 2.0, 0.0]], np.float32)]
-    model.set_motion_mean(recordings)
-    want = np.array([1.0, 1.0, 3.0]) / model.std.numpy()
-    np.testing.assert_allclose(model.motion_mean.numpy(), want, rtol=1e-6)
+    model.set_motion_scale(recordings)
+    want = model.std.numpy() / np.array([1.0, 1.0, 3.0])
+    np.testing.assert_allclose(model.motion_gain.numpy(), want, rtol=1e-6)
 
 
 def test_motion_features_need_an_accumulator() -> None:

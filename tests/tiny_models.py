@@ -60,7 +60,7 @@ def build_tiny_sarnn(
             model.coord_e.weight.copy_(torch.randn(hidden, TINY_FEATURES, generator=gen))
         if model.coord_v is not None:
             model.coord_v.weight.copy_(torch.randn(hidden, TINY_FEATURES, generator=gen))
-            model.motion_mean.copy_(torch.rand(TINY_FEATURES, generator=gen) + 0.5)
+            model.motion_gain.copy_(torch.rand(TINY_FEATURES, generator=gen) + 0.5)
     model.set_normalisation(torch.tensor(TINY_MEAN), torch.tensor(TINY_STD))
     model.alpha = alpha
     model.eval()

@@ -34,6 +34,8 @@ typedef struct {
     const float *phase;        /* [H] or NULL: the accumulating coordinator's levels */
     const float *w_motion;     /* [F, H] or NULL: the motion term (|x_t - x_{t-1}| / std) W_v,
                                 * only with phase */
+    const uint8_t *pattern;    /* [P, H] or NULL: a random mask's pattern (no coordinator) */
+    int32_t period;            /* P */
 } sarnn_weights;
 
 /* The layout of sarnn_weights and the calling convention of sarnn_chunk: native.py checks both
@@ -316,7 +318,8 @@ VECTOR_CLONES static void coordinate(const sarnn_weights *w, const float *xn, co
 
 /* Advance `batch` rows by `steps` steps. x [B,T,F]; state_in and state_out [B,S] (S = H, or
  * 2H for the LSTM: h then c; H more with an accumulator; F more with motion features, the last
- * input in raw units, last); lengths and threshold [B];
+ * input in raw units; 1 more for a random mask, its place in the pattern); lengths and
+ * threshold [B];
  * logits [B,T,C]; updates [B,T,H].
  * Returns 0, or -1 if scratch memory could not be had. */
 int sarnn_chunk(const sarnn_weights *w, int batch, int steps, const float *x,
@@ -326,7 +329,7 @@ int sarnn_chunk(const sarnn_weights *w, int batch, int steps, const float *x,
     const int lstm = w->cell == CELL_LSTM;
     const size_t cell_size = (size_t)(lstm ? 2 : 1) * H;
     const size_t acc_size = w->phase ? (size_t)H : 0;
-    const size_t S = cell_size + acc_size + (w->w_motion ? (size_t)F : 0);
+    const size_t S = cell_size + acc_size + (w->w_motion ? (size_t)F : 0) + (w->pattern ? 1 : 0);
     float *state = malloc(sizeof(float) * (size_t)batch * S);
     float *next = malloc(sizeof(float) * (size_t)batch * S);
     /* the rows' normalised inputs [B,F], then one row's motion [F] */
@@ -357,6 +360,16 @@ int sarnn_chunk(const sarnn_weights *w, int batch, int steps, const float *x,
             for (int f = 0; f < F; f++) xb[f] = (xt[f] - w->mean[f]) / w->std[f];
             if (t >= lengths[b]) {
                 memset(u, 0, (size_t)H);
+                continue;
+            }
+            if (w->pattern) {
+                /* a random mask: row `place` of the pattern (outside [0, P) or NaN: row 0),
+                 * then the place moves on by one, wrapping at P (in `state`, as below) */
+                float *place = h + cell_size;
+                const float at = *place >= 0.0f && *place < (float)w->period ? *place : 0.0f;
+                memcpy(u, w->pattern + (size_t)(int64_t)at * H, (size_t)H);
+                const float ahead = at + 1.0f;
+                *place = ahead >= (float)w->period ? ahead - (float)w->period : ahead;
                 continue;
             }
             /* the accumulator and the last input change in `state`, from which `next` is
