@@ -196,6 +196,7 @@ def make_card(
         coordinator_energy=cfg.coord_energy,
         coordinator_accumulate=cfg.coord_accumulate,
         coordinator_delta=cfg.coord_delta,
+        random_mask=cfg.random_mask,
         training=TrainingInfo(
             dataset=blob.get("dataset", "unknown"),
             recipe=metrics.get("recipe", ""),

@@ -139,6 +139,15 @@ class ModelCard(BaseModel):
         "the last step, W_v |x_t - x_{t-1}| / std; the last input (F more numbers of state, "
         "after the accumulator) is carried.",
     )
+    random_mask: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        exclude_if=lambda rate: rate is None,  # older readers read cards without it
+        description="A random-mask baseline (selective false): each neuron updates where a "
+        "fixed seeded pattern of the graph says, at this rate, whatever the input; its place "
+        "in the pattern is the state's last number.",
+    )
     training: TrainingInfo
     evaluation: Evaluation
     validation: Evaluation | None = Field(
@@ -166,10 +175,11 @@ class ModelCard(BaseModel):
     @property
     def state_size(self) -> int:
         """Length of the flat state vector: H, or 2H (h then c) for an LSTM, H more (the
-        accumulator) with an accumulating coordinator, and F more (the last input) with motion
-        features."""
+        accumulator) with an accumulating coordinator, F more (the last input) with motion
+        features, and 1 more (the place in the pattern) for a random mask."""
         parts = 1 + (self.cell == "lstm") + self.coordinator_accumulate
-        return parts * self.hidden + self.n_features * self.coordinator_delta
+        place = self.random_mask is not None
+        return parts * self.hidden + self.n_features * self.coordinator_delta + place
 
     @cached_property
     def cost(self) -> CellCost:

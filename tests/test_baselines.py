@@ -1,12 +1,14 @@
 """Baselines at equal multiply-adds (export.model, export.train, export.onnx_export): the dense
 cell exported to the chunk graph with a coordinator that always opens and served with its own
-accounting; the temporal-skip and random-mask baselines, trained and evaluated offline."""
+accounting; the temporal-skip baseline, trained and evaluated offline; the random-mask baseline,
+trained, evaluated, exported and computed by both chunk graphs with its place in the state."""
 
 import contextlib
 import io
 import json
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 pytest.importorskip("torch")
@@ -18,8 +20,11 @@ from export.cli import main
 from export.model import SARNN, ModelConfig, load_checkpoint
 from export.onnx_export import build_model
 from export.train import TrainConfig
+from sarnn_serve import native
 from sarnn_serve.accounting import CellCost, usage
 from sarnn_serve.card import ModelCard
+from sarnn_serve.native import NativeKernel
+from sarnn_serve.onnx_initializers import read_initializers
 from tests.tiny_models import build_tiny_sarnn, ort_session_for, tiny_inputs
 
 pytestmark = pytest.mark.train  # needs the training extra
@@ -216,12 +221,57 @@ def test_dense_graph_updates_every_neuron_and_matches_pytorch(cell):
     np.testing.assert_allclose(state_out[1:2], short.state.numpy(), atol=ATOL, rtol=0)
 
 
-def test_dense_graph_has_no_sparse_twin_and_schedules_are_offline_only():
+def test_dense_graph_has_no_sparse_twin_and_skipping_is_offline_only():
     with pytest.raises(ValueError, match="no sparse twin"):
         build_model(_baseline("gru"), sparse=True)
-    for schedule, flag in (({"skip_every": 2}, "--skip-every 2"), ({"random_mask": 0.4}, "")):
-        with pytest.raises(ValueError, match=f"baseline \\({flag}.*offline only"):
-            build_model(_baseline("gru", **schedule))
+    with pytest.raises(ValueError, match=r"baseline \(--skip-every 2.*offline only"):
+        build_model(_baseline("gru", skip_every=2))
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn"])
+def test_random_mask_graphs_follow_the_pattern_across_chunks(cell, sparse):
+    """The graph updates the neurons torch's pattern says, from the place the state holds;
+    chunks carry the place, so a stream updates as a whole; past a row's length nothing moves."""
+    model = _baseline(cell, random_mask=0.3)
+    sess = _session_of(model, sparse)
+    x = tiny_inputs(3, 40, seed=8)
+    state = np.zeros((3, model.state_size), np.float32)
+    state[:, -1] = [0, 2040, 17]  # 2040: the pattern wraps within the chunk
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x), torch.from_numpy(state), deterministic=True)
+    feeds = {"x": x, "state": state, "threshold": np.full(3, 0.5, np.float32)}
+    logits, updates, state_out = sess.run(None, feeds)
+    assert np.array_equal(updates, ref.updates.numpy().astype(bool))
+    assert 0.2 < updates.mean() < 0.4
+    np.testing.assert_allclose(logits, ref.logits.numpy(), atol=ATOL, rtol=0)
+    np.testing.assert_allclose(state_out, ref.state.numpy(), atol=ATOL, rtol=0)
+    assert state_out[:, -1].tolist() == [40, 32, 57]
+    first = sess.run(None, {**feeds, "x": x[:, :15]})
+    second = sess.run(None, {**feeds, "x": x[:, 15:], "state": first[2]})
+    assert np.array_equal(np.concatenate([first[1], second[1]], 1), updates)
+    np.testing.assert_allclose(second[2], state_out, atol=ATOL, rtol=0)
+    lengths = np.array([40, 4, 0], np.int64)
+    _, short, kept = sess.run(None, {**feeds, "lengths": lengths})
+    assert not short[1, 4:].any() and not short[2].any()
+    assert kept[1, -1] == 2044 and np.array_equal(kept[2], state[2])
+
+
+def test_a_random_mask_reads_a_bad_place_as_the_start():
+    model = _baseline("gru", random_mask=0.3)
+    sess = _session_of(model, sparse=False)
+    x = tiny_inputs(4, 6, seed=8)
+    state = np.zeros((4, model.state_size), np.float32)
+    state[:, -1] = [0, np.nan, -3, 1e9]
+    _, updates, state_out = sess.run(None, {"x": x, "state": state})
+    for row in (1, 2, 3):
+        assert np.array_equal(updates[row], updates[0])
+    assert state_out[:, -1].tolist() == [6, 6, 6, 6]
+
+
+def _session_of(model, sparse: bool):
+    proto = build_model(model, sparse=sparse).SerializeToString()
+    return ort.InferenceSession(proto, providers=["CPUExecutionProvider"])
 
 
 # --- short runs ----------------------------------------------------------------------------
@@ -232,7 +282,7 @@ TINY_RUN += ["--batches-per-epoch", "3", "--batch-size", "8", "--window", "50", 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("flag", "value"), [("--skip-every", "4"), ("--random-mask", "0.3")])
-def test_schedule_baselines_train_evaluate_and_refuse_export(tmp_path, flag, value):
+def test_schedule_baselines_train_evaluate_and_export_if_servable(tmp_path, flag, value):
     run = tmp_path / "run"
     code, out, err = _cli(["train", *TINY_RUN, flag, value, "--out", str(run)])
     assert code == 0, err
@@ -254,8 +304,33 @@ def test_schedule_baselines_train_evaluate_and_refuse_export(tmp_path, flag, val
 
     models = tmp_path / "models"
     code, _, err = _cli(["onnx", "--checkpoint", str(run / "checkpoint.pt"), "--out", str(models)])
-    assert code != 0 and "offline only" in err
-    assert not models.exists()
+    if flag == "--skip-every":
+        assert code != 0 and "offline only" in err
+        assert not models.exists()
+        return
+    assert code == 0, err
+    card = ModelCard.model_validate_json((models / "model.json").read_text())
+    assert card.random_mask == 0.3 and not card.selective
+    assert card.state_size == 8 + 1
+
+    from sarnn_serve.api.app import create_app
+    from sarnn_serve.settings import Settings
+
+    z = np.random.default_rng(3).standard_normal((30, card.n_features))
+    inputs = (model.mean.numpy() + model.std.numpy() * z).astype(np.float32)
+    with TestClient(create_app(Settings(model_dir=tmp_path))) as client:
+        created = client.post("/v1/sessions", json={"model": "models"})
+        assert created.status_code == 201, created.text
+        sid = created.json()["id"]
+        served = []
+        for seq, (start, end) in enumerate([(0, 11), (11, 30)]):
+            body = {"seq": seq, "inputs": inputs[start:end].tolist(), "include_mask": True}
+            answer = client.post(f"/v1/sessions/{sid}/chunks", json=body)
+            assert answer.status_code == 200, answer.text
+            served += [s["mask"] for s in answer.json()["steps"]]
+    with torch.no_grad():
+        want = model(torch.from_numpy(inputs[None]), deterministic=True).updates[0]
+    assert np.array_equal(np.asarray(served), want.numpy().astype(int))
 
 
 @pytest.mark.slow
@@ -304,3 +379,26 @@ def test_dense_baseline_exports_serves_and_accounts_as_dense(tmp_path):
     probs = torch.softmax(logits.double(), -1).numpy()
     served = np.asarray([s["probabilities"] for s in result["steps"]])
     np.testing.assert_allclose(served, probs, atol=1e-5)
+
+
+@pytest.mark.skipif(not native.available(), reason="the native kernel was not built")
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_the_kernel_follows_the_random_pattern_as_the_graph(cell, tmp_path):
+    model = _baseline(cell, random_mask=0.3)
+    graph = tmp_path / "model.onnx"
+    graph.write_bytes(build_model(model).SerializeToString())
+    kernel = NativeKernel(read_initializers(graph))
+    state = np.zeros((5, model.state_size), np.float32)
+    state[:, -1] = [0, 2047, np.nan, 1e9, 5.5]
+    feeds = {
+        "x": tiny_inputs(5, 60, seed=2),
+        "state": state,
+        "lengths": np.array([60, 0, 7, 59, 30], np.int64),
+        "threshold": np.array([0.5, 0.3, 0.05, 0.95, 0.7], np.float32),
+    }
+    want = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"]).run(None, feeds)
+    got = kernel.run(**feeds)
+    assert kernel.state_size == model.state_size
+    assert np.array_equal(got[1], want[1])
+    np.testing.assert_allclose(got[0], want[0], atol=ATOL, rtol=0)
+    np.testing.assert_allclose(got[2], want[2], atol=ATOL, rtol=0)
