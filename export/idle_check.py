@@ -20,6 +20,9 @@ white noise level the rest model measured on the training recordings.
 - `table`: a watch lying flat: gravity along +z or -z, gyroscope 0 plus a small bias, noise at
   the trained level (x0.25-2).
 - `shaky`: `trained` plus white noise at x8-x16 the measured level, beyond any training rest.
+- `quiet`: `trained` with its noise scaled down to about x0.05-x0.2 the measured level: a still
+  sensor as a data sheet gives it (the measured level, from the data's quietest windows, is
+  that of a wrist that is only nearly still).
 - `tremor`: `trained` plus a physiological tremor, an 8-12 Hz sinusoid of 0.005-0.02 g on the
   accelerometer and 0.02-0.08 rad/s on the gyroscope whose amplitude wanders by +-50% at
   0.05-0.2 Hz.
@@ -87,6 +90,14 @@ def shaky(
 ) -> np.ndarray:
     """Trained rest plus white noise at x8-x16 the measured level: louder than any training rest."""
     return rest.louder(steps, before, rng, factors=(8.0, 16.0))
+
+
+def quiet(
+    steps: int, before: np.ndarray, rest: RestModel, rate: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Trained rest with the noise at x0.05-x0.2 the measured level (log-uniform per period):
+    a still sensor as its data sheet would have it, quieter than any window of the data."""
+    return rest.idle(steps, before, rng, scale=_log_uniform(rng, 0.05, 0.2))
 
 
 def tremor(
@@ -164,6 +175,7 @@ GENERATORS: dict[str, IdleFn] = {
     "frozen": frozen,
     "table": table,
     "shaky": shaky,
+    "quiet": quiet,
     "tremor": tremor,
 }
 NEEDS_SENSORS = ("drift", "fidget", "table", "tremor")

@@ -130,8 +130,15 @@ class RestModel:
             "zero_at_rest_features": [feature_names[i] for i in self.zero_index],
         }
 
-    def idle(self, steps: int, before: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """One rest period of `steps` samples after a bout ending in `before` [n, F]."""
+    def idle(
+        self,
+        steps: int,
+        before: np.ndarray,
+        rng: np.random.Generator,
+        scale: float | None = None,
+    ) -> np.ndarray:
+        """One rest period of `steps` samples after a bout ending in `before` [n, F], its noise
+        at `scale` x the measured level (default: drawn log-uniform in [0.25, 2])."""
         hold = before.mean(0)
         level = hold.copy()
         if self.gravity_index:
@@ -143,7 +150,8 @@ class RestModel:
         if self.zero_index:
             z = list(self.zero_index)
             level[z] = rng.normal(0.0, self.noise[z] / 4)
-        scale = np.exp(rng.uniform(np.log(0.25), np.log(2.0)))
+        if scale is None:
+            scale = np.exp(rng.uniform(np.log(0.25), np.log(2.0)))
         noise = rng.normal(0.0, 1.0, (steps, len(level))) * self.noise * scale
         return (level + noise).astype(np.float32)
 

@@ -59,6 +59,13 @@ def test_shaky_is_louder_than_any_training_rest(rest: RestModel) -> None:
         assert np.all(extra > 7.2) and np.all(extra < 17.6)
 
 
+def test_quiet_rest_has_a_twentieth_to_a_fifth_of_the_noise(rest: RestModel) -> None:
+    for seed in range(20):
+        still, _ = _draw("quiet", rest, seed)
+        level = (still.std(0) / rest.noise)[:3]
+        assert np.all(level > 0.045) and np.all(level < 0.22)
+
+
 def test_tremor_is_a_small_fast_oscillation(rest: RestModel) -> None:
     for seed in range(10):
         shaking, base = _draw("tremor", rest, seed)
@@ -167,5 +174,6 @@ def test_command_reads_a_checkpoint_and_writes_the_report(tmp_path: Path) -> Non
     report = json.loads((out / "idle_check.json").read_text())
     assert report["format"] == idle_check.REPORT_FORMAT and report["part"] == "val"
     # data without named gravity and gyroscope features: the generators that need them are out
-    assert [r["generator"] for r in report["rows"]] == ["trained", "louder", "frozen", "shaky"]
+    names = [r["generator"] for r in report["rows"]]
+    assert names == ["trained", "louder", "frozen", "shaky", "quiet"]
     assert "| frozen |" in (out / "idle_check.md").read_text()
