@@ -30,7 +30,9 @@ moved since the last step, |x_t - x_{t-1}| in units of its mean m on the trainin
 centred (about 1 in motion, near -1 at rest): a sensor at rest moves by its noise alone,
 whatever direction it rests in, so a coordinator can tell rest from motion without learning
 rest's orientations. (Scaled by m, not by the input's std, the feature is of order 1, so its
-weights learn at the pace of the others.) The last input (raw
+weights learn at the pace of the others.) Training keeps W_v >= 0 (`keep_motion_monotone`):
+more motion can only ask for more updates, so quieter rest than any in training asks for
+fewer. The last input (raw
 sensor units) is carried in the state after the accumulator; a fresh state holds zeros, so the
 first step of a stream sees the input itself as its motion.
 
@@ -235,6 +237,14 @@ class SARNN(nn.Module):
         steps = np.concatenate([np.abs(np.diff(r, axis=0)) for r in recordings if len(r) > 1])
         scale = torch.as_tensor(steps.mean(0), dtype=torch.float32).clamp_min(1e-6)
         self.motion_gain.copy_(self.std / scale)
+
+    def keep_motion_monotone(self) -> None:
+        """Clamp the motion weights W_v at 0 from below (after each optimiser step): motion can
+        only raise a neuron's rate, so rest that moves less than any training rest (a quieter
+        sensor) asks for fewer updates, never more."""
+        if self.coord_v is not None:
+            with torch.no_grad():
+                self.coord_v.weight.clamp_(min=0.0)
 
     def initial_state(self, batch: int) -> Tensor:
         return torch.zeros(batch, self.state_size)

@@ -520,7 +520,8 @@ def parameter_groups(model: SARNN, cfg: TrainConfig) -> list[dict]:
 
 def optimiser_step(model: SARNN, opt: torch.optim.Optimizer, loss: torch.Tensor) -> bool:
     """Backpropagate and step, unless the loss or the gradient norm is not finite: then nothing
-    changes. Gradients are clipped to norm 1. True when the step was taken."""
+    changes. Gradients are clipped to norm 1; motion weights are kept at 0 or above
+    (`SARNN.keep_motion_monotone`). True when the step was taken."""
     opt.zero_grad()
     if not torch.isfinite(loss):
         return False
@@ -530,6 +531,7 @@ def optimiser_step(model: SARNN, opt: torch.optim.Optimizer, loss: torch.Tensor)
         opt.zero_grad()
         return False
     opt.step()
+    model.keep_motion_monotone()
     return True
 
 

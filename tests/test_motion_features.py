@@ -181,6 +181,19 @@ def test_motion_is_counted_in_mean_steps() -> None:
     np.testing.assert_allclose(model.motion_gain.numpy(), want, rtol=1e-6)
 
 
+def test_a_training_step_keeps_motion_weights_at_zero_or_above() -> None:
+    from export.train import optimiser_step
+
+    model = _model()
+    with torch.no_grad():
+        model.coord_v.weight.fill_(0.01)
+    opt = torch.optim.SGD(model.parameters(), lr=10.0)
+    out = model.train()(torch.from_numpy(tiny_inputs(2, 30, seed=4)))
+    assert optimiser_step(model, opt, out.updates.sum())  # the budget alone: shut every gate
+    assert float(model.coord_v.weight.min()) == 0.0
+    assert float(model.coord_x.weight.abs().sum()) > 0
+
+
 def test_motion_features_need_an_accumulator() -> None:
     with pytest.raises(ValueError, match="coord_accumulate"):
         ModelConfig(coord_delta=True)
