@@ -17,6 +17,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from export.cli import main
+from export.model import RANDOM_MASK_PERIOD as PERIOD
 from export.model import SARNN, ModelConfig, load_checkpoint
 from export.onnx_export import build_model
 from export.train import TrainConfig
@@ -237,7 +238,7 @@ def test_random_mask_graphs_follow_the_pattern_across_chunks(cell, sparse):
     sess = _session_of(model, sparse)
     x = tiny_inputs(3, 40, seed=8)
     state = np.zeros((3, model.state_size), np.float32)
-    state[:, -1] = [0, 2040, 17]  # 2040: the pattern wraps within the chunk
+    state[:, -1] = [0, PERIOD - 8, 17]  # the pattern wraps within the chunk
     with torch.no_grad():
         ref = model(torch.from_numpy(x), torch.from_numpy(state), deterministic=True)
     feeds = {"x": x, "state": state, "threshold": np.full(3, 0.5, np.float32)}
@@ -254,7 +255,7 @@ def test_random_mask_graphs_follow_the_pattern_across_chunks(cell, sparse):
     lengths = np.array([40, 4, 0], np.int64)
     _, short, kept = sess.run(None, {**feeds, "lengths": lengths})
     assert not short[1, 4:].any() and not short[2].any()
-    assert kept[1, -1] == 2044 and np.array_equal(kept[2], state[2])
+    assert kept[1, -1] == PERIOD - 4 and np.array_equal(kept[2], state[2])
 
 
 def test_a_random_mask_reads_a_bad_place_as_the_start():
@@ -389,7 +390,7 @@ def test_the_kernel_follows_the_random_pattern_as_the_graph(cell, tmp_path):
     graph.write_bytes(build_model(model).SerializeToString())
     kernel = NativeKernel(read_initializers(graph))
     state = np.zeros((5, model.state_size), np.float32)
-    state[:, -1] = [0, 2047, np.nan, 1e9, 5.5]
+    state[:, -1] = [0, PERIOD - 1, np.nan, 1e9, 5.5]
     feeds = {
         "x": tiny_inputs(5, 60, seed=2),
         "state": state,
