@@ -4,7 +4,7 @@ The math follows docs/architecture.md, section "The model":
 
     a_t = W_x x_t + w_d * h_{t-1} + b                 coordinator (w_d: one weight per neuron)
           [+ W_e (x_t * x_t - 1)]                     energy features (`coord_energy`)
-          [+ W_v (|x_t - x_{t-1}| / m - 1)]           motion features (`coord_delta`)
+          [+ W_v (|x_t - xbar_{t-1}| / m - 1)]        motion features (`coord_delta`)
     p_t = clamp((alpha a_t + 1) / 2, 0, 1)            hard sigmoid, slope alpha annealed 1 -> 5
     u_t = round(p_t) = [a_t > 0], straight through    training gate (tie a = 0: no update;
                                                       a drawn tau moves the cut as below)
@@ -26,15 +26,16 @@ lambda mean(u) reaches p through the straight-through gradient. The accumulator 
 carried state (after h and c), so a chunked stream updates exactly as a whole one.
 
 Motion features (`coord_delta`, with the accumulator) give the coordinator how far each input
-moved since the last step, |x_t - x_{t-1}| in units of its mean m on the training recordings,
-centred (about 1 in motion, near -1 at rest): a sensor at rest moves by its noise alone,
-whatever direction it rests in, so a coordinator can tell rest from motion without learning
-rest's orientations. (Scaled by m, not by the input's std, the feature is of order 1, so its
-weights learn at the pace of the others.) Training keeps W_v >= 0 (`keep_motion_monotone`):
-more motion can only ask for more updates, so quieter rest than any in training asks for
-fewer. The last input (raw
-sensor units) is carried in the state after the accumulator; a fresh state holds zeros, so the
-first step of a stream sees the input itself as its motion.
+stands from its recent mean: |x_t - xbar_{t-1}|, xbar the exponential moving average
+xbar_t = xbar_{t-1} + beta (x_t - xbar_{t-1}) (beta = MOTION_SMOOTHING: a time constant of 20
+steps, 0.4 s at 50 Hz), in units of its mean m on the training recordings and centred. A sensor
+at rest varies by its noise alone, whatever direction it rests in or value it is stuck at; a
+moving one swings far from its mean (on the watch data 4-12 times the rest's deviation, where the
+step |x_t - x_{t-1}| of a smooth movement sampled at 50 Hz is no larger than white noise's).
+Training keeps W_v >= 0 (`keep_motion_monotone`): more motion can only ask for more updates, so
+rest quieter than any in training asks for fewer. The moving average (raw units) is carried in
+the state after the accumulator; a fresh state holds zeros, so a stream's first second looks
+like motion.
 
 Input projections of all T steps are computed before the time loop; the loop only does the
 recurrent part. The candidate uses the weights and gate order of torch.nn.GRUCell, LSTMCell and
@@ -72,6 +73,7 @@ ALPHA_START = 1.0
 ALPHA_END = 5.0
 RANDOM_MASK_SEED = 0
 RANDOM_MASK_PERIOD = 32768
+MOTION_SMOOTHING = 0.05
 
 
 @dataclass
@@ -164,6 +166,18 @@ def accumulator_phase(hidden: int) -> Tensor:
     return torch.from_numpy(levels.astype(np.float32))
 
 
+def moving_deviation(x: Tensor, average: Tensor) -> tuple[Tensor, Tensor]:
+    """|x_t - xbar_{t-1}| for every step of x [B, T, F] and the moving average after the last
+    step, from `average` [B, F] before the first (xbar_t = xbar_{t-1} + beta (x_t - xbar_{t-1}),
+    beta = MOTION_SMOOTHING)."""
+    deviations = []
+    for x_t in x.unbind(1):
+        change = x_t - average
+        deviations.append(change.abs())
+        average = average + MOTION_SMOOTHING * change
+    return torch.stack(deviations, 1), average
+
+
 def random_table(hidden: int, rate: float) -> Tensor:
     """The deterministic random mask [RANDOM_MASK_PERIOD, H] (bool): neuron j updates at place
     k of the pattern where a seeded uniform draw (seed RANDOM_MASK_SEED) is below `rate`."""
@@ -217,7 +231,8 @@ class SARNN(nn.Module):
     @property
     def state_size(self) -> int:
         """Width of the carried state: the cell's, then the accumulator's with one, then the
-        last input with motion features, or the place in the pattern of a random mask."""
+        moving average of the input with motion features, or the place in the pattern of a
+        random mask."""
         extra = self.config.hidden if self.config.coord_accumulate else 0
         last = self.config.n_features if self.config.coord_delta else 0
         place = 1 if self.config.gating == "random" else 0
@@ -229,14 +244,19 @@ class SARNN(nn.Module):
         self.std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-6))
 
     def set_motion_scale(self, recordings: list[np.ndarray]) -> None:
-        """Scale the motion features by the mean step m = mean |x_t - x_{t-1}| per feature over
-        the steps of `recordings` (each [T, F], raw units; call after `set_normalisation`):
-        `motion_gain` = std / m turns |x_t - x_{t-1}| / std into steps in units of m."""
+        """Scale the motion features by their mean m = mean |x_t - xbar_{t-1}| per feature over
+        `recordings` (each [T, F], raw units; the average starting at x_0; call after
+        `set_normalisation`): `motion_gain` = std / m turns |x_t - xbar_{t-1}| / std into
+        deviations in units of m."""
         if self.coord_v is None:
             raise ValueError("the model has no motion features (coord_delta)")
-        steps = np.concatenate([np.abs(np.diff(r, axis=0)) for r in recordings if len(r) > 1])
-        scale = torch.as_tensor(steps.mean(0), dtype=torch.float32).clamp_min(1e-6)
-        self.motion_gain.copy_(self.std / scale)
+        deviations = []
+        for r in recordings:
+            x = torch.as_tensor(r, dtype=torch.float32)[None]
+            if x.shape[1] > 1:
+                deviations.append(moving_deviation(x[:, 1:], x[:, 0])[0][0])
+        mean = torch.cat(deviations).mean(0).clamp_min(1e-6)
+        self.motion_gain.copy_(self.std / mean)
 
     def keep_motion_monotone(self) -> None:
         """Clamp the motion weights W_v at 0 from below (after each optimiser step): motion can
@@ -302,10 +322,10 @@ class SARNN(nn.Module):
         phase = accumulator_phase(hidden) if acc is not None else None
         xn = (x - self.mean) / self.std
         gx_all = (xn @ self.cell.weight_ih.T + self.cell.bias_ih).unbind(1)
-        motion = None
+        motion = average = None
         if self.coord_v is not None:
-            before = torch.cat([state[:, None, acc_end:], x[:, :-1]], 1)
-            motion = (x - before).abs() / self.std
+            deviation, average = moving_deviation(x, state[:, acc_end:])
+            motion = deviation / self.std
         ax_all = self.coordinator_input(xn, motion).unbind(1)
         cut = gate_threshold(threshold, self.alpha)
         gating = self.config.gating if force_gate is None else "forced"
@@ -355,7 +375,7 @@ class SARNN(nn.Module):
             us.append(u)
             as_.append(decided)
         hseq = torch.stack(hs, 1)
-        last = x[:, -1] if self.coord_v is not None else None
+        last = average
         ahead = None if place is None else ((place + steps) % RANDOM_MASK_PERIOD)[:, None]
         parts = (h, c, acc, last, None if ahead is None else ahead.to(h.dtype))
         final = torch.cat([part for part in parts if part is not None], 1)
@@ -365,8 +385,8 @@ class SARNN(nn.Module):
         """The coordinator's input part W_x x + b, plus W_e (x * x - 1) with energy features
         (x the normalised input): a gate can then open on motion and stay shut at rest, which a
         linear function of x alone cannot tell apart when motion swings both ways. With motion
-        features, plus W_v (`motion` g - 1), `motion` = |x_t - x_{t-1}| / std [B, T, F] and g
-        the gain std / m (`set_motion_scale`).
+        features, plus W_v (`motion` g - 1), `motion` = |x_t - xbar_{t-1}| / std [B, T, F]
+        and g the gain std / m (`set_motion_scale`).
 
         The energy is centred (x * x has mean 1 on the training data) so that the budget's
         gradient on W_e, which is proportional to the feature, points where the feature is off

@@ -29,7 +29,13 @@ import onnx
 import torch
 
 from export.data import load_data
-from export.model import SARNN, accumulator_phase, load_checkpoint, random_table
+from export.model import (
+    MOTION_SMOOTHING,
+    SARNN,
+    accumulator_phase,
+    load_checkpoint,
+    random_table,
+)
 from export.onnx_graph import OPSET, CellWeights, build_chunk_graph
 from export.onnx_sparse import build_sparse_chunk_graph
 from export.train import TrainConfig, stream_parts, threshold_curve
@@ -83,6 +89,7 @@ def cell_weights(model: SARNN) -> CellWeights:
         alpha=float(model.alpha),
         coord_e=sd.get("coord_e.weight"),
         coord_v=sd["coord_v.weight"] * sd["motion_gain"] if "coord_v.weight" in sd else None,
+        smoothing=MOTION_SMOOTHING,
         mask_table=random_table(model.config.hidden, model.config.random_mask).numpy()
         if model.config.gating == "random"
         else None,

@@ -15,8 +15,8 @@ with a small body.
                      fused), candidate, u = [a > thr_t], s + u (s~ - s); an accumulating
                      coordinator scans the rate (1 - tau) / tau instead of the cut and
                      carries its accumulator as a third state (`gate_nodes`); with motion
-                     features the last input (raw) is a fourth, scanned beside x, and
-                     |x_t - x_{t-1}| / std W_v joins the hoisted coordinator term
+                     features the input's moving average (raw) is a fourth, x is scanned
+                     too, and the body adds |x_t - xbar| / std W_v to the coordinator
     after the loop:  the output head on all steps at once
     outputs:         logits [B,T,C], updates [B,T,H] bool, state_out [B,S]
 
@@ -54,7 +54,8 @@ class CellWeights:
     alpha: float
     coord_e: np.ndarray | None = None  # [H, F]: energy features W_e (x * x), if the model has them
     phase: np.ndarray | None = None  # [H]: the accumulating coordinator's levels, if it has one
-    coord_v: np.ndarray | None = None  # [H, F]: motion features W_v |x_t - x_{t-1}|, if it has them
+    coord_v: np.ndarray | None = None  # [H, F]: motion features W_v |x_t - xbar|, if it has them
+    smoothing: float = 0.0  # the moving average's beta, with motion features
     mask_table: np.ndarray | None = None  # [P, H] bool: a random mask's pattern, for that baseline
 
     @property
@@ -134,12 +135,20 @@ def gate_nodes(w: CellWeights, b: _Body, neuron_major: bool = False) -> str:
     """The scan body's gate u_t (bool) from ax, wd, h and the per-step cut: u = [a > thr], or
     for an accumulating coordinator acc' = acc + min(rate p, 1) with p = sigmoid(a),
     u = [acc' >= phase] and acc_next = acc' - u, where rate > 0 (past a row's length rate is
-    0 and nothing changes, whatever the padding's a); with motion features the last input
-    becomes x_t while t < length; a random mask reads its pattern (`_random_gate`). Returns u
-    as float."""
+    0 and nothing changes, whatever the padding's a); with motion features a gains
+    |x_t - xbar| / std W_v and the moving average xbar moves by beta (x_t - xbar) while
+    t < length; a random mask reads its pattern (`_random_gate`). Returns u as float."""
     if w.mask_table is not None:
         return _random_gate(w, b, neuron_major)
-    a = b.op("Add", "ax", b.op("Mul", "wd", "h"))
+    ax = "ax"
+    if w.coord_v is not None:
+        change = b.op("Sub", "x_t", "average")
+        deviation = b.op("Div", b.op("Abs", change), "std_in")
+        term = (
+            b.op("MatMul", "W_vt", deviation) if neuron_major else b.op("MatMul", deviation, "W_v")
+        )
+        ax = b.op("Add", ax, term)
+    a = b.op("Add", ax, b.op("Mul", "wd", "h"))
     if w.phase is None:
         gate = b.out("Greater", [a, "thr"], "u_t")
         return b.op("Cast", gate, to=TensorProto.FLOAT)
@@ -150,13 +159,14 @@ def gate_nodes(w: CellWeights, b: _Body, neuron_major: bool = False) -> str:
     u = b.op("Cast", gate, to=TensorProto.FLOAT)
     b.out("Sub", [acc, u], "acc_next")
     if w.coord_v is not None:
-        b.out("Where", [live, "x_t", "last"], "last_next")
+        moved = b.op("Add", "average", b.op("Mul", "beta", change))
+        b.out("Where", [live, moved, "average"], "average_next")
     return u
 
 
 def _step(w: CellWeights, b: _Body, gx: dict[str, str]) -> None:
-    """Scan body nodes: inputs h (c, acc, last), gx_<block>, ax, the cut (`gate_nodes`) and x_t
-    with motion features; outputs h_next (c_next, acc_next, last_next), h_t, u_t."""
+    """Scan body nodes: inputs h (c, acc, average), gx_<block>, ax, the cut (`gate_nodes`) and
+    x_t with motion features; outputs h_next (c_next, acc_next, average_next), h_t, u_t."""
     pre = {k: b.op("Gemm", "h", f"R_{k}", v) for k, v in gx.items() if k != "n"}
     u = gate_nodes(w, b)
     if w.cell == "gru":
@@ -220,9 +230,7 @@ def build_chunk_graph(w: CellWeights, metadata: dict[str, str] | None = None) ->
     parts = state_names(w)
     state0 = split_state(w, g, init)
     if w.coord_v is not None:
-        init += [_const("W_v", w.coord_v.T), _const("axis0", [0], np.int64)]
-        last = g.op("Unsqueeze", state0[-1], "axis0")  # [1,B,F]
-        ax = g.op("Add", ax, g.op("MatMul", motion(g, init, xt, last, "std"), "W_v"))
+        init += motion_constants(w, neuron_major=False)
     tau = g.op("Unsqueeze", "threshold", "axis1")  # [L,1]: per row, broadcast over H
     cut = g.op("Div", g.op("Sub", g.op("Mul", tau, "two"), "one"), "alpha")
     steps = g.op("Gather", g.op("Shape", "x"), "i1")
@@ -276,19 +284,19 @@ def build_chunk_graph(w: CellWeights, metadata: dict[str, str] | None = None) ->
 
 def state_names(w: CellWeights) -> list[str]:
     """The scan state's parts, in the flat state's order: h, then c (LSTM), then acc, then the
-    last input (motion features)."""
+    input's moving average (motion features)."""
     return [
         "h",
         *(["c"] if w.cell == "lstm" else []),
         *(["acc"] if w.phase is not None else []),
-        *(["last"] if w.coord_v is not None else []),
+        *(["average"] if w.coord_v is not None else []),
         *(["place"] if w.mask_table is not None else []),
     ]
 
 
 def state_widths(w: CellWeights) -> list[int]:
-    """The width of each part of `state_names`: H, F for the last input, 1 for the place."""
-    widths = {"last": w.mean.shape[0], "place": 1}
+    """The width of each part of `state_names`: H, F for the moving average, 1 for the place."""
+    widths = {"average": w.mean.shape[0], "place": 1}
     return [widths.get(name, w.hidden) for name in state_names(w)]
 
 
@@ -301,14 +309,16 @@ def split_state(w: CellWeights, g: _Body, init: list[TensorProto]) -> list[str]:
     return g.op("Split", "state", "state_widths", outputs=len(widths), axis=1)
 
 
-def motion(g: _Body, init: list[TensorProto], raw: str, last: str, std: str) -> str:
-    """|x_t - x_{t-1}| / std for every step of `raw` (time first, [T,...]): x_{-1} is `last`
-    ([1,...], the carried last input), x_{t-1} = raw[t - 1] after it. Past a row's length the
-    values are padding's, which no gate then reads."""
-    init += [_const("t_from", [0], np.int64), _const("t_to", [-1], np.int64)]
-    earlier = g.op("Slice", raw, "t_from", "t_to", "t_from")
-    before = g.op("Concat", last, earlier, axis=0)
-    return g.op("Div", g.op("Abs", g.op("Sub", raw, before)), std)
+def motion_constants(w: CellWeights, neuron_major: bool) -> list[TensorProto]:
+    """The scan body's motion weights (`W_v` [F,H], or `W_vt` [H,F] for a `neuron_major`
+    body), the std its deviations are divided by ([F], or [F,1]) and beta."""
+    if neuron_major:
+        return [
+            _const("W_vt", w.coord_v),
+            _const("std_in", w.std[:, None]),
+            _const("beta", w.smoothing),
+        ]
+    return [_const("W_v", w.coord_v.T), _const("std_in", w.std), _const("beta", w.smoothing)]
 
 
 def cut_inputs(

@@ -33,7 +33,7 @@ from export.onnx_graph import (
     chunk_model,
     cut_inputs,
     gate_nodes,
-    motion,
+    motion_constants,
     split_state,
     state_names,
     state_widths,
@@ -50,8 +50,8 @@ def _blend(b: _Body, old_rows: str, new_rows: str, mask_rows: str) -> str:
 
 
 def _sparse_step(w: CellWeights, b: _Body) -> None:
-    """Scan body: inputs h (c, acc, last), gx_<block>, ax, the cut (`gate_nodes`) and x_t with
-    motion features; outputs h_next (c_next, acc_next, last_next), h_t, u_t."""
+    """Scan body: inputs h (c, acc, average), gx_<block>, ax, the cut (`gate_nodes`) and x_t
+    with motion features; outputs h_next (c_next, acc_next, average_next), h_t, u_t."""
     u = gate_nodes(w, b, neuron_major=True)  # [H,B]
     any_row = b.op("ReduceMax", u, "axis_b", keepdims=0)  # [H]
     nz = b.op("NonZero", any_row)  # [1,K]
@@ -134,9 +134,7 @@ def build_sparse_chunk_graph(
     state0 = [g.op("Transpose", part, perm=[1, 0]) for part in split_state(w, g, init)]
     raw = g.op("Transpose", "x", perm=[1, 2, 0])  # [T,F,B]
     if w.coord_v is not None:
-        init += [_const("Wt_v", w.coord_v), _const("std_col", w.std[:, None])]
-        last = g.op("Unsqueeze", state0[-1], "axis0")  # [1,F,B]
-        ax = g.op("Add", ax, g.op("MatMul", "Wt_v", motion(g, init, raw, last, "std_col")))
+        init += motion_constants(w, neuron_major=True)
     tau = g.op("Unsqueeze", "threshold", "axis0")  # [1,L]
     cut = g.op("Div", g.op("Sub", g.op("Mul", tau, "two"), "one"), "alpha")
     steps = g.op("Gather", g.op("Shape", "x"), "i1")

@@ -50,9 +50,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 COMMON = [
-    "--dataset", "watch", "--streams", "rest", "--epochs", "12", "--batches-per-epoch", "40",
-    "--window", "512", "--quiet",
+    "--dataset", "watch", "--streams", "rest", "--batches-per-epoch", "40", "--window", "512",
+    "--quiet",
 ]  # fmt: skip
+EPOCHS = 12
 ARM_NAMES = (
     "sa-motion", "sa-motion-energy", "sa-accumulate", "sa-energy", "random", "periodic",
     "dense-40", "dense-62", "dense-96", "sa-plain",
@@ -126,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--varied-rest", action="store_true", help="every arm trains on varied rest"
     )
+    parser.add_argument(
+        "--epochs", type=int, default=EPOCHS, help="epochs of 40 batches, the same for every arm"
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
@@ -137,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.root,
                 *job,
                 arm_flags(job[0], args.lam, args.random_rate, args.coord_lr_scale)
+                + ["--epochs", str(args.epochs)]
                 + (["--varied-rest"] if args.varied_rest else []),
             ),
             jobs,

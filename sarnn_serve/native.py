@@ -60,6 +60,7 @@ class _Weights(ctypes.Structure):
         ],
         ("pattern", ctypes.POINTER(ctypes.c_uint8)),
         ("period", ctypes.c_int32),
+        ("smoothing", ctypes.c_float),
     ]
 
 
@@ -147,6 +148,8 @@ def _check_shapes(t: dict[str, np.ndarray], blocks: tuple[str, ...], cell: str) 
         if "phase" not in t:
             raise NativeKernelError("motion features (W_v) without an accumulator (phase)")
         want["W_v"] = (f, h)
+        want["std_in"] = (f,)
+        want["beta"] = ()
     for name, shape in want.items():
         got = t[name].shape if name in t else None
         if got != shape:
@@ -231,6 +234,8 @@ class NativeKernel:
             alpha=float(t["alpha"]),
             **{name: a.ctypes.data_as(_FLOATS) for name, a in self._arrays.items()},
         )
+        if "W_v" in t:
+            self._weights.smoothing = float(t["beta"])
         if self._pattern is not None:
             self._weights.pattern = self._pattern.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
             self._weights.period = int(self._pattern.shape[0])

@@ -1,6 +1,6 @@
-"""Motion features: the accumulating coordinator weighs |x_t - x_{t-1}| / std, with the last
-input carried in the state. The same in torch, both chunk graphs and the native kernel; chunking
-changes nothing; counted in the cost and the card."""
+"""Motion features: the accumulating coordinator weighs |x_t - xbar_{t-1}| / std, xbar the
+input's moving average, carried in the state. The same in torch, both chunk graphs and the
+native kernel; chunking changes nothing; counted in the cost and the card."""
 
 import json
 from pathlib import Path
@@ -11,7 +11,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from export.model import CELLS, SARNN, ModelConfig  # noqa: E402
+from export.model import (  # noqa: E402
+    CELLS,
+    MOTION_SMOOTHING,
+    SARNN,
+    ModelConfig,
+    moving_deviation,
+)
 from export.onnx_export import build_model  # noqa: E402
 from export.train import TrainConfig  # noqa: E402
 from sarnn_serve import native  # noqa: E402
@@ -42,13 +48,18 @@ def _session(model: SARNN, sparse: bool) -> ort.InferenceSession:
     return ort.InferenceSession(proto, providers=["CPUExecutionProvider"])
 
 
-def test_the_state_ends_with_the_last_input() -> None:
+def test_the_state_ends_with_the_moving_average() -> None:
     model = _model("lstm")
-    x = torch.from_numpy(tiny_inputs(2, 30, seed=1))
+    x = torch.from_numpy(tiny_inputs(2, 300, seed=1))
     with torch.no_grad():
         out = model(x, deterministic=True)
     assert model.state_size == 3 * HIDDEN + TINY_FEATURES
-    assert torch.equal(out.state[:, -TINY_FEATURES:], x[:, -1])
+    average = out.state[:, -TINY_FEATURES:]
+    torch.testing.assert_close(average, x[:, -100:].mean(1), atol=0.6, rtol=0)  # near the mean
+    start = torch.zeros(2, TINY_FEATURES)
+    deviation, after_one = moving_deviation(x[:, :1], start)
+    torch.testing.assert_close(after_one, MOTION_SMOOTHING * x[:, 0])
+    torch.testing.assert_close(deviation[:, 0], x[:, 0].abs())
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -113,7 +124,7 @@ def test_chunk_graphs_answer_as_torch(cell: str, sparse: bool) -> None:
 
 
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
-def test_padding_past_a_length_leaves_the_last_input(sparse: bool) -> None:
+def test_padding_past_a_length_leaves_the_moving_average(sparse: bool) -> None:
     model = _model("gru")
     x = tiny_inputs(3, 30, seed=1)
     lengths = np.array([30, 12, 0], np.int64)
@@ -128,7 +139,6 @@ def test_padding_past_a_length_leaves_the_last_input(sparse: bool) -> None:
         )
     assert not updates[1, 12:].any() and not updates[2].any()
     np.testing.assert_array_equal(state_out[2], state[2])
-    np.testing.assert_array_equal(state_out[1, -TINY_FEATURES:], x[1, 11])
     np.testing.assert_allclose(state_out[1], short.state.numpy()[0], atol=1e-5)
 
 
@@ -173,12 +183,14 @@ def test_motion_features_are_counted_and_carried_in_the_card() -> None:
     assert old.state_size == 256 and "coordinator_delta" not in old.model_dump()
 
 
-def test_motion_is_counted_in_mean_steps() -> None:
+def test_motion_is_counted_in_mean_deviations() -> None:
     model = _model()
     recordings = [np.array([[0.0, 0.0, 0.0], [2.0, 1.0, -3.0], [2.0, 2.0, 0.0]], np.float32)]
     model.set_motion_scale(recordings)
-    want = model.std.numpy() / np.array([1.0, 1.0, 3.0])
-    np.testing.assert_allclose(model.motion_gain.numpy(), want, rtol=1e-6)
+    beta = MOTION_SMOOTHING  # xbar: x_0, then x_0 + beta (x_1 - x_0)
+    second = np.abs(np.array([2.0, 2.0, 0.0]) - beta * np.array([2.0, 1.0, -3.0]))
+    mean = (np.array([2.0, 1.0, 3.0]) + second) / 2
+    np.testing.assert_allclose(model.motion_gain.numpy(), model.std.numpy() / mean, rtol=1e-6)
 
 
 def test_a_training_step_keeps_motion_weights_at_zero_or_above() -> None:
@@ -190,8 +202,8 @@ def test_a_training_step_keeps_motion_weights_at_zero_or_above() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=10.0)
     out = model.train()(torch.from_numpy(tiny_inputs(2, 30, seed=4)))
     assert optimiser_step(model, opt, out.updates.sum())  # the budget alone: shut every gate
-    assert float(model.coord_v.weight.min()) == 0.0
-    assert float(model.coord_x.weight.abs().sum()) > 0
+    assert float(model.coord_v.weight.detach().min()) == 0.0
+    assert float(model.coord_x.weight.detach().abs().sum()) > 0
 
 
 def test_motion_features_need_an_accumulator() -> None:

@@ -32,10 +32,11 @@ typedef struct {
     const float *b_out;        /* [C] */
     const float *w_energy;     /* [F, H] or NULL: the coordinator's energy term (x_n * x_n) W_e */
     const float *phase;        /* [H] or NULL: the accumulating coordinator's levels */
-    const float *w_motion;     /* [F, H] or NULL: the motion term (|x_t - x_{t-1}| / std) W_v,
+    const float *w_motion;     /* [F, H] or NULL: the motion term (|x_t - xbar| / std) W_v,
                                 * only with phase */
     const uint8_t *pattern;    /* [P, H] or NULL: a random mask's pattern (no coordinator) */
     int32_t period;            /* P */
+    float smoothing;           /* with w_motion: the moving average's beta */
 } sarnn_weights;
 
 /* The layout of sarnn_weights and the calling convention of sarnn_chunk: native.py checks both
@@ -278,7 +279,7 @@ VECTOR_CLONES static void accumulate(const sarnn_weights *w, const float *a, flo
 /* The coordinator of one row: a_j = (x_n W_a + b_a)_j [+ ((x_n * x_n) W_e)_j]
  * [+ (v W_v)_j] + w_d,j h_j for every j (each input part summed over the features in order, as
  * a row of x_n [1,F] times W [F,H], and added in the graph's order; v the row's motion
- * |x_t - x_{t-1}| / std); u_j = [a_j > cut], or the accumulator's gate (`accumulate`, acc not
+ * |x_t - xbar| / std); u_j = [a_j > cut], or the accumulator's gate (`accumulate`, acc not
  * NULL). `a` holds 2H floats. */
 VECTOR_CLONES static void coordinate(const sarnn_weights *w, const float *xn, const float *v,
                                      const float *h, float cut, float rate, float *acc, float *a,
@@ -317,8 +318,9 @@ VECTOR_CLONES static void coordinate(const sarnn_weights *w, const float *xn, co
 }
 
 /* Advance `batch` rows by `steps` steps. x [B,T,F]; state_in and state_out [B,S] (S = H, or
- * 2H for the LSTM: h then c; H more with an accumulator; F more with motion features, the last
- * input in raw units; 1 more for a random mask, its place in the pattern); lengths and
+ * 2H for the LSTM: h then c; H more with an accumulator; F more with motion features, the
+ * input's moving average in raw units; 1 more for a random mask, its place in the pattern);
+ * lengths and
  * threshold [B];
  * logits [B,T,C]; updates [B,T,H].
  * Returns 0, or -1 if scratch memory could not be had. */
@@ -332,8 +334,8 @@ int sarnn_chunk(const sarnn_weights *w, int batch, int steps, const float *x,
     const size_t S = cell_size + acc_size + (w->w_motion ? (size_t)F : 0) + (w->pattern ? 1 : 0);
     float *state = malloc(sizeof(float) * (size_t)batch * S);
     float *next = malloc(sizeof(float) * (size_t)batch * S);
-    /* the rows' normalised inputs [B,F], then one row's motion [F] */
-    float *xn = malloc(sizeof(float) * ((size_t)batch + 1) * (F > 0 ? F : 1));
+    /* the rows' normalised inputs [B,F], then one row's motion and change [2F] */
+    float *xn = malloc(sizeof(float) * ((size_t)batch + 2) * (F > 0 ? F : 1));
     float *v = xn + (size_t)batch * F;
     uint8_t *gate = malloc((size_t)batch * H);
     float *cut = malloc(sizeof(float) * 2 * (size_t)batch), *rate = cut + batch;
@@ -372,16 +374,18 @@ int sarnn_chunk(const sarnn_weights *w, int batch, int steps, const float *x,
                 *place = ahead >= (float)w->period ? ahead - (float)w->period : ahead;
                 continue;
             }
-            /* the accumulator and the last input change in `state`, from which `next` is
+            /* the accumulator and the moving average change in `state`, from which `next` is
              * copied below */
-            float *last = w->w_motion ? h + cell_size + acc_size : NULL;
-            if (last)
+            float *average = w->w_motion ? h + cell_size + acc_size : NULL;
+            float *change = v + F;
+            if (average)
                 for (int f = 0; f < F; f++) {
-                    const float d = xt[f] - last[f];
-                    v[f] = (d < 0.0f ? -d : d) / w->std[f];
+                    change[f] = xt[f] - average[f];
+                    v[f] = (change[f] < 0.0f ? -change[f] : change[f]) / w->std[f];
                 }
             coordinate(w, xb, v, h, cut[b], rate[b], w->phase ? h + cell_size : NULL, coord, u);
-            if (last) memcpy(last, xt, sizeof(float) * (size_t)F);
+            if (average)
+                for (int f = 0; f < F; f++) average[f] = average[f] + w->smoothing * change[f];
         }
         memcpy(next, state, sizeof(float) * (size_t)batch * S);
         /* neuron-major: a neuron's weight rows are read once per step for the rows updating
