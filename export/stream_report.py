@@ -242,8 +242,8 @@ def markdown(result: dict) -> str:
     if result["recipe_search"]:
         lines += [
             "",
-            "The SA-RNN's recipe, searched on validation (seed 0, 12 epochs; a run stopped "
-            "early shows the epochs it reached):",
+            "The SA-RNN's recipe, searched on validation (seed 0; a run stopped early shows "
+            "the epochs it reached):",
             "",
             "| run | epochs | lambda | val % | val update rate | idle | active |",
             "|---|---|---|---|---|---|---|",
