@@ -298,9 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--coord-delta",
         action="store_true",
-        help="with --coord-accumulate: motion features for the coordinator, W_v |x_t - x_{t-1}| "
-        "(H x F more multiply-adds per step, F more numbers of state: the last input), so a "
-        "gate can tell rest from motion whatever direction the sensor rests in",
+        help="with --coord-accumulate: motion features for the coordinator, W_v |x_t - xbar| "
+        "with xbar the input's moving average over about 0.4 s (H x F more multiply-adds per "
+        "step, F more numbers of state: the average), so a gate can tell rest from motion "
+        "wherever the sensor rests",
     )
     t.add_argument(
         "--varied-rest",

@@ -5,8 +5,8 @@ training windows; with `--varied-rest`, idle periods of varied rest in training)
 budget of batches, 5 seeds each:
 
     sa-motion   SA-RNN H=128 with an accumulating coordinator that weighs motion features
-                |x_t - x_{t-1}| / std instead of energy features (the last input carried in the
-                state), meant to be trained on varied rest (`--varied-rest`)
+                |x_t - xbar| / std (xbar the input's moving average, carried in the state)
+                instead of energy features, meant to be trained on varied rest (`--varied-rest`)
     sa-motion-energy
                 sa-motion with energy features too
     sa-accumulate

@@ -34,13 +34,14 @@ class CellCost:
     def coordinator(self) -> int:
         """Multiply-adds of the coordinator: W_x x plus the diagonal w_d * h, plus W_e (x * x)
         with energy features (F squares and H x F products), plus one per neuron for an
-        accumulating coordinator (its rate added to the accumulator), plus W_v |x_t - x_{t-1}|
-        with motion features (F differences and H x F products); 0 without a coordinator."""
+        accumulating coordinator (its rate added to the accumulator), plus W_v |x_t - xbar|
+        with motion features (F deviations, H x F products and F moving-average updates); 0
+        without a coordinator."""
         if not self.with_coordinator:
             return 0
         energy = self.n_features * (self.hidden + 1) if self.coordinator_energy else 0
         accumulate = self.hidden if self.coordinator_accumulate else 0
-        motion = self.n_features * (self.hidden + 1) if self.coordinator_delta else 0
+        motion = self.n_features * (self.hidden + 2) if self.coordinator_delta else 0
         return self.hidden * (self.n_features + 1) + energy + accumulate + motion
 
     @property

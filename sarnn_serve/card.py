@@ -135,8 +135,8 @@ class ModelCard(BaseModel):
     coordinator_delta: bool = Field(
         default=False,
         exclude_if=lambda delta: not delta,  # older readers read cards without it
-        description="The accumulating coordinator also weighs how far each input moved since "
-        "the last step, W_v |x_t - x_{t-1}| / std; the last input (F more numbers of state, "
+        description="The accumulating coordinator also weighs how far each input stands from "
+        "its moving average, W_v |x_t - xbar| / std; the average (F more numbers of state, "
         "after the accumulator) is carried.",
     )
     random_mask: float | None = Field(
