@@ -23,13 +23,13 @@ def test_a_card_with_energy_features_says_so() -> None:
     card = ModelCard.model_validate(_card("watch-stream-sa"))
     assert card.coordinator_energy
     assert json.loads(card.model_dump_json())["coordinator_energy"] is True
-    # W_x x, w_d h, W_e (x * x), and the accumulator's addition
-    assert card.cost.coordinator == 128 * 7 + 6 * 129 + 128
+    # W_x x, w_d h, W_e (x * x), the accumulator's addition and the motion features
+    assert card.cost.coordinator == 128 * 7 + 6 * 129 + 128 + 6 * 130
 
 
 def test_only_an_accumulating_card_mentions_the_accumulator() -> None:
     card = ModelCard.model_validate(_card("watch-stream-sa"))
-    assert card.coordinator_accumulate and card.state_size == 2 * 128
+    assert card.coordinator_accumulate and card.state_size == 2 * 128 + 6  # h, acc, average
     plain = ModelCard.model_validate(_card("watch-gru"))
     assert not plain.coordinator_accumulate and plain.state_size == 128
     assert "coordinator_accumulate" not in json.loads(plain.model_dump_json())
