@@ -234,9 +234,9 @@ class SARNN(nn.Module):
         moving average of the input with motion features, or the place in the pattern of a
         random mask."""
         extra = self.config.hidden if self.config.coord_accumulate else 0
-        last = self.config.n_features if self.config.coord_delta else 0
+        average = self.config.n_features if self.config.coord_delta else 0
         place = 1 if self.config.gating == "random" else 0
-        return self.cell_state_size + extra + last + place
+        return self.cell_state_size + extra + average + place
 
     def set_normalisation(self, mean: Tensor, std: Tensor) -> None:
         """Store per-feature statistics of the training data; inputs are raw sensor units."""
@@ -375,9 +375,8 @@ class SARNN(nn.Module):
             us.append(u)
             as_.append(decided)
         hseq = torch.stack(hs, 1)
-        last = average
         ahead = None if place is None else ((place + steps) % RANDOM_MASK_PERIOD)[:, None]
-        parts = (h, c, acc, last, None if ahead is None else ahead.to(h.dtype))
+        parts = (h, c, acc, average, None if ahead is None else ahead.to(h.dtype))
         final = torch.cat([part for part in parts if part is not None], 1)
         return Output(self.head(hseq), torch.stack(us, 1), torch.stack(as_, 1), final)
 
