@@ -8,7 +8,6 @@ import io
 import json
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 pytest.importorskip("torch")
@@ -24,9 +23,13 @@ from export.train import TrainConfig
 from sarnn_serve import native
 from sarnn_serve.accounting import CellCost, usage
 from sarnn_serve.card import ModelCard
-from sarnn_serve.native import NativeKernel
-from sarnn_serve.onnx_initializers import read_initializers
-from tests.tiny_models import build_tiny_sarnn, ort_session_for, tiny_inputs
+from tests.tiny_models import (
+    assert_kernel_answers_as_graph,
+    build_tiny_sarnn,
+    graph_session,
+    ort_session_for,
+    tiny_inputs,
+)
 
 pytestmark = pytest.mark.train  # needs the training extra
 
@@ -235,7 +238,7 @@ def test_random_mask_graphs_follow_the_pattern_across_chunks(cell, sparse):
     """The graph updates the neurons torch's pattern says, from the place the state holds;
     chunks carry the place, so a stream updates as a whole; past a row's length nothing moves."""
     model = _baseline(cell, random_mask=0.3)
-    sess = _session_of(model, sparse)
+    sess = graph_session(model, sparse)
     x = tiny_inputs(3, 40, seed=8)
     state = np.zeros((3, model.state_size), np.float32)
     state[:, -1] = [0, PERIOD - 8, 17]  # the pattern wraps within the chunk
@@ -260,7 +263,7 @@ def test_random_mask_graphs_follow_the_pattern_across_chunks(cell, sparse):
 
 def test_a_random_mask_reads_a_bad_place_as_the_start():
     model = _baseline("gru", random_mask=0.3)
-    sess = _session_of(model, sparse=False)
+    sess = graph_session(model)
     x = tiny_inputs(4, 6, seed=8)
     state = np.zeros((4, model.state_size), np.float32)
     state[:, -1] = [0, np.nan, -3, 1e9]
@@ -268,11 +271,6 @@ def test_a_random_mask_reads_a_bad_place_as_the_start():
     for row in (1, 2, 3):
         assert np.array_equal(updates[row], updates[0])
     assert state_out[:, -1].tolist() == [6, 6, 6, 6]
-
-
-def _session_of(model, sparse: bool):
-    proto = build_model(model, sparse=sparse).SerializeToString()
-    return ort.InferenceSession(proto, providers=["CPUExecutionProvider"])
 
 
 # --- short runs ----------------------------------------------------------------------------
@@ -386,9 +384,6 @@ def test_dense_baseline_exports_serves_and_accounts_as_dense(tmp_path):
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_the_kernel_follows_the_random_pattern_as_the_graph(cell, tmp_path):
     model = _baseline(cell, random_mask=0.3)
-    graph = tmp_path / "model.onnx"
-    graph.write_bytes(build_model(model).SerializeToString())
-    kernel = NativeKernel(read_initializers(graph))
     state = np.zeros((5, model.state_size), np.float32)
     state[:, -1] = [0, PERIOD - 1, np.nan, 1e9, 5.5]
     feeds = {
@@ -397,9 +392,4 @@ def test_the_kernel_follows_the_random_pattern_as_the_graph(cell, tmp_path):
         "lengths": np.array([60, 0, 7, 59, 30], np.int64),
         "threshold": np.array([0.5, 0.3, 0.05, 0.95, 0.7], np.float32),
     }
-    want = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"]).run(None, feeds)
-    got = kernel.run(**feeds)
-    assert kernel.state_size == model.state_size
-    assert np.array_equal(got[1], want[1])
-    np.testing.assert_allclose(got[0], want[0], atol=ATOL, rtol=0)
-    np.testing.assert_allclose(got[2], want[2], atol=ATOL, rtol=0)
+    assert_kernel_answers_as_graph(model, feeds, tmp_path)

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -18,14 +17,18 @@ from export.model import (  # noqa: E402
     ModelConfig,
     moving_deviation,
 )
-from export.onnx_export import build_model  # noqa: E402
 from export.train import TrainConfig  # noqa: E402
 from sarnn_serve import native  # noqa: E402
 from sarnn_serve.accounting import CellCost  # noqa: E402
 from sarnn_serve.card import ModelCard  # noqa: E402
-from sarnn_serve.native import NativeKernel  # noqa: E402
-from sarnn_serve.onnx_initializers import read_initializers  # noqa: E402
-from tests.tiny_models import TINY_FEATURES, build_tiny_sarnn, tiny_inputs  # noqa: E402
+from tests.tiny_models import (  # noqa: E402
+    TINY_FEATURES,
+    assert_kernel_answers_as_graph,
+    assert_padding_is_ignored,
+    build_tiny_sarnn,
+    graph_session,
+    tiny_inputs,
+)
 
 HIDDEN = 24
 
@@ -41,11 +44,6 @@ def _model(cell: str = "gru", hidden: int = HIDDEN, seed: int = 0) -> SARNN:
         model.coord_v.weight.mul_(0.5)
         model.coord_x.bias.fill_(-1.0)
     return model
-
-
-def _session(model: SARNN, sparse: bool) -> ort.InferenceSession:
-    proto = build_model(model, sparse=sparse).SerializeToString()
-    return ort.InferenceSession(proto, providers=["CPUExecutionProvider"])
 
 
 def test_the_state_ends_with_the_moving_average() -> None:
@@ -114,7 +112,7 @@ def test_chunk_graphs_answer_as_torch(cell: str, sparse: bool) -> None:
             deterministic=True,
             threshold=torch.from_numpy(taus)[:, None],
         )
-    logits, updates, state_out = _session(model, sparse).run(
+    logits, updates, state_out = graph_session(model, sparse).run(
         None, {"x": x, "state": state, "threshold": taus, "lengths": np.array([80], np.int64)}
     )
     assert 0.05 < updates.mean() < 0.9
@@ -125,21 +123,7 @@ def test_chunk_graphs_answer_as_torch(cell: str, sparse: bool) -> None:
 
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
 def test_padding_past_a_length_leaves_the_moving_average(sparse: bool) -> None:
-    model = _model("gru")
-    x = tiny_inputs(3, 30, seed=1)
-    lengths = np.array([30, 12, 0], np.int64)
-    for row, n in enumerate(lengths):
-        x[row, n:] = 1e30  # motion overflows: the padding must not reach the state
-    state = np.random.default_rng(2).uniform(-1, 1, (3, model.state_size)).astype(np.float32)
-    feeds = {"x": x, "state": state, "lengths": lengths, "threshold": np.array([0.5], np.float32)}
-    _, updates, state_out = _session(model, sparse).run(None, feeds)
-    with torch.no_grad():
-        short = model(
-            torch.from_numpy(x[1:2, :12]), torch.from_numpy(state[1:2]), deterministic=True
-        )
-    assert not updates[1, 12:].any() and not updates[2].any()
-    np.testing.assert_array_equal(state_out[2], state[2])
-    np.testing.assert_allclose(state_out[1], short.state.numpy()[0], atol=1e-5)
+    assert_padding_is_ignored(_model("gru"), sparse)
 
 
 @pytest.mark.skipif(not native.available(), reason="the native kernel was not built")
@@ -147,9 +131,6 @@ def test_padding_past_a_length_leaves_the_moving_average(sparse: bool) -> None:
 @pytest.mark.parametrize("cell", CELLS)
 def test_the_kernel_answers_as_the_graph(cell: str, hidden: int, tmp_path: Path) -> None:
     model = _model(cell, hidden)
-    graph = tmp_path / "model.onnx"
-    graph.write_bytes(build_model(model).SerializeToString())
-    kernel = NativeKernel(read_initializers(graph))
     x = tiny_inputs(5, 120, seed=1)
     x[1:, 60:] = x[1:, 59:60]  # a sensor that freezes: motion 0
     feeds = {
@@ -158,12 +139,7 @@ def test_the_kernel_answers_as_the_graph(cell: str, hidden: int, tmp_path: Path)
         "lengths": np.array([120, 0, 7, 119, 60], np.int64),
         "threshold": np.array([0.5, 0.3, 0.05, 0.95, 0.7], np.float32),
     }
-    want = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"]).run(None, feeds)
-    got = kernel.run(**feeds)
-    assert kernel.state_size == model.state_size
-    assert np.array_equal(got[1], want[1])
-    np.testing.assert_allclose(got[0], want[0], atol=1e-5)
-    np.testing.assert_allclose(got[2], want[2], atol=1e-5)
+    assert_kernel_answers_as_graph(model, feeds, tmp_path)
 
 
 def test_motion_features_are_counted_and_carried_in_the_card() -> None:

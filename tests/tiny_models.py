@@ -7,6 +7,7 @@ own fixtures next to these without clashes.
 """
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -155,3 +156,48 @@ def wrist_recordings(n: int, seed: int = 0, rate: float = 50.0) -> list[Recordin
         x = x + 0.02 * rng.standard_normal(x.shape)
         out.append(Recording(x.astype(np.float32), i % 3, i))
     return out
+
+
+def graph_session(model: SARNN, sparse: bool = False) -> ort.InferenceSession:
+    """onnxruntime session of `model`'s dense chunk graph, or of its sparse twin."""
+    from export.onnx_export import build_model
+
+    proto = build_model(model, sparse=sparse).SerializeToString()
+    return ort.InferenceSession(proto, providers=["CPUExecutionProvider"])
+
+
+def assert_padding_is_ignored(model: SARNN, sparse: bool) -> None:
+    """Rows of lengths 30, 12 and 0 whose padding overflows (1e30): nothing updates past a
+    row's length, a row of length 0 keeps its state, and a short row ends as torch on its steps."""
+    x = tiny_inputs(3, 30, seed=1)
+    lengths = np.array([30, 12, 0], np.int64)
+    for row, n in enumerate(lengths):
+        x[row, n:] = 1e30  # squares and motion overflow: the padding must not reach the state
+    state = np.random.default_rng(2).uniform(-1, 1, (3, model.state_size)).astype(np.float32)
+    feeds = {"x": x, "state": state, "lengths": lengths, "threshold": np.array([0.5], np.float32)}
+    _, updates, state_out = graph_session(model, sparse).run(None, feeds)
+    with torch.no_grad():
+        short = model(
+            torch.from_numpy(x[1:2, :12]), torch.from_numpy(state[1:2]), deterministic=True
+        )
+    assert not updates[1, 12:].any() and not updates[2].any()
+    np.testing.assert_array_equal(state_out[2], state[2])
+    np.testing.assert_allclose(state_out[1], short.state.numpy()[0], atol=1e-5)
+
+
+def assert_kernel_answers_as_graph(model: SARNN, feeds: dict, directory: Path) -> None:
+    """The native kernel, bound to the weights of `model`'s dense graph (written to
+    `directory`), gives the graph's masks exactly, and its logits and state within 1e-5."""
+    from export.onnx_export import build_model
+    from sarnn_serve.native import NativeKernel
+    from sarnn_serve.onnx_initializers import read_initializers
+
+    graph = directory / "model.onnx"
+    graph.write_bytes(build_model(model).SerializeToString())
+    kernel = NativeKernel(read_initializers(graph))
+    want = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"]).run(None, feeds)
+    got = kernel.run(**feeds)
+    assert kernel.state_size == model.state_size
+    assert np.array_equal(got[1], want[1])
+    np.testing.assert_allclose(got[0], want[0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(got[2], want[2], atol=1e-5, rtol=0)
