@@ -239,6 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --target-rate and --threshold-range: each row's target update rate is "
         "target-rate + K (0.5 - tau), so the serve-time threshold moves the update rate",
     )
+    t.add_argument(
+        "--final-slope",
+        type=float,
+        default=d.final_slope,
+        metavar="A",
+        help="the hard sigmoid's slope at the end of training (annealed from 1; default 5, the "
+        "paper's). The served cut is (2 tau - 1) / A, so a lower A lets the threshold range "
+        "move the cut further: a wider compute knob",
+    )
     baseline = t.add_mutually_exclusive_group()
     baseline.add_argument(
         "--dense",

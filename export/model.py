@@ -6,6 +6,7 @@ The math follows docs/architecture.md, section "The model":
           [+ W_e (x_t * x_t - 1)]                     energy features (`coord_energy`)
           [+ W_v (|x_t - xbar_{t-1}| / m - 1)]        motion features (`coord_delta`)
     p_t = clamp((alpha a_t + 1) / 2, 0, 1)            hard sigmoid, slope alpha annealed 1 -> 5
+                                                      (the paper's; train's `final_slope`)
     u_t = round(p_t) = [a_t > 0], straight through    training gate (tie a = 0: no update;
                                                       a drawn tau moves the cut as below)
     u_t = [a_t > (2 tau - 1) / alpha]                 inference gate (tau = 0.5: [a_t > 0])
@@ -149,10 +150,10 @@ class Output:
     state: Tensor
 
 
-def slope(progress: float) -> float:
+def slope(progress: float, end: float = ALPHA_END) -> float:
     """Annealed hard-sigmoid slope at `progress` (0 at the first step, 1 at the last) of a run:
-    linear from 1 to the paper's final 5."""
-    return ALPHA_START + (ALPHA_END - ALPHA_START) * min(1.0, max(0.0, progress))
+    linear from 1 to `end` (the paper's final 5 by default)."""
+    return ALPHA_START + (end - ALPHA_START) * min(1.0, max(0.0, progress))
 
 
 GOLDEN = 0.6180339887498949

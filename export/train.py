@@ -36,6 +36,8 @@ from export.data import (
     sample_windows,
 )
 from export.model import (
+    ALPHA_END,
+    ALPHA_START,
     BUDGETS,
     GATE_GRADS,
     SARNN,
@@ -85,6 +87,7 @@ class TrainConfig:
     gate_grad: str = "smooth"
     threshold_range: tuple[float, float] | None = None
     target_slope: float | None = None
+    final_slope: float = ALPHA_END
     dense: bool = False
     skip_every: int = 1
     random_mask: float | None = None
@@ -139,6 +142,11 @@ class TrainConfig:
             self.target_rate is None or self.threshold_range is None
         ):
             raise ValueError("target_slope needs target_rate and threshold_range")
+        if self.final_slope < ALPHA_START:
+            raise ValueError(
+                f"final_slope must be at least the starting slope {ALPHA_START:g}, "
+                f"got {self.final_slope:g}"
+            )
         if self.coord_energy and self.baseline is not None:
             raise ValueError("coord_energy feeds the coordinator; a baseline has none")
         if self.coord_accumulate and self.baseline is not None:
@@ -251,6 +259,8 @@ class TrainConfig:
             flags.append("--threshold-range {:g} {:g}".format(*self.threshold_range))
         if self.target_slope is not None:
             flags.append(f"--target-slope {self.target_slope:g}")
+        if self.final_slope != ALPHA_END:
+            flags.append(f"--final-slope {self.final_slope:g}")
         flags += [
             f"--epochs {self.epochs}",
             f"--batches-per-epoch {self.batches_per_epoch}",
@@ -615,7 +625,7 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict:
         model.train()
         losses, rates = [], []
         for _ in range(cfg.batches_per_epoch):
-            model.alpha = slope(step / max(1, total - 1))
+            model.alpha = slope(step / max(1, total - 1), cfg.final_slope)
             lam = cfg.lam if cfg.target_rate is not None else budget_weight(cfg, epoch)
             xb, yb, fresh = windows(epoch)
             state = None

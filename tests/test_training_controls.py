@@ -30,6 +30,15 @@ def test_slope_goes_from_1_to_5_over_the_run():
     assert slope(1.5) == 5.0 and slope(-1.0) == 1.0
 
 
+def test_a_lower_final_slope_ends_there_and_is_in_the_recipe():
+    assert slope(1.0, 2.0) == 2.0 and slope(0.5, 2.0) == 1.5
+    cfg = TrainConfig(final_slope=2.0)
+    assert "--final-slope 2" in cfg.recipe("x")
+    assert "--final-slope" not in TrainConfig().recipe("x")
+    with pytest.raises(ValueError, match="final_slope"):
+        TrainConfig(final_slope=0.5)
+
+
 # --- budget forms and the target -----------------------------------------------------------
 
 
@@ -215,7 +224,7 @@ def test_target_rate_is_reached_on_validation(tmp_path):
 
 
 @pytest.mark.slow
-def test_sum_budget_and_band_gradient_train(tmp_path):
+def test_sum_budget_band_gradient_and_final_slope_train(tmp_path):
     cfg = TrainConfig(
         dataset="basicmotions",
         hidden=8,
@@ -226,10 +235,12 @@ def test_sum_budget_and_band_gradient_train(tmp_path):
         budget="sum",
         lam=0.05,
         gate_grad="band",
+        final_slope=2.0,
     )
     metrics = train(cfg, tmp_path, progress=False)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["budget"]["form"] == "sum" and saved["gate_grad"] == "band"
     assert "--budget sum --gate-grad band" in saved["recipe"]
+    assert saved["alpha"] == 2.0 and "--final-slope 2" in saved["recipe"]
     assert saved["dataset"]["val_recordings"] == 8 and saved["dataset"]["test_recordings"] == 40
     assert metrics["skipped_nonfinite_steps"] == 0
