@@ -1,0 +1,84 @@
+"""Compare two recipes from their finished runs: each arm's seeds, and A minus B as a paired
+difference with a 95% bootstrap CI over recordings and seeds (export/paired.py).
+
+    python -m export.compare_runs runs/knob-r6/a1.5-s? --against runs/knob-r6/a5-s?
+
+Reads each run's metrics.json. `--part validation` (the default) is the split choices are made
+on; `--part test` reads the test figures, once, at the end. Beside the accuracy each arm shows
+its update rate and, where the runs wrote a threshold curve, the update rates at its ends (the
+compute knob's range on validation).
+"""
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+from export.paired import paired_difference
+
+PARTS = ("validation", "test")
+
+
+def load_runs(paths: list[Path]) -> list[dict]:
+    """The metrics of every run (its directory or its metrics.json), in seed order."""
+    runs = [json.loads((p / "metrics.json" if p.is_dir() else p).read_text()) for p in paths]
+    return sorted(runs, key=lambda m: m["config"]["seed"])
+
+
+def describe(runs: list[dict], part: str) -> str:
+    """One line: accuracy per seed and mean, update rate and the knob's range."""
+    accs = [100 * m[part]["streaming_accuracy"] for m in runs]
+    rate = statistics.mean(m[part]["update_rate"] for m in runs)
+    line = f"{', '.join(f'{a:.1f}' for a in accs)} (mean {statistics.mean(accs):.1f}), "
+    line += f"update rate {100 * rate:.1f}%"
+    curves = [m.get("threshold_curve") for m in runs]
+    if part == "validation" and all(curves):
+        low = statistics.mean(c[0]["update_rate"] for c in curves)
+        high = statistics.mean(c[-1]["update_rate"] for c in curves)
+        lo_tau, hi_tau = curves[0][0]["threshold"], curves[0][-1]["threshold"]
+        line += f", knob {100 * low:.1f}% (tau {lo_tau:g}) to {100 * high:.1f}% (tau {hi_tau:g})"
+    return line
+
+
+def compare(a: list[dict], b: list[dict], part: str) -> tuple[float, float, float]:
+    """A minus B in points on `part`, with the CI's bounds."""
+    scored = np.asarray(a[0][part]["scored"])
+    for m in (*a, *b):
+        if m[part]["scored"] != list(scored):
+            raise ValueError("the runs were not scored on the same recordings")
+    correct_a = np.asarray([m[part]["correct"] for m in a])
+    correct_b = np.asarray([m[part]["correct"] for m in b])
+    return paired_difference(correct_a, correct_b, scored)
+
+
+def judge(lo: float, hi: float) -> str:
+    """Which arm the CI picks, if either."""
+    if lo > 0:
+        return "A is better"
+    if hi < 0:
+        return "B is better"
+    return "not distinguishable"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m export.compare_runs", description=__doc__)
+    p.add_argument(
+        "runs",
+        nargs="+",
+        type=Path,
+        help="runs of recipe A (its seeds): directories or metrics.json",
+    )
+    p.add_argument("--against", nargs="+", type=Path, required=True, help="those of recipe B")
+    p.add_argument("--part", choices=PARTS, default="validation")
+    args = p.parse_args(argv)
+    a, b = load_runs(args.runs), load_runs(args.against)
+    print(f"A: {describe(a, args.part)}")
+    print(f"B: {describe(b, args.part)}")
+    point, lo, hi = compare(a, b, args.part)
+    print(f"A minus B on {args.part}: {point:+.1f} [{lo:+.1f}, {hi:+.1f}]: {judge(lo, hi)}")
+
+
+if __name__ == "__main__":
+    main()
