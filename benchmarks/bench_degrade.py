@@ -19,8 +19,8 @@ for "on", the mean threshold the chunks ran at (from the server's sarnn_effectiv
 histogram) and the validation accuracy the card's threshold curve gives there against the
 sessions' own threshold: the accuracy given up to hold the latency. A session can shed only
 what its threshold range leaves: from the card's threshold to the top of its curve (for
-watch-gru-1024, 0.5 -> 0.95: 6.9% -> 3.4% of its neurons), or from a lower threshold it was
-opened with (0.05: 13.3%). The machine is shared with the
+watch-gru-1024, 0.5 -> 0.95: 12.2% -> 0.7% of its neurons on validation), or from a lower
+threshold it was opened with (0.05: 68%). The machine is shared with the
 client (2 cores here): say so when quoting the figures.
 """
 

@@ -34,7 +34,7 @@ from sarnn_serve.auth import Principal
 from sarnn_serve.card import ModelCard
 from sarnn_serve.engine import Engine, EngineOutput
 from sarnn_serve.metrics import Monitor, PromMetrics
-from sarnn_serve.registry import LoadedModel, Registry, _read_card
+from sarnn_serve.registry import LoadedModel, Registry, read_card
 from sarnn_serve.schemas import ChunkRequest, SessionCreate
 from sarnn_serve.service import DataPlane
 from sarnn_serve.settings import Settings
@@ -71,7 +71,7 @@ class Replay:
 
 
 def largest_chunk(model: Path, steps: int) -> tuple[ModelCard, EngineOutput, list]:
-    card = _read_card(model / "model.json")
+    card = read_card(model / "model.json")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, steps, card.n_features)).astype(np.float32)
     out = Engine(model / "model.onnx").run(x, np.zeros((1, card.state_size), np.float32))

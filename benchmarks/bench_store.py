@@ -23,7 +23,7 @@ import numpy as np
 
 from sarnn_serve.engine import Engine
 from sarnn_serve.records import PackedOutputs
-from sarnn_serve.registry import _read_card
+from sarnn_serve.registry import read_card
 from sarnn_serve.results import StepOutputs
 from sarnn_serve.sessions import SessionRecord, new_session_id
 from sarnn_serve.settings import Settings
@@ -106,7 +106,7 @@ async def main() -> None:
     p.add_argument("--sessions", type=int, default=100_000)
     p.add_argument("--model", type=Path, default=Path("models/watch-gru"))
     args = p.parse_args()
-    card = _read_card(args.model / "model.json")
+    card = read_card(args.model / "model.json")
     engine = Engine(args.model / "model.onnx")
     longest = Settings().max_chunk_steps
     f, h, c = card.n_features, card.hidden, card.n_classes
