@@ -72,7 +72,7 @@ load: $(VENV)/.dev
 	$(PY) benchmarks/load_ws.py --spawn-server --sessions 100 --rate 50 --chunk 1 --duration 20
 
 train-default: $(VENV)/.dev
-	$(PY) -m export train --dataset watch --cell gru --hidden 128 --lam 2.5 --lam-warmup-epochs 4 --epochs 24 --seed 0 --out runs/watch-gru
+	$(PY) -m export train --dataset watch --cell gru --hidden 128 --lam 5 --lam-warmup-epochs 4 --budget mean --gate-grad smooth --target-rate 0.3 --threshold-range 0.1 0.9 --target-slope 0.75 --final-slope 1.5 --epochs 24 --batches-per-epoch 50 --batch-size 32 --window 256 --lr 0.003 --seed 0 --out runs/watch-gru
 
 export-default: $(VENV)/.dev
 	$(PY) -m export onnx --checkpoint runs/watch-gru/checkpoint.pt --out models/watch-gru --force --ship

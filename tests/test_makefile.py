@@ -8,6 +8,7 @@ venv, runs/ and exported models. The venv Pythons are stand-in scripts that prin
 no other Python than this one is installed here.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -123,3 +124,13 @@ def test_clean_removes_outputs_and_keeps_work(tree: Path) -> None:
     assert "pip install" in make(tree, "-n", "serve").stdout
     assert make(tree, "distclean").returncode == 0
     assert not (tree / ".venv").exists() and (tree / "runs").exists()
+
+
+def test_train_default_is_the_shipped_default_models_recipe() -> None:
+    """`make train-default` trains what `models/watch-gru` was trained with (its card's recipe),
+    so that `make train-default export-default` remakes the default model, not another one."""
+    card = json.loads((ROOT / "models" / "watch-gru" / "model.json").read_text())
+    recipe = card["training"]["recipe"].removeprefix("python -m export train ")
+    recipe = recipe.split(" --out ")[0]
+    rule = (ROOT / "Makefile").read_text().split("\ntrain-default:")[1].split("\n\n")[0]
+    assert f"-m export train {recipe} --out runs/watch-gru" in rule
