@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+pytest.importorskip("torch")  # export/ ships with the training extra
 from export.compare_runs import main
 
 pytestmark = pytest.mark.train  # needs the training extra
