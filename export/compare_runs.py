@@ -16,25 +16,22 @@ from pathlib import Path
 
 import numpy as np
 
-from export.paired import paired_difference
+from export.stream_report import Arm, arm_difference, arm_of
 
-PARTS = ("validation", "test")
+PARTS = {"validation": "val", "test": "test"}
 
 
 def load_runs(paths: list[Path]) -> list[dict]:
-    """The metrics of every run (its directory or its metrics.json), in seed order."""
-    runs = [json.loads((p / "metrics.json" if p.is_dir() else p).read_text()) for p in paths]
-    return sorted(runs, key=lambda m: m["config"]["seed"])
+    """The metrics of every run (its directory or its metrics.json)."""
+    return [json.loads((p / "metrics.json" if p.is_dir() else p).read_text()) for p in paths]
 
 
-def describe(runs: list[dict], part: str) -> str:
-    """One line: accuracy per seed and mean, update rate and the knob's range."""
-    accs = [100 * m[part]["streaming_accuracy"] for m in runs]
-    rate = statistics.mean(m[part]["update_rate"] for m in runs)
+def describe(arm: Arm, curves: list[dict | None], part: str) -> str:
+    """One line: accuracy per seed and mean, update rate and, on validation, the knob's range."""
+    accs = [100 * f["streaming_accuracy"] for f in arm.figures[part]]
     line = f"{', '.join(f'{a:.1f}' for a in accs)} (mean {statistics.mean(accs):.1f}), "
-    line += f"update rate {100 * rate:.1f}%"
-    curves = [m.get("threshold_curve") for m in runs]
-    if part == "validation" and all(curves):
+    line += f"update rate {100 * arm.rate(part, 'update_rate'):.1f}%"
+    if part == "val" and all(curves):
         low = statistics.mean(c[0]["update_rate"] for c in curves)
         high = statistics.mean(c[-1]["update_rate"] for c in curves)
         lo_tau, hi_tau = curves[0][0]["threshold"], curves[0][-1]["threshold"]
@@ -42,15 +39,12 @@ def describe(runs: list[dict], part: str) -> str:
     return line
 
 
-def compare(a: list[dict], b: list[dict], part: str) -> tuple[float, float, float]:
+def compare(a: Arm, b: Arm, part: str) -> tuple[float, float, float]:
     """A minus B in points on `part`, with the CI's bounds."""
-    scored = np.asarray(a[0][part]["scored"])
-    for m in (*a, *b):
-        if m[part]["scored"] != list(scored):
-            raise ValueError("the runs were not scored on the same recordings")
-    correct_a = np.asarray([m[part]["correct"] for m in a])
-    correct_b = np.asarray([m[part]["correct"] for m in b])
-    return paired_difference(correct_a, correct_b, scored)
+    scored = a.scored[part][0]
+    if any(not np.array_equal(row, scored) for row in (*a.scored[part], *b.scored[part])):
+        raise ValueError("the runs were not scored on the same recordings")
+    return arm_difference(a, b, part)
 
 
 def judge(lo: float, hi: float) -> str:
@@ -71,12 +65,15 @@ def main(argv: list[str] | None = None) -> None:
         help="runs of recipe A (its seeds): directories or metrics.json",
     )
     p.add_argument("--against", nargs="+", type=Path, required=True, help="those of recipe B")
-    p.add_argument("--part", choices=PARTS, default="validation")
+    p.add_argument("--part", choices=list(PARTS), default="validation")
     args = p.parse_args(argv)
-    a, b = load_runs(args.runs), load_runs(args.against)
-    print(f"A: {describe(a, args.part)}")
-    print(f"B: {describe(b, args.part)}")
-    point, lo, hi = compare(a, b, args.part)
+    part = PARTS[args.part]
+    runs = {"A": load_runs(args.runs), "B": load_runs(args.against)}
+    arms = {name: arm_of(name, metrics) for name, metrics in runs.items()}
+    for name, metrics in runs.items():
+        curves = [m.get("threshold_curve") for m in metrics]
+        print(f"{name}: {describe(arms[name], curves, part)}")
+    point, lo, hi = compare(arms["A"], arms["B"], part)
     print(f"A minus B on {args.part}: {point:+.1f} [{lo:+.1f}, {hi:+.1f}]: {judge(lo, hi)}")
 
 

@@ -81,18 +81,20 @@ def load_arms(root: Path) -> dict[str, Arm]:
     for path in sorted(root.glob("*-s*/metrics.json")):
         arm = path.parent.name.rsplit("-s", 1)[0]
         runs.setdefault(arm, []).append(json.loads(path.read_text()))
-    arms = {}
-    for name, metrics in runs.items():
-        metrics.sort(key=lambda m: m["config"]["seed"])
-        parts = {"val": "validation", "test": "test"}
-        arms[name] = Arm(
-            name,
-            [m["config"] for m in metrics],
-            {p: np.array([m[key]["scored"] for m in metrics]) for p, key in parts.items()},
-            {p: np.array([m[key]["correct"] for m in metrics]) for p, key in parts.items()},
-            {p: [m[key] for m in metrics] for p, key in parts.items()},
-        )
-    return arms
+    return {name: arm_of(name, metrics) for name, metrics in runs.items()}
+
+
+def arm_of(name: str, metrics: list[dict]) -> Arm:
+    """The arm of these runs' metrics (one per seed), in seed order."""
+    metrics = sorted(metrics, key=lambda m: m["config"]["seed"])
+    parts = {"val": "validation", "test": "test"}
+    return Arm(
+        name,
+        [m["config"] for m in metrics],
+        {p: np.array([m[key]["scored"] for m in metrics]) for p, key in parts.items()},
+        {p: np.array([m[key]["correct"] for m in metrics]) for p, key in parts.items()},
+        {p: [m[key] for m in metrics] for p, key in parts.items()},
+    )
 
 
 def arm_difference(a: Arm, b: Arm, part: str) -> tuple[float, float, float]:
