@@ -71,11 +71,15 @@ bench: $(VENV)/.dev
 load: $(VENV)/.dev
 	$(PY) benchmarks/load_ws.py --spawn-server --sessions 100 --rate 50 --chunk 1 --duration 20
 
+# How the default's recipe was chosen (its card's training.recipe_chosen_on).
+DEFAULT_RECIPE_CHOSEN_ON := validation subjects 7-8: final slope 1.5 against 2 and 5, lambda 5 against 2.5 and 10, 3 seeds each
+
 train-default: $(VENV)/.dev
 	$(PY) -m export train --dataset watch --cell gru --hidden 128 --lam 5 --lam-warmup-epochs 4 --budget mean --gate-grad smooth --target-rate 0.3 --threshold-range 0.1 0.9 --target-slope 0.75 --final-slope 1.5 --epochs 24 --batches-per-epoch 50 --batch-size 32 --window 256 --lr 0.003 --seed 0 --out runs/watch-gru
 
 export-default: $(VENV)/.dev
-	$(PY) -m export onnx --checkpoint runs/watch-gru/checkpoint.pt --out models/watch-gru --force --ship
+	$(PY) -m export onnx --checkpoint runs/watch-gru/checkpoint.pt --out models/watch-gru --force --ship \
+		--recipe-chosen-on "$(DEFAULT_RECIPE_CHOSEN_ON)"
 
 # Build outputs and caches; the venv stamps too, so the next target reinstalls (and rebuilds the
 # native kernel). Keeps the venv, runs/ and exported models; distclean removes the venv as well.

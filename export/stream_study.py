@@ -9,6 +9,8 @@ budget of batches, 5 seeds each:
                 instead of energy features, meant to be trained on varied rest (`--varied-rest`)
     sa-motion-energy
                 sa-motion with energy features too
+    sa-knob     sa-motion-energy trained over thresholds drawn per row in 0.05-0.95
+                (`--threshold-range`), so the served threshold moves its rate over a wide range
     sa-accumulate
                 SA-RNN H=128 whose coordinator asks for a rate per neuron and step,
                 p = sigmoid(a), accumulated until it reaches the neuron's level (export.model):
@@ -55,7 +57,7 @@ COMMON = [
 ]  # fmt: skip
 EPOCHS = 12
 ARM_NAMES = (
-    "sa-motion", "sa-motion-energy", "sa-accumulate", "sa-energy", "random", "periodic",
+    "sa-motion", "sa-motion-energy", "sa-knob", "sa-accumulate", "sa-energy", "random", "periodic",
     "dense-40", "dense-62", "dense-96", "sa-plain",
 )  # fmt: skip
 SEEDS = (0, 1, 2, 3, 4)
@@ -67,16 +69,13 @@ COORD_LR_SCALE = 10.0
 def arm_flags(arm: str, lam: float, random_rate: float, coord_lr_scale: float) -> list[str]:
     """The training flags of one arm (beside COMMON)."""
     coordinator = ["--lam", f"{lam:g}", "--coord-lr-scale", f"{coord_lr_scale:g}"]
+    motion_energy = [
+        "--hidden", "128", "--coord-energy", "--coord-accumulate", "--coord-delta", *coordinator
+    ]  # fmt: skip
     return {
         "sa-motion": ["--hidden", "128", "--coord-accumulate", "--coord-delta", *coordinator],
-        "sa-motion-energy": [
-            "--hidden",
-            "128",
-            "--coord-energy",
-            "--coord-accumulate",
-            "--coord-delta",
-            *coordinator,
-        ],
+        "sa-motion-energy": motion_energy,
+        "sa-knob": [*motion_energy, "--threshold-range", "0.05", "0.95"],
         "sa-accumulate": ["--hidden", "128", "--coord-energy", "--coord-accumulate", *coordinator],
         "sa-energy": ["--hidden", "128", "--coord-energy", *coordinator],
         "sa-plain": ["--hidden", "128", *coordinator],

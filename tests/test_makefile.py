@@ -134,3 +134,27 @@ def test_train_default_is_the_shipped_default_models_recipe() -> None:
     recipe = recipe.split(" --out ")[0]
     rule = (ROOT / "Makefile").read_text().split("\ntrain-default:")[1].split("\n\n")[0]
     assert f"-m export train {recipe} --out runs/watch-gru" in rule
+
+
+def test_export_default_records_how_the_recipe_was_chosen() -> None:
+    """`make export-default` writes the shipped card's `recipe_chosen_on`, which a single
+    retraining cannot know by itself."""
+    card = json.loads((ROOT / "models" / "watch-gru" / "model.json").read_text())
+    chosen_on = card["training"]["recipe_chosen_on"]
+    dry_run = subprocess.run(
+        [
+            "make",
+            "--no-print-directory",
+            "-n",
+            "-C",
+            str(ROOT),
+            "export-default",
+            "VENV=/nonexistent",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    commands = dry_run.stdout.replace("\\\n", " ").splitlines()
+    rule = next(line for line in commands if "-m export onnx" in line)
+    assert f'--recipe-chosen-on "{chosen_on}"' in rule
