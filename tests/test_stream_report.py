@@ -12,7 +12,7 @@ pytest.importorskip("export.stream_report")  # the training side: not in the run
 
 from export.paired import verdict
 from export.stream_report import report
-from export.stream_study import run_one
+from export.stream_study import arm_flags, run_one
 
 RECORDINGS = 28
 
@@ -123,3 +123,10 @@ def test_a_run_another_driver_holds_is_left_to_it(tmp_path: Path) -> None:
         line = run_one(tmp_path, "sa-accumulate", 0, ["--no-such-flag"])
     assert line == "sa-accumulate-s0: being trained by another driver"
     assert (tmp_path / "sa-accumulate-s0.log").read_text().startswith("epoch lines")
+
+
+def test_the_knob_arm_is_the_motion_arm_trained_over_the_threshold_range() -> None:
+    motion = arm_flags("sa-motion-energy", 4, 0.1, 10)
+    knob = arm_flags("sa-knob", 4, 0.1, 10)
+    assert knob[: len(motion)] == motion
+    assert knob[len(motion) :] == ["--threshold-range", "0.05", "0.95"]
