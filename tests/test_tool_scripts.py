@@ -1,6 +1,6 @@
 """Every benchmark and script under benchmarks/ and scripts/ still starts: `--help` runs its
 imports and argument parser. (Two benchmarks once crashed at import after a refactor renamed a
-function they used; nothing else runs them.)"""
+function they used.) The quick benchmarks also run at a small size."""
 
 import subprocess
 import sys
@@ -36,3 +36,28 @@ def test_script_starts(script: Path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage:"), done.stdout[:200]
+
+
+SMALL_RUNS = {
+    "bench_store": (["--sessions", "50"], "sweep of 50 sessions"),
+    "bench_memory": (
+        ["--models", "models/watch-gru", "--sessions", "4", "--flood", "20", "--budget-mib", "8"],
+        "flood: 20 sessions of watch-gru",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_RUNS))
+def test_benchmark_runs_small(name: str):
+    """The run path, not only the parser: the benchmark at a size of seconds prints its table.
+    (bench_store once crashed when its sweep finished before the ticker woke.)"""
+    args, printed = SMALL_RUNS[name]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert printed in done.stdout
