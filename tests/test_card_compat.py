@@ -13,10 +13,10 @@ def _card(name: str) -> dict:
 
 
 def test_a_card_without_energy_features_does_not_mention_them() -> None:
-    card = ModelCard.model_validate(_card("watch-stream-dense40"))
+    card = ModelCard.model_validate(_card("watch-stream-dense62"))
     assert not card.coordinator_energy
     assert "coordinator_energy" not in json.loads(card.model_dump_json())
-    assert "coordinator_energy" not in _card("watch-stream-dense40")
+    assert "coordinator_energy" not in _card("watch-stream-dense62")
 
 
 def test_a_card_with_energy_features_says_so() -> None:
