@@ -136,25 +136,12 @@ def test_train_default_is_the_shipped_default_models_recipe() -> None:
     assert f"-m export train {recipe} --out runs/watch-gru" in rule
 
 
-def test_export_default_records_how_the_recipe_was_chosen() -> None:
+def test_export_default_records_how_the_recipe_was_chosen(tree: Path) -> None:
     """`make export-default` writes the shipped card's `recipe_chosen_on`, which a single
     retraining cannot know by itself."""
     card = json.loads((ROOT / "models" / "watch-gru" / "model.json").read_text())
     chosen_on = card["training"]["recipe_chosen_on"]
-    dry_run = subprocess.run(
-        [
-            "make",
-            "--no-print-directory",
-            "-n",
-            "-C",
-            str(ROOT),
-            "export-default",
-            "VENV=/nonexistent",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    dry_run = make(tree, "-n", "export-default")
     commands = dry_run.stdout.replace("\\\n", " ").splitlines()
     rule = next(line for line in commands if "-m export onnx" in line)
     assert f'--recipe-chosen-on "{chosen_on}"' in rule
