@@ -18,10 +18,9 @@ errors, and the answers still missing when sending stopped plus a drain (--drain
 for "on", the mean threshold the chunks ran at (from the server's sarnn_effective_threshold
 histogram) and the validation accuracy the card's threshold curve gives there against the
 sessions' own threshold: the accuracy given up to hold the latency. A session can shed only
-what its threshold range leaves: from the card's threshold to the top of its curve (for
-watch-gru-1024, 0.5 -> 0.95: 12.2% -> 0.7% of its neurons on validation), or from a lower
-threshold it was opened with (0.05: 68%). The machine is shared with the
-client (2 cores here): say so when quoting the figures.
+what its threshold range leaves: from the card's threshold, or a lower one it was opened with,
+to the top of the card's `threshold_curve` (whose update rates say how much that sheds). The
+machine is shared with the client (2 cores here): say so when quoting the figures.
 """
 
 import argparse
