@@ -237,15 +237,23 @@ class Topology:
         return {**env, "SARNN_REDIS_SENTINELS": self.redis.sentinels,
                 "SARNN_REDIS_MASTER_NAME": self.redis.name}  # fmt: skip
 
-    def busiest_master(self, sids: list[str]) -> int:
-        """The master with a replica that holds the most of these sessions."""
+    def busiest_master(self, sids: list[str], timeout: float = 10.0) -> int:
+        """The master with a replica that holds the most of these sessions. The node asked for
+        the cluster's view can briefly list no replica for any of them (seen once in a test run
+        after a failover), so the view is read again until one shows or `timeout` passes."""
         if isinstance(self.redis, SentinelSet):
             return self.redis.master()
         tags = shard_tags(PREFIX, SHARDS)
-        held = Counter(
-            self.redis.master_of(key_slot(tags[shard_index(sid, SHARDS)].encode())) for sid in sids
-        )
-        return next(port for port, _ in held.most_common() if self.redis.replicas_of(port))
+        slots = [key_slot(tags[shard_index(sid, SHARDS)].encode()) for sid in sids]
+        deadline = time.monotonic() + timeout
+        while True:
+            held = Counter(self.redis.master_of(slot) for slot in slots)
+            with_replica = [port for port, _ in held.most_common() if self.redis.replicas_of(port)]
+            if with_replica:
+                return with_replica[0]
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no master holding these sessions has a replica: {held}")
+            time.sleep(0.1)
 
     def fail_over(self, master: int, cut: bool) -> float:
         """Kill `master` (after cutting its replication for CUT_S if `cut`); the seconds until
@@ -276,7 +284,7 @@ async def _failovers(
     while len(stats.successes) < held / 6 and not all(t.done() for t in streams):
         await asyncio.sleep(0.02)
     for cut in (False, True):
-        master = topo.busiest_master(sids)
+        master = await asyncio.to_thread(topo.busiest_master, sids)
         t0 = time.monotonic()
         promoted = await asyncio.to_thread(topo.fail_over, master, cut)
         log.append({"failover": "cut, kill" if cut else "kill", "master": master, "t0": t0,
