@@ -105,9 +105,10 @@ async def drive(card: ModelCard, out: EngineOutput, rows: list, sessions: int, b
     await plane.start()
     me = Principal("bench")
     chunk = ChunkRequest(seq=0, inputs=rows, include_mask=True)
-    for _ in range(2):  # warm up
+    for _ in range(2):  # warm up, then close: only the measured sessions are counted held
         sid = (await plane.create_session(me, SessionCreate(model=card.name)))["id"]
         await plane.advance(me, sid, chunk)
+        await plane.delete_session(me, sid)
     await asyncio.sleep(0.05)
     before = rss_bytes(trim=True)
     for _ in range(sessions):
