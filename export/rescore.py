@@ -8,8 +8,8 @@ threshold on validation and test streams built from the same recordings, rest mo
 with idle periods log-uniform in `--idle-seconds` (export/streams.py). Each run's figures go to
 `<to>/<arm>-s<seed>/metrics.json` in the shape of a training run's (config, validation, test,
 streams, macs_per_step), with `config["idle_min_s"]` and `config["idle_max_s"]` the new lengths
-and `rescored_from` naming the checkpoint, so `python -m export.stream_report --root <to>` reads
-them as a study.
+and `config["rescored_from"]` naming the checkpoint, so that
+`python -m export.stream_report --root <to>` reads them as a study.
 """
 
 import argparse
@@ -35,9 +35,8 @@ def rescore(checkpoint: Path, idle_seconds: tuple[float, float], threshold: floa
     data = load_training_data(cfg)
     parts = stream_parts(cfg, data)
     run: dict = {
-        "config": asdict(cfg),
+        "config": asdict(cfg) | {"rescored_from": str(checkpoint)},
         "kept": "trained checkpoint, scored again on other streams",
-        "rescored_from": str(checkpoint),
         "threshold": threshold,
     }
     for part, key in PARTS.items():

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from export.paired import paired_difference, verdict
+from export.streams import StreamSpec
 from sarnn_serve.accounting import CellCost
 
 N_CLASSES = 7
@@ -147,6 +148,13 @@ def report(root: Path, searches: list[Path] | None = None) -> dict:
     reference = CellCost("gru", N_FEATURES, DENSE_REFERENCE, False).dense_step
     out: dict = {
         "root": str(root),
+        "streams": {
+            "idle_seconds": [
+                sa.configs[0].get("idle_min_s", StreamSpec.idle_min_s),
+                sa.configs[0].get("idle_max_s", StreamSpec.idle_max_s),
+            ],
+            "rescored": any("rescored_from" in c for a in arms.values() for c in a.configs),
+        },
         "chosen_on_validation": {
             "sa_rnn": sa.name,
             "sa_candidates": {n: 100 * arms[n].accuracy("val") for n in sa_names},
@@ -220,6 +228,19 @@ def report(root: Path, searches: list[Path] | None = None) -> dict:
     return out
 
 
+def streams_line(streams: dict) -> str:
+    """What the idle periods of the scored streams were, and whether the runs were scored
+    again on them (export/rescore.py) rather than trained on them."""
+    low, high = streams["idle_seconds"]
+    line = f"Idle periods log-uniform in {low:g}-{high:g} s."
+    if streams["rescored"]:
+        line += (
+            " The runs were trained on the study's streams and scored again on these, not "
+            "retrained (`python -m export.rescore`)."
+        )
+    return line
+
+
 def markdown(result: dict) -> str:
     """The report as a Markdown page."""
     lines = [
@@ -229,6 +250,8 @@ def markdown(result: dict) -> str:
         "`python -m export.stream_study` (watch streams: bouts of held-out recordings between "
         "idle periods of a still wrist; scored on active steps from 2 s after each bout starts; "
         "multiply-adds per step include the coordinator and the output head).",
+        "",
+        streams_line(result["streams"]),
         "",
         "| arm | seeds | multiply-adds / step | val % | test % | test update rate "
         "| idle | active |",

@@ -57,7 +57,7 @@ def test_longer_rest_makes_streams_with_more_rest(study: Path) -> None:
     for part in ("val", "test"):
         assert long["streams"][part]["idle_share"] > short["streams"][part]["idle_share"] + 0.2
     assert long["validation"]["steps"] > short["validation"]["steps"]
-    assert long["rescored_from"].endswith("sa-8-s0/checkpoint.pt")
+    assert long["config"]["rescored_from"].endswith("sa-8-s0/checkpoint.pt")
     # the same recordings are scored, so the runs pair up in a report
     assert long["validation"]["scored"] == short["validation"]["scored"]
 

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("export.stream_report")  # the training side: not in the runtime wheel
 
 from export.paired import verdict
-from export.stream_report import report
+from export.stream_report import markdown, report
 from export.stream_study import arm_flags, run_one
 
 RECORDINGS = 28
@@ -43,7 +43,7 @@ def _run(root: Path, arm: str, seed: int, accuracy: float, hidden: int = 128, **
         "coord_energy": arm.startswith("sa"),
         "coord_accumulate": arm in ("sa-accumulate", "periodic"),
         "fixed_rate": cfg.get("rate") if arm.startswith("periodic") else None,
-    }
+    } | cfg.get("extra", {})
     out = root / f"{arm}-s{seed}"
     out.mkdir(parents=True)
     metrics = {"config": config, "validation": part(), "test": part()}
@@ -70,6 +70,19 @@ def test_a_clear_win_is_met_and_a_tie_is_not(tmp_path: Path) -> None:
     assert targets["sa-energy - random"]["verdict"] == "not met (not distinguishable)"
     assert targets["idle rate <= active / 3"]["verdict"] == "met"
     assert targets["macs <= 25% of dense GRU-128"]["verdict"] == "met"
+
+
+def test_the_report_says_how_long_the_rest_was_and_whether_runs_were_rescored(
+    tmp_path: Path,
+) -> None:
+    _run(tmp_path / "trained", "sa-energy", 0, 0.9, rate=0.05)
+    assert "Idle periods log-uniform in 5-90 s." in markdown(report(tmp_path / "trained"))
+    assert "scored again" not in markdown(report(tmp_path / "trained"))
+    rescored = {"idle_min_s": 30.0, "idle_max_s": 300.0, "rescored_from": "x/checkpoint.pt"}
+    _run(tmp_path / "long", "sa-energy", 0, 0.9, rate=0.05, extra=rescored)
+    text = markdown(report(tmp_path / "long"))
+    assert "Idle periods log-uniform in 30-300 s. The runs were trained" in text
+    assert "scored again on these" in text
 
 
 def test_a_cheaper_dense_model_is_compared_only_when_none_costs_as_much(tmp_path: Path) -> None:
