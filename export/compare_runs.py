@@ -1,5 +1,6 @@
 """Compare two recipes from their finished runs: each arm's seeds, and A minus B as a paired
-difference with a 95% bootstrap CI over recordings and seeds (export/paired.py).
+difference with a 95% bootstrap CI over recordings and seeds (export/paired.py; `--level`
+widens it, e.g. 0.975 for one of two comparisons made).
 
     python -m export.compare_runs runs/knob-r6/a1.5-s? --against runs/knob-r6/a5-s?
 
@@ -39,12 +40,12 @@ def describe(arm: Arm, curves: list[dict | None], part: str) -> str:
     return line
 
 
-def compare(a: Arm, b: Arm, part: str) -> tuple[float, float, float]:
-    """A minus B in points on `part`, with the CI's bounds."""
+def compare(a: Arm, b: Arm, part: str, level: float = 0.95) -> tuple[float, float, float]:
+    """A minus B in points on `part`, with the bounds of its `level` CI."""
     scored = a.scored[part][0]
     if any(not np.array_equal(row, scored) for row in (*a.scored[part], *b.scored[part])):
         raise ValueError("the runs were not scored on the same recordings")
-    return arm_difference(a, b, part)
+    return arm_difference(a, b, part, level)
 
 
 def judge(lo: float, hi: float) -> str:
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--against", nargs="+", type=Path, required=True, help="those of recipe B")
     p.add_argument("--part", choices=list(PARTS), default="validation")
+    p.add_argument("--level", type=float, default=0.95, help="the CI's level")
     args = p.parse_args(argv)
     part = PARTS[args.part]
     runs = {"A": load_runs(args.runs), "B": load_runs(args.against)}
@@ -73,8 +75,11 @@ def main(argv: list[str] | None = None) -> None:
     for name, metrics in runs.items():
         curves = [m.get("threshold_curve") for m in metrics]
         print(f"{name}: {describe(arms[name], curves, part)}")
-    point, lo, hi = compare(arms["A"], arms["B"], part)
-    print(f"A minus B on {args.part}: {point:+.1f} [{lo:+.1f}, {hi:+.1f}]: {judge(lo, hi)}")
+    point, lo, hi = compare(arms["A"], arms["B"], part, args.level)
+    print(
+        f"A minus B on {args.part}: {point:+.1f} [{lo:+.1f}, {hi:+.1f}] "
+        f"({100 * args.level:g}% CI): {judge(lo, hi)}"
+    )
 
 
 if __name__ == "__main__":

@@ -9,10 +9,16 @@ BOOTSTRAP = 4000
 
 
 def paired_difference(
-    correct_a: np.ndarray, correct_b: np.ndarray, scored: np.ndarray, seed: int = 0
+    correct_a: np.ndarray,
+    correct_b: np.ndarray,
+    scored: np.ndarray,
+    seed: int = 0,
+    level: float = 0.95,
 ) -> tuple[float, float, float]:
-    """A minus B in percentage points, and the CI's bounds. correct_* [seeds, recordings]
-    (each model its own seeds), scored [recordings]: steps scored per recording."""
+    """A minus B in percentage points, and the bounds of its `level` CI. correct_* [seeds,
+    recordings] (each model its own seeds), scored [recordings]: steps scored per recording."""
+    if not 0 < level < 1:
+        raise ValueError(f"the CI's level must be between 0 and 1, got {level:g}")
     correct_a, correct_b = np.asarray(correct_a, float), np.asarray(correct_b, float)
     scored = np.asarray(scored, float)
     if correct_a.shape[1] != scored.shape[0] or correct_b.shape[1] != scored.shape[0]:
@@ -30,7 +36,8 @@ def paired_difference(
         diffs[i] = acc_a - acc_b
     point = correct_a.sum() / (len(correct_a) * scored.sum())
     point -= correct_b.sum() / (len(correct_b) * scored.sum())
-    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(diffs, [tail, 100 - tail])
     return 100 * float(point), 100 * float(lo), 100 * float(hi)
 
 

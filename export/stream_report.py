@@ -98,9 +98,9 @@ def arm_of(name: str, metrics: list[dict]) -> Arm:
     )
 
 
-def arm_difference(a: Arm, b: Arm, part: str) -> tuple[float, float, float]:
-    """Pooled accuracy of A minus B on `part` (points) and its 95% CI (export/paired.py)."""
-    return paired_difference(a.correct[part], b.correct[part], a.scored[part][0])
+def arm_difference(a: Arm, b: Arm, part: str, level: float = 0.95) -> tuple[float, float, float]:
+    """Pooled accuracy of A minus B on `part` (points) and its CI (export/paired.py)."""
+    return paired_difference(a.correct[part], b.correct[part], a.scored[part][0], level=level)
 
 
 def recipe_search(root: Path) -> list[dict]:

@@ -32,7 +32,26 @@ def test_a_clear_difference_is_called_and_a_tie_is_not(tmp_path, capsys):
     assert "B is better" in capsys.readouterr().out
     same = [write_run(tmp_path, f"c{s}", s, [90, 95, 92, 94]) for s in (0, 1)]
     main([str(good[0] / "metrics.json"), str(good[1]), "--against", *map(str, same)])
-    assert "+0.0 [+0.0, +0.0]: not distinguishable" in capsys.readouterr().out
+    assert "+0.0 [+0.0, +0.0] (95% CI): not distinguishable" in capsys.readouterr().out
+
+
+def _bounds(out: str) -> tuple[float, float]:
+    lo, hi = out.split("[", 1)[1].split("]", 1)[0].split(", ")
+    return float(lo), float(hi)
+
+
+def test_a_higher_level_widens_the_ci(tmp_path, capsys):
+    a = [write_run(tmp_path, f"a{s}", s, [90, 70, 85, 60]) for s in (0, 1)]
+    b = [write_run(tmp_path, f"b{s}", s, [80, 75, 70, 65]) for s in (0, 1)]
+    main([*map(str, a), "--against", *map(str, b)])
+    lo95, hi95 = _bounds(capsys.readouterr().out)
+    main([*map(str, a), "--against", *map(str, b), "--level", "0.99"])
+    out = capsys.readouterr().out
+    lo99, hi99 = _bounds(out)
+    assert "(99% CI)" in out and lo99 <= lo95 and hi99 >= hi95
+    assert hi99 - lo99 > hi95 - lo95
+    with pytest.raises(ValueError, match="level"):
+        main([*map(str, a), "--against", *map(str, b), "--level", "95"])
 
 
 def test_runs_on_different_recordings_are_refused(tmp_path):
