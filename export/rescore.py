@@ -21,8 +21,13 @@ import torch
 
 from export.eval_skipping import recipe_of
 from export.model import load_checkpoint
-from export.train import evaluate_streams, load_training_data, stream_parts
-from sarnn_serve.accounting import CellCost
+from export.train import (
+    evaluate_streams,
+    load_training_data,
+    macs_per_step,
+    stream_parts,
+    streams_record,
+)
 
 PARTS = {"val": "validation", "test": "test"}
 
@@ -41,24 +46,14 @@ def rescore(checkpoint: Path, idle_seconds: tuple[float, float], threshold: floa
     }
     for part, key in PARTS.items():
         run[key] = asdict(evaluate_streams(model, parts[part], threshold))
-    run["streams"] = {
-        part: {"spec": asdict(ss.spec), "seed": ss.seed, "idle_share": ss.idle_share}
-        for part, ss in parts.items()
-    }
-    cost = CellCost(
-        cfg.cell,
+    run["streams"] = streams_record(parts)
+    run["macs_per_step"] = macs_per_step(
+        cfg,
+        model,
         data.n_features,
-        cfg.hidden,
-        model.config.selective,
-        cfg.coord_energy,
-        cfg.coord_accumulate,
-        cfg.coord_delta,
+        run["validation"]["update_rate"],
+        run["test"]["update_rate"],
     )
-    run["macs_per_step"] = {
-        "dense": cost.dense_step,
-        "selective": cost.per_step(run["test"]["update_rate"]),
-        "selective_val": cost.per_step(run["validation"]["update_rate"]),
-    }
     return run
 
 

@@ -459,6 +459,35 @@ def evaluate_streams(model: SARNN, streams: StreamSet, threshold: float = 0.5) -
     )
 
 
+def streams_record(parts: dict[str, StreamSet]) -> dict:
+    """How each part's streams were built, for a run's metrics: spec, seed and idle share."""
+    return {
+        part: {"spec": asdict(ss.spec), "seed": ss.seed, "idle_share": ss.idle_share}
+        for part, ss in parts.items()
+    }
+
+
+def macs_per_step(
+    cfg: TrainConfig, model: SARNN, n_features: int, val_rate: float, test_rate: float
+) -> dict:
+    """Multiply-adds per step of the recipe's cell (coordinator included, head not): dense, and
+    selective at the test and validation update rates."""
+    cost = CellCost(
+        cfg.cell,
+        n_features,
+        cfg.hidden,
+        model.config.selective,
+        cfg.coord_energy,
+        cfg.coord_accumulate,
+        cfg.coord_delta,
+    )
+    return {
+        "dense": cost.dense_step,
+        "selective": cost.per_step(test_rate),
+        "selective_val": cost.per_step(val_rate),
+    }
+
+
 def threshold_curve(
     model: SARNN, data: Dataset, skip_steps: int, streams: StreamSet | None = None
 ) -> list[dict[str, float]]:
@@ -663,15 +692,6 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict:
             print(json.dumps(history[-1]), flush=True)
     bar.close()
     test = score("test")
-    cost = CellCost(
-        cfg.cell,
-        data.n_features,
-        cfg.hidden,
-        model.config.selective,
-        cfg.coord_energy,
-        cfg.coord_accumulate,
-        cfg.coord_delta,
-    )
     metrics = {
         "config": asdict(cfg),
         "recipe": cfg.recipe(str(out_dir)),
@@ -702,16 +722,10 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict:
         "threshold_curve": (
             threshold_curve(model, data, skip, parts.get("val")) if model.config.selective else []
         ),
-        "streams": {
-            part: {"spec": asdict(ss.spec), "seed": ss.seed, "idle_share": ss.idle_share}
-            for part, ss in parts.items()
-        }
-        | ({"rest": parts["val"].rest} if parts else {}),
-        "macs_per_step": {
-            "dense": cost.dense_step,
-            "selective": cost.per_step(test.update_rate),
-            "selective_val": cost.per_step(val.update_rate),
-        },
+        "streams": streams_record(parts) | ({"rest": parts["val"].rest} if parts else {}),
+        "macs_per_step": macs_per_step(
+            cfg, model, data.n_features, val.update_rate, test.update_rate
+        ),
         "alpha": model.alpha,
         "skipped_nonfinite_steps": skipped,
         "train_seconds": time.perf_counter() - started,
