@@ -28,6 +28,9 @@ budget of batches, 5 seeds each:
     dense-62    dense GRU H=62: the width whose step costs what an SA-RNN at 20% updates does
     dense-96    dense GRU H=96: the width whose step costs what an SA-RNN at 55% updates does
 
+The SA-RNNs and the masks are H = 128 wide unless `--hidden` says otherwise; the dense arms keep
+their widths.
+
 The budget is the plain penalty lambda * mean(u), not a target rate: a target |r - R| pushes
 every gate open again once the rate falls below R, idle ones included, so nothing rewards moving
 updates from idle to active steps (round 2 of the study: idle 18%, active 23%). lambda is chosen
@@ -64,23 +67,26 @@ SEEDS = (0, 1, 2, 3, 4)
 LAM = 4.0
 RANDOM_RATE = 0.047
 COORD_LR_SCALE = 10.0
+HIDDEN = 128
 
 
-def arm_flags(arm: str, lam: float, random_rate: float, coord_lr_scale: float) -> list[str]:
-    """The training flags of one arm (beside COMMON)."""
-    coordinator = ["--lam", f"{lam:g}", "--coord-lr-scale", f"{coord_lr_scale:g}"]
-    motion_energy = [
-        "--hidden", "128", "--coord-energy", "--coord-accumulate", "--coord-delta", *coordinator
-    ]  # fmt: skip
+def arm_flags(
+    arm: str, lam: float, random_rate: float, coord_lr_scale: float, hidden: int = HIDDEN
+) -> list[str]:
+    """The training flags of one arm (beside COMMON); `hidden` is the width of the SA-RNNs and
+    the masks (the dense arms keep theirs)."""
+    width = ["--hidden", str(hidden)]
+    coordinator = [*width, "--lam", f"{lam:g}", "--coord-lr-scale", f"{coord_lr_scale:g}"]
+    motion_energy = ["--coord-energy", "--coord-accumulate", "--coord-delta", *coordinator]
     return {
-        "sa-motion": ["--hidden", "128", "--coord-accumulate", "--coord-delta", *coordinator],
+        "sa-motion": ["--coord-accumulate", "--coord-delta", *coordinator],
         "sa-motion-energy": motion_energy,
         "sa-knob": [*motion_energy, "--threshold-range", "0.05", "0.95"],
-        "sa-accumulate": ["--hidden", "128", "--coord-energy", "--coord-accumulate", *coordinator],
-        "sa-energy": ["--hidden", "128", "--coord-energy", *coordinator],
-        "sa-plain": ["--hidden", "128", *coordinator],
-        "random": ["--hidden", "128", "--random-mask", f"{random_rate:g}"],
-        "periodic": ["--hidden", "128", "--coord-accumulate", "--fixed-rate", f"{random_rate:g}"],
+        "sa-accumulate": ["--coord-energy", "--coord-accumulate", *coordinator],
+        "sa-energy": ["--coord-energy", *coordinator],
+        "sa-plain": coordinator,
+        "random": [*width, "--random-mask", f"{random_rate:g}"],
+        "periodic": [*width, "--coord-accumulate", "--fixed-rate", f"{random_rate:g}"],
         "dense-40": ["--hidden", "40", "--dense"],
         "dense-62": ["--hidden", "62", "--dense"],
         "dense-96": ["--hidden", "96", "--dense"],
@@ -129,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--epochs", type=int, default=EPOCHS, help="epochs of 40 batches, the same for every arm"
     )
+    parser.add_argument(
+        "--hidden", type=int, default=HIDDEN, help="width of the SA-RNNs and the masks"
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
@@ -139,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             lambda job: run_one(
                 args.root,
                 *job,
-                arm_flags(job[0], args.lam, args.random_rate, args.coord_lr_scale)
+                arm_flags(job[0], args.lam, args.random_rate, args.coord_lr_scale, args.hidden)
                 + ["--epochs", str(args.epochs)]
                 + (["--varied-rest"] if args.varied_rest else []),
             ),

@@ -287,7 +287,8 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     argv += ["--batches-per-epoch", "3", "--batch-size", "8", "--window", "50", "--quiet"]
     code, out, err = _cli([*argv, "--out", str(run)])
     assert code == 0, err
-    assert "update rate" in out
+    assert "validation  streaming accuracy" in out
+    assert "test figures:" in out and "test " not in out.replace("test figures:", "")
     return run / "checkpoint.pt"
 
 

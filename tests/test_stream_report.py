@@ -143,3 +143,12 @@ def test_the_knob_arm_is_the_motion_arm_trained_over_the_threshold_range() -> No
     knob = arm_flags("sa-knob", 4, 0.1, 10)
     assert knob[: len(motion)] == motion
     assert knob[len(motion) :] == ["--threshold-range", "0.05", "0.95"]
+
+
+def test_hidden_widens_the_selective_arms_and_the_masks_but_not_the_dense_ones() -> None:
+    def width(arm: str) -> str:
+        flags = arm_flags(arm, 4, 0.1, 10, hidden=256)
+        return flags[flags.index("--hidden") + 1]
+
+    assert [width(arm) for arm in ("sa-motion-energy", "random", "periodic")] == ["256"] * 3
+    assert width("dense-96") == "96"
