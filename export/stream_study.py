@@ -29,7 +29,8 @@ budget of batches, 5 seeds each:
     dense-96    dense GRU H=96: the width whose step costs what an SA-RNN at 55% updates does
 
 The SA-RNNs and the masks are H = 128 wide unless `--hidden` says otherwise; the dense arms keep
-their widths.
+their widths. `--val-groups` and `--test-groups` hold out other subjects (a cross-subject fold);
+the default is the data set's split (watch: validation 7-8, test 9-10).
 
 The budget is the plain penalty lambda * mean(u), not a target rate: a target |r - R| pushes
 every gate open again once the rate falls below R, idle ones included, so nothing rewards moving
@@ -93,6 +94,16 @@ def arm_flags(
     }[arm]
 
 
+def split_flags(val_groups: str | None, test_groups: str | None) -> list[str]:
+    """The training flags that hold out `val_groups` and `test_groups` (e.g. "3,4"); none for
+    the data set's own split."""
+    flags = []
+    for option, groups in (("--val-groups", val_groups), ("--test-groups", test_groups)):
+        if groups:
+            flags += [option, groups]
+    return flags
+
+
 def run_one(root: Path, arm: str, seed: int, flags: list[str]) -> str:
     """Train one arm at one seed unless its metrics exist or another driver is training it (it
     holds a lock on the run's log); a line saying what happened."""
@@ -138,9 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--hidden", type=int, default=HIDDEN, help="width of the SA-RNNs and the masks"
     )
+    parser.add_argument(
+        "--val-groups", help="validation subjects, e.g. 3,4 (default: the data set's split)"
+    )
+    parser.add_argument("--test-groups", help="test subjects, e.g. 1,2 (with --val-groups)")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
+    split = split_flags(args.val_groups, args.test_groups)
     args.root.mkdir(parents=True, exist_ok=True)
     jobs = [(arm, seed) for seed in args.seeds for arm in args.arms]
     with ThreadPoolExecutor(args.workers) as pool:
@@ -150,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                 *job,
                 arm_flags(job[0], args.lam, args.random_rate, args.coord_lr_scale, args.hidden)
                 + ["--epochs", str(args.epochs)]
-                + (["--varied-rest"] if args.varied_rest else []),
+                + (["--varied-rest"] if args.varied_rest else [])
+                + split,
             ),
             jobs,
         ):

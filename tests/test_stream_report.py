@@ -12,7 +12,7 @@ pytest.importorskip("export.stream_report")  # the training side: not in the run
 
 from export.paired import verdict
 from export.stream_report import markdown, report
-from export.stream_study import arm_flags, run_one
+from export.stream_study import arm_flags, run_one, split_flags
 
 RECORDINGS = 28
 
@@ -152,3 +152,8 @@ def test_hidden_widens_the_selective_arms_and_the_masks_but_not_the_dense_ones()
 
     assert [width(arm) for arm in ("sa-motion-energy", "random", "periodic")] == ["256"] * 3
     assert width("dense-96") == "96"
+
+
+def test_a_fold_holds_out_the_subjects_it_names() -> None:
+    assert split_flags("3,4", "1,2") == ["--val-groups", "3,4", "--test-groups", "1,2"]
+    assert split_flags(None, None) == []
