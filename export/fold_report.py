@@ -55,6 +55,7 @@ def fold_row(root: Path, arms: dict[str, Arm], arm: str, rivals: list[str]) -> d
         "recordings": int(own.scored["test"].shape[1]),
         "seeds": own.seeds,
         "test_accuracy": {n: 100 * a.accuracy("test") for n, a in arms.items()},
+        "update_rate": own.rate("test", "update_rate"),
         "idle_update_rate": own.rate("test", "idle_update_rate"),
         "active_update_rate": own.rate("test", "active_update_rate"),
         "differences": {r: arm_difference(own, arms[r], "test") for r in rivals},
@@ -112,7 +113,7 @@ def markdown(result: dict, rivals: list[str]) -> str:
         "",
         f"| test subjects | recordings | seeds | {arm} | "
         + " | ".join(rivals)
-        + " | idle / active rate | "
+        + f" | {arm}'s update rate (idle / active) | "
         + " | ".join(f"minus {r}" for r in rivals)
         + " |",
         "|" + "---|" * (5 + 2 * len(rivals)),
@@ -123,7 +124,8 @@ def markdown(result: dict, rivals: list[str]) -> str:
             f"| {'-'.join(row['test_subjects'])} | {row['recordings']} | {len(row['seeds'])} | "
             f"{acc[arm]:.1f} | "
             + " | ".join(f"{acc[r]:.1f}" for r in rivals)
-            + f" | {100 * row['idle_update_rate']:.2f}% / {100 * row['active_update_rate']:.2f}% | "
+            + f" | {100 * row['update_rate']:.2f}% ({100 * row['idle_update_rate']:.2f}% / "
+            f"{100 * row['active_update_rate']:.2f}%) | "
             + " | ".join(_ci(*row["differences"][r]) for r in rivals)
             + " |"
         )
