@@ -313,6 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
         "wherever the sensor rests",
     )
     t.add_argument(
+        "--coord-shared-gate",
+        action="store_true",
+        help="with --coord-delta: one gate shared by all neurons learns whether the sensor "
+        "moves, and each neuron a constant rate for when it does, p = sigmoid(c) sigmoid(g) "
+        "(about 2H + 6F multiply-adds per step; offline only: not exported yet)",
+    )
+    t.add_argument(
         "--varied-rest",
         action="store_true",
         help="with --streams: train on idle periods of varied rest (louder noise, a frozen "

@@ -38,6 +38,16 @@ rest quieter than any in training asks for fewer. The moving average (raw units)
 the state after the accumulator; a fresh state holds zeros, so a stream's first second looks
 like motion.
 
+The shared-gate coordinator (`coord_shared_gate`, with the accumulator and motion features)
+learns only *whether* the sensor moves, and each neuron a constant rate for when it does:
+
+    g_t = w_x x_t + w_e (x_t * x_t - 1) + w_v (|x_t - xbar_{t-1}| / m - 1) + b   one number
+    p_t = sigmoid(c) sigmoid(g_t)                     c: one learned rate per neuron
+
+so a neuron's rate in motion does not follow how far the input swings, and the coordinator costs
+about 2H + 6F multiply-adds a step instead of about 3HF. It has no state term and is trained and
+evaluated offline only (the chunk graph and the native kernel do not compute it yet).
+
 Input projections of all T steps are computed before the time loop; the loop only does the
 recurrent part. The candidate uses the weights and gate order of torch.nn.GRUCell, LSTMCell and
 RNNCell, so a model with every gate open equals the plain torch cell.
@@ -93,6 +103,7 @@ class ModelConfig:
     coord_energy: bool = False
     coord_accumulate: bool = False
     coord_delta: bool = False
+    coord_shared_gate: bool = False
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -112,6 +123,8 @@ class ModelConfig:
             raise ValueError("coord_accumulate is a coordinator; a baseline has none")
         if self.coord_delta and not self.coord_accumulate:
             raise ValueError("coord_delta feeds the accumulating coordinator; add coord_accumulate")
+        if self.coord_shared_gate and not self.coord_delta:
+            raise ValueError("coord_shared_gate gates on motion features; add coord_delta")
 
     @property
     def gating(self) -> str:
@@ -125,6 +138,12 @@ class ModelConfig:
     @property
     def offline_only(self) -> str | None:
         """Why this model cannot be exported to the chunk graph, or None when it can."""
+        if self.coord_shared_gate:
+            return (
+                "the checkpoint has a shared-gate coordinator (--coord-shared-gate), which the "
+                "chunk graph and the native kernel do not compute yet; it is trained and "
+                "evaluated offline only"
+            )
         flag = {"skip": f"--skip-every {self.skip_every}"}
         if self.gating not in flag:
             return None
@@ -209,13 +228,19 @@ class SARNN(nn.Module):
         f, h = config.n_features, config.hidden
         cell_cls = {"gru": nn.GRUCell, "lstm": nn.LSTMCell, "rnn": nn.RNNCell}[config.cell]
         self.cell = cell_cls(f, h)
-        self.coord_x = nn.Linear(f, h)
+        width = 1 if config.coord_shared_gate else h  # the coordinator's input part
+        self.coord_x = nn.Linear(f, width)
         self.coord_d = nn.Parameter(torch.zeros(h))
         nn.init.constant_(self.coord_x.bias, config.coord_bias_init)
-        self.coord_e = nn.Linear(f, h, bias=False) if config.coord_energy else None
+        self.coord_rate = (
+            nn.Parameter(torch.full((h,), config.coord_bias_init))
+            if config.coord_shared_gate
+            else None
+        )
+        self.coord_e = nn.Linear(f, width, bias=False) if config.coord_energy else None
         if self.coord_e is not None:
             nn.init.zeros_(self.coord_e.weight)
-        self.coord_v = nn.Linear(f, h, bias=False) if config.coord_delta else None
+        self.coord_v = nn.Linear(f, width, bias=False) if config.coord_delta else None
         if self.coord_v is not None:
             nn.init.zeros_(self.coord_v.weight)
             self.register_buffer("motion_gain", torch.ones(f))
@@ -349,7 +374,11 @@ class SARNN(nn.Module):
             elif gating == "random":
                 u = (torch.rand_like(a) < self.config.random_mask).to(a.dtype)
             elif acc is not None:
-                p = torch.sigmoid(a)  # the share of steps this neuron asks to update on
+                # the share of steps this neuron asks to update on
+                if self.coord_rate is not None:
+                    p = torch.sigmoid(self.coord_rate) * torch.sigmoid(ax_all[t])
+                else:
+                    p = torch.sigmoid(a)
                 acc = acc + torch.clamp(accumulator_scale(threshold) * p.detach(), max=1.0)
                 fire = (acc >= phase).to(a.dtype)
                 decided = acc - phase

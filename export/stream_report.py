@@ -63,7 +63,7 @@ class Arm:
             cfg["cell"], N_FEATURES, hidden,
             not cfg["dense"] and cfg["random_mask"] is None and not self.evaluated,
             cfg.get("coord_energy", False), cfg.get("coord_accumulate", False),
-            cfg.get("coord_delta", False),
+            cfg.get("coord_delta", False), cfg.get("coord_shared_gate", False),
         )  # fmt: skip
         step = cost.dense_step if cfg["dense"] else cost.per_step(rate)
         step += cfg.get("eval_gate_macs", 0)

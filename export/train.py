@@ -107,6 +107,7 @@ class TrainConfig:
     coord_energy: bool = False
     coord_accumulate: bool = False
     coord_delta: bool = False
+    coord_shared_gate: bool = False
     varied_rest: bool = False
     fixed_rate: float | None = None
     calibrate: bool = True
@@ -153,6 +154,8 @@ class TrainConfig:
             raise ValueError("coord_accumulate is a coordinator; a baseline has none")
         if self.coord_delta and not self.coord_accumulate:
             raise ValueError("coord_delta feeds the accumulating coordinator; add coord_accumulate")
+        if self.coord_shared_gate and not self.coord_delta:
+            raise ValueError("coord_shared_gate gates on motion features; add coord_delta")
         if self.varied_rest and self.streams is None:
             raise ValueError("varied_rest varies the idle periods of streams; add streams")
         if self.fixed_rate is not None:
@@ -190,6 +193,7 @@ class TrainConfig:
             coord_energy=self.coord_energy,
             coord_accumulate=self.coord_accumulate,
             coord_delta=self.coord_delta,
+            coord_shared_gate=self.coord_shared_gate,
         )
 
     def stream_spec(self, data: Dataset) -> StreamSpec | None:
@@ -247,6 +251,8 @@ class TrainConfig:
             flags.append("--coord-accumulate")
         if self.coord_delta:
             flags.append("--coord-delta")
+        if self.coord_shared_gate:
+            flags.append("--coord-shared-gate")
         if self.varied_rest:
             flags.append("--varied-rest")
         if self.fixed_rate is not None:
@@ -480,6 +486,7 @@ def macs_per_step(
         cfg.coord_energy,
         cfg.coord_accumulate,
         cfg.coord_delta,
+        cfg.coord_shared_gate,
     )
     return {
         "dense": cost.dense_step,
@@ -543,11 +550,14 @@ def _step_loss(
 
 
 def parameter_groups(model: SARNN, cfg: TrainConfig) -> list[dict]:
-    """Adam's parameter groups: the coordinator's weights (W_x, b, w_d, W_e, W_v) at peak rate
+    """Adam's parameter groups: the coordinator's weights (W_x, b, w_d, W_e, W_v, c) at peak rate
     `lr * coord_lr_scale`, the rest at `lr`. The coordinator learns only through the gate's
     surrogate, which is nonzero near the cut alone, so its gradients are small beside the
     cell's; a larger rate lets the budget move it within the run."""
-    coordinator = {"coord_x.weight", "coord_x.bias", "coord_d", "coord_e.weight", "coord_v.weight"}
+    coordinator = {
+        "coord_x.weight", "coord_x.bias", "coord_d", "coord_e.weight", "coord_v.weight",
+        "coord_rate",
+    }  # fmt: skip
     named = dict(model.named_parameters())
     own = [p for n, p in named.items() if n in coordinator]
     rest = [p for n, p in named.items() if n not in coordinator]

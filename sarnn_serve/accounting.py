@@ -24,6 +24,7 @@ class CellCost:
     coordinator_energy: bool = False
     coordinator_accumulate: bool = False
     coordinator_delta: bool = False
+    coordinator_shared: bool = False
 
     @property
     def per_neuron(self) -> int:
@@ -36,13 +37,16 @@ class CellCost:
         with energy features (F squares and H x F products), plus one per neuron for an
         accumulating coordinator (its rate added to the accumulator), plus W_v |x_t - xbar|
         with motion features (F deviations, H x F products and F moving-average updates); 0
-        without a coordinator."""
+        without a coordinator. A shared gate (`coordinator_shared`) computes its input part
+        once, not per neuron (F where H x F stood), and scales each neuron's rate by it in
+        place of the diagonal term (H products)."""
         if not self.with_coordinator:
             return 0
-        energy = self.n_features * (self.hidden + 1) if self.coordinator_energy else 0
+        width = 1 if self.coordinator_shared else self.hidden
+        energy = self.n_features * (width + 1) if self.coordinator_energy else 0
         accumulate = self.hidden if self.coordinator_accumulate else 0
-        motion = self.n_features * (self.hidden + 2) if self.coordinator_delta else 0
-        return self.hidden * (self.n_features + 1) + energy + accumulate + motion
+        motion = self.n_features * (width + 2) if self.coordinator_delta else 0
+        return width * self.n_features + self.hidden + energy + accumulate + motion
 
     @property
     def dense_step(self) -> int:
