@@ -9,6 +9,7 @@ tiny-fixture`); `RECORDING` is the first 300 samples of held-out watch recording
 """
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -45,10 +46,37 @@ REDIS_URL_ENV = "SARNN_TEST_REDIS_URL"
 os.environ.setdefault("SARNN_GRPC_PORT", "0")
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands to outgoing connections."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Listening ports come from below the ephemeral range, with room for a Redis Cluster bus port
+# (port + 10000) below it too: a port the kernel chose (bind to 0) can be taken as the source
+# port of an outgoing connection between the check and the server's bind, and CI once failed so.
+LISTEN_PORTS = range(10000, max(10100, _ephemeral_low() - 10000))
+_ports_handed_out: set[int] = set()
+_port_choice = random.Random()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nobody listens on, outside the ephemeral range, never handed out twice
+    in one process."""
+    for _ in range(1000):
+        port = _port_choice.choice(LISTEN_PORTS)
+        if port in _ports_handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _ports_handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {LISTEN_PORTS}")
 
 
 @pytest.fixture(scope="session")
