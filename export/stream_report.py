@@ -139,7 +139,8 @@ def report(root: Path, searches: list[Path] | None = None) -> dict:
     sa_rate = sa.rate("val", "update_rate")
     trained = [a for a in arms.values() if not a.evaluated]
     random = nearest_rate([a for a in trained if a.configs[0]["random_mask"]], sa_rate)
-    periodic = nearest_rate([a for a in trained if a.configs[0].get("fixed_rate")], sa_rate)
+    masks = [a for a in trained if not a.configs[0].get("coord_shared_gate")]
+    periodic = nearest_rate([a for a in masks if a.configs[0].get("fixed_rate")], sa_rate)
     all_dense = [a for n, a in arms.items() if n.startswith("dense") and not a.evaluated]
     dense = [a for a in all_dense if a.macs() >= sa.macs()]
     best_dense = max(dense, key=lambda arm: arm.accuracy("val")) if dense else None

@@ -13,6 +13,9 @@ budget of batches, 5 seeds each:
                 (`--threshold-range`), so the served threshold moves its rate over a wide range
     sa-gated    sa-motion-energy with one gate shared by all neurons (rest or motion) and a
                 constant learned rate per neuron (`--coord-shared-gate`; offline only)
+    sa-rest-periodic
+                sa-gated with every neuron's rate fixed at twice --random-rate (`--fixed-rate`):
+                the periodic mask, paused by a learned rest gate (about half the steps rest)
     sa-accumulate
                 SA-RNN H=128 whose coordinator asks for a rate per neuron and step,
                 p = sigmoid(a), accumulated until it reaches the neuron's level (export.model):
@@ -63,8 +66,8 @@ COMMON = [
 ]  # fmt: skip
 EPOCHS = 12
 ARM_NAMES = (
-    "sa-motion", "sa-motion-energy", "sa-knob", "sa-gated", "sa-accumulate", "sa-energy", "random",
-    "periodic", "dense-40", "dense-62", "dense-96", "sa-plain",
+    "sa-motion", "sa-motion-energy", "sa-knob", "sa-gated", "sa-rest-periodic", "sa-accumulate",
+    "sa-energy", "random", "periodic", "dense-40", "dense-62", "dense-96", "sa-plain",
 )  # fmt: skip
 SEEDS = (0, 1, 2, 3, 4)
 LAM = 4.0
@@ -86,6 +89,12 @@ def arm_flags(
         "sa-motion-energy": motion_energy,
         "sa-knob": [*motion_energy, "--threshold-range", "0.05", "0.95"],
         "sa-gated": [*motion_energy, "--coord-shared-gate"],
+        "sa-rest-periodic": [
+            *motion_energy,
+            "--coord-shared-gate",
+            "--fixed-rate",
+            f"{2 * random_rate:g}",
+        ],
         "sa-accumulate": ["--coord-energy", "--coord-accumulate", *coordinator],
         "sa-energy": ["--coord-energy", *coordinator],
         "sa-plain": coordinator,

@@ -159,8 +159,12 @@ class TrainConfig:
         if self.varied_rest and self.streams is None:
             raise ValueError("varied_rest varies the idle periods of streams; add streams")
         if self.fixed_rate is not None:
-            if not self.coord_accumulate or self.coord_energy or self.coord_delta:
-                raise ValueError("fixed_rate fixes an accumulating coordinator without energy")
+            plain = self.coord_accumulate and not (self.coord_energy or self.coord_delta)
+            if not (plain or self.coord_shared_gate):
+                raise ValueError(
+                    "fixed_rate fixes an accumulating coordinator without energy, or the "
+                    "rates of a shared gate"
+                )
             if not 0 < self.fixed_rate < 1:
                 raise ValueError(f"fixed_rate must be in (0, 1), got {self.fixed_rate:g}")
         if self.streams is not None:
@@ -352,10 +356,17 @@ def budget_weight(cfg: TrainConfig, epoch: int) -> float:
 def fix_rate(model: SARNN, rate: float) -> None:
     """Make an accumulating coordinator ask for `rate` at every step, whatever the input, and
     freeze it: every neuron then updates every 1 / rate steps, each on its own phase (the
-    periodic baseline, trained and served as the SA-RNN is)."""
+    periodic baseline, trained and served as the SA-RNN is). On a shared gate, fix and freeze
+    only every neuron's rate, sigmoid(c_j) = `rate`: the gate still learns rest or motion, so
+    the neurons update evenly spaced at `rate` times the gate (a periodic mask the gate pauses)."""
+    logit = float(np.log(rate / (1.0 - rate)))
+    if model.coord_rate is not None:
+        model.coord_rate.fill_(logit)
+        model.coord_rate.requires_grad_(False)
+        return
     model.coord_x.weight.zero_()
     model.coord_d.zero_()
-    model.coord_x.bias.fill_(float(np.log(rate / (1.0 - rate))))
+    model.coord_x.bias.fill_(logit)
     for parameter in (model.coord_x.weight, model.coord_x.bias, model.coord_d):
         parameter.requires_grad_(False)
 

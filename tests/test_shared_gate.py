@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 
 from export.model import SARNN, ModelConfig  # noqa: E402
 from export.onnx_export import build_model  # noqa: E402
-from export.train import TrainConfig, optimiser_step, parameter_groups  # noqa: E402
+from export.train import TrainConfig, fix_rate, optimiser_step, parameter_groups  # noqa: E402
 from sarnn_serve.accounting import CellCost  # noqa: E402
 
 FEATURES = 3
@@ -86,6 +86,29 @@ def test_the_gate_and_rates_learn_at_the_coordinators_rate() -> None:
     out = model(torch.randn(2, 40, FEATURES))
     assert optimiser_step(model, opt, out.updates.sum())  # the budget alone: shut the gates
     assert (model.coord_rate.detach() < before).all()
+
+
+def test_a_fixed_rate_freezes_every_neurons_rate_and_leaves_the_gate_to_learn() -> None:
+    model = _model().train()
+    fix_rate(model, 0.075)
+    assert torch.allclose(torch.sigmoid(model.coord_rate), torch.tensor(0.075))
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    rates, bias = model.coord_rate.detach().clone(), float(model.coord_x.bias.detach())
+    out = model(torch.randn(2, 40, FEATURES))
+    assert optimiser_step(model, opt, out.updates.sum())
+    assert torch.equal(model.coord_rate.detach(), rates)
+    assert float(model.coord_x.bias.detach()) < bias  # the budget shuts the gate
+    with torch.no_grad():
+        updates = model.eval()(_swing(40.0), deterministic=True).updates[0].sum(0)
+    assert int(updates.max() - updates.min()) <= 1  # every neuron at the same rate
+
+
+def test_fixed_rate_needs_a_plain_accumulator_or_a_shared_gate() -> None:
+    TrainConfig(streams="rest", coord_accumulate=True, fixed_rate=0.05)
+    flags = {"coord_energy": True, "coord_accumulate": True, "coord_delta": True}
+    TrainConfig(streams="rest", **flags, coord_shared_gate=True, fixed_rate=0.05)
+    with pytest.raises(ValueError, match="fixed_rate"):
+        TrainConfig(streams="rest", **flags, fixed_rate=0.05)
 
 
 def test_it_is_counted_once_per_step_not_per_neuron() -> None:
