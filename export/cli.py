@@ -111,6 +111,18 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _curve(args: argparse.Namespace) -> int:
+    from export.onnx_export import remeasure_curve
+
+    card = remeasure_curve(Path(args.model))
+    for point in card.threshold_curve or []:
+        print(
+            f"threshold {point.threshold:g}: {100 * point.update_rate:.1f}% updates, "
+            f"{100 * point.val_streaming_accuracy:.1f}% validation accuracy"
+        )
+    return 0
+
+
 def _fixture(args: argparse.Namespace) -> int:
     from export.fixture import make_fixture
 
@@ -331,7 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="R",
         help="with --coord-accumulate: the periodic baseline, a frozen coordinator asking for "
-        "rate R at every step (each neuron updates every 1/R steps on its own phase)",
+        "rate R at every step (each neuron updates every 1/R steps on its own phase); with "
+        "--coord-shared-gate: every neuron's rate frozen at R, the gate still learning (a "
+        "periodic mask the gate pauses at rest)",
     )
     t.add_argument("--epochs", type=int, default=d.epochs)
     t.add_argument("--batches-per-epoch", type=int, default=d.batches_per_epoch)
@@ -391,6 +405,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--model", required=True, help="model directory holding model.onnx")
     v.add_argument("--random-steps", type=int, default=10_000)
     v.set_defaults(func=_verify)
+    c = sub.add_parser(
+        "curve",
+        help="measure an exported model's threshold curve again (from the checkpoint beside "
+        "it) and rewrite its card; the graph is untouched",
+    )
+    c.add_argument("--model", required=True, help="model directory holding checkpoint.pt")
+    c.set_defaults(func=_curve)
     f = sub.add_parser(
         "tiny-fixture",
         help="train and export the tests' tiny model and write their recording (tests/data)",

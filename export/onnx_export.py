@@ -177,6 +177,26 @@ def measure_threshold_curve(model: SARNN, blob: dict) -> list[ThresholdPoint]:
     return [ThresholdPoint(**point) for point in threshold_curve(model, data, int(skip))]
 
 
+def remeasure_curve(model_dir: Path) -> ModelCard:
+    """Measure the threshold curve of an exported model again at CURVE_THRESHOLDS, from the
+    checkpoint beside its graph, and rewrite its card with it; nothing else changes. Refused
+    unless the checkpoint builds the very graph the card names (its version)."""
+    card_path = model_dir / "model.json"
+    card = ModelCard.model_validate_json(card_path.read_text())
+    model, blob = load_checkpoint(str(model_dir / "checkpoint.pt"))
+    if not model.config.selective:
+        raise ValueError(f"{card.name} has no threshold to measure a curve over")
+    version = hashlib.sha256(build_model(model).SerializeToString()).hexdigest()[:12]
+    if version != card.version:
+        raise ValueError(
+            f"{model_dir}/checkpoint.pt builds graph version {version}, not the card's "
+            f"{card.version}"
+        )
+    card.threshold_curve = measure_threshold_curve(model, blob)
+    card_path.write_text(card.model_dump_json(indent=2) + "\n")
+    return card
+
+
 def make_card(
     model: SARNN, blob: dict, name: str, graph_bytes: bytes, recipe_chosen_on: str | None = None
 ) -> ModelCard:

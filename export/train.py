@@ -57,7 +57,7 @@ from export.streams import (
 from sarnn_serve.accounting import CellCost
 from sarnn_serve.client.recordings import LABEL_COLUMN
 
-CURVE_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+CURVE_THRESHOLDS = (0.03, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
 
 @dataclass

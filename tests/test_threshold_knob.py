@@ -136,6 +136,27 @@ def test_threshold_range_trains_and_the_curve_reaches_the_card(tmp_path):
     assert card.threshold_curve is not None
     assert [p.model_dump() for p in card.threshold_curve] == curve
 
+    # an older card's shorter curve is measured again in place; the graph and the rest stay
+    older = card.model_copy(update={"threshold_curve": card.threshold_curve[1:]})
+    (model_dir / "model.json").write_text(older.model_dump_json(indent=2))
+    graph = (model_dir / "model.onnx").read_bytes()
+    code, out, err = _cli(["curve", "--model", str(model_dir)])
+    assert code == 0, err
+    assert f"threshold {CURVE_THRESHOLDS[0]:g}:" in out
+    again = ModelCard.model_validate_json((model_dir / "model.json").read_text())
+    assert [p.threshold for p in again.threshold_curve] == list(CURVE_THRESHOLDS)
+    assert again.model_dump(exclude={"threshold_curve"}) == card.model_dump(
+        exclude={"threshold_curve"}
+    )
+    assert (model_dir / "model.onnx").read_bytes() == graph
+
+    # a checkpoint that does not build the card's graph is refused, the card untouched
+    stamped = again.model_copy(update={"version": "0" * 12})
+    (model_dir / "model.json").write_text(stamped.model_dump_json(indent=2))
+    code, _, err = _cli(["curve", "--model", str(model_dir)])
+    assert code != 0 and "not the card's" in err
+    assert ModelCard.model_validate_json((model_dir / "model.json").read_text()) == stamped
+
 
 @pytest.mark.slow
 def test_target_slope_trains_and_reaches_the_recipe(tmp_path):
