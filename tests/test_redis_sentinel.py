@@ -17,6 +17,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import redis
 
 from sarnn_serve.errors import StoreUnavailable
 from sarnn_serve.settings import Settings
@@ -114,6 +115,13 @@ async def test_the_store_follows_a_failover_to_the_new_master(
     try:
         await store.create("f", "m", b"x", LONG)
         old = topo.master()
+        # the replica holds the session before the master dies (the store's own wait, 100 ms,
+        # can pass unconfirmed on a busy machine; the failover would then lose it, as designed):
+        # a later write on another connection, confirmed, was replicated after it
+        marker = redis.Redis(port=old)
+        marker.set("test-replicated-marker", 1)
+        assert marker.wait(1, 10_000) == 1
+        marker.close()
         topo.procs.kill(old)
         unavailable = 0
         deadline = time.monotonic() + 30
